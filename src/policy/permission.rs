@@ -1,0 +1,1 @@
+//! Permission names and patterns (`resource.action`, `email.*`, `*.view`, `*`).
