@@ -47,7 +47,9 @@ pub enum IdentitySetupError {
     },
     #[error("invalid JWKS file `{path}`: {message}")]
     JwksInvalid { path: String, message: String },
-    #[error("unsupported algorithm `{0}`; supported: HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA")]
+    #[error(
+        "unsupported algorithm `{0}`; supported: HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+    )]
     UnsupportedAlgorithm(String),
     #[error("{0}")]
     Other(String),

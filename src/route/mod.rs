@@ -9,5 +9,5 @@
 pub mod canonical;
 pub mod table;
 
-pub use canonical::{PathError, canonicalize};
+pub use canonical::{PathError, canonicalize, decode_segment};
 pub use table::{RouteConflict, RouteMatch, RouteTable, RouteTableBuilder};

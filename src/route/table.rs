@@ -36,10 +36,9 @@ impl RouteTableBuilder {
             Err(err) => {
                 let message = err.to_string();
                 let existing = match &err {
-                    matchit::InsertError::Conflict { with } => inserted
-                        .iter()
-                        .find(|(p, _)| p == with)
-                        .map(|(_, id)| *id),
+                    matchit::InsertError::Conflict { with } => {
+                        inserted.iter().find(|(p, _)| p == with).map(|(_, id)| *id)
+                    }
                     _ => None,
                 };
                 match existing {
@@ -90,5 +89,71 @@ impl RouteTable {
             id: *m.value,
             params: m.params,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(routes: &[(&str, &str)]) -> RouteTable {
+        let mut b = RouteTableBuilder::new();
+        for (id, (m, p)) in routes.iter().enumerate() {
+            b.insert(&m.parse().unwrap(), p, id).unwrap();
+        }
+        b.build()
+    }
+
+    #[test]
+    fn static_beats_param_beats_catch_all() {
+        let t = table(&[
+            ("GET", "/api/campaigns/new"),
+            ("GET", "/api/campaigns/{id}"),
+            ("GET", "/api/{*rest}"),
+        ]);
+        assert_eq!(t.lookup(&Method::GET, "/api/campaigns/new").unwrap().id, 0);
+        let m = t.lookup(&Method::GET, "/api/campaigns/42").unwrap();
+        assert_eq!((m.id, m.params.get("id")), (1, Some("42")));
+        assert_eq!(t.lookup(&Method::GET, "/api/x/y/z").unwrap().id, 2);
+        assert!(
+            t.lookup(&Method::GET, "/api").is_none(),
+            "catch-all needs a segment"
+        );
+    }
+
+    #[test]
+    fn exact_match_case_and_trailing_slash_count() {
+        let t = table(&[("GET", "/api/campaigns/{id}")]);
+        assert!(t.lookup(&Method::GET, "/api/campaigns/42/").is_none());
+        assert!(t.lookup(&Method::GET, "/API/campaigns/42").is_none());
+    }
+
+    #[test]
+    fn head_falls_back_to_get_but_other_methods_do_not() {
+        let t = table(&[("GET", "/a"), ("HEAD", "/b"), ("POST", "/c")]);
+        assert_eq!(t.lookup(&Method::HEAD, "/a").unwrap().id, 0);
+        assert_eq!(t.lookup(&Method::HEAD, "/b").unwrap().id, 1);
+        assert!(t.lookup(&Method::HEAD, "/c").is_none());
+        assert!(
+            t.lookup(&Method::GET, "/c").is_none(),
+            "matched only under POST"
+        );
+    }
+
+    #[test]
+    fn conflicts_name_the_existing_route() {
+        let mut b = RouteTableBuilder::new();
+        b.insert(&Method::GET, "/a/{id}", 0).unwrap();
+        b.insert(&Method::POST, "/a/{id}", 1).unwrap();
+        let err = b.insert(&Method::GET, "/a/{id}", 2).unwrap_err();
+        assert!(
+            matches!(err, RouteConflict::Conflict { existing: 0, .. }),
+            "{err:?}"
+        );
+        let err = b.insert(&Method::GET, "/a/{other}", 3).unwrap_err();
+        assert!(
+            matches!(err, RouteConflict::Conflict { existing: 0, .. }),
+            "{err:?}"
+        );
     }
 }
