@@ -100,11 +100,7 @@ impl FileStore {
     /// Synchronous lookup (the file store never waits).
     pub fn get(&self, tenant: &str, subject: &str) -> Arc<Resolved> {
         match self.tenants.get(tenant) {
-            Some(entry) => entry
-                .subjects
-                .get(subject)
-                .unwrap_or(&entry.nobody)
-                .clone(),
+            Some(entry) => entry.subjects.get(subject).unwrap_or(&entry.nobody).clone(),
             None => self.unknown.clone(),
         }
     }

@@ -1,0 +1,181 @@
+//! Header hygiene (security.md R5–R7): strip, then set.
+//!
+//! Order matters: hop-by-hop headers and every header the client named in `Connection` go
+//! first, then client copies of identity, override, internal and forwarding headers; only
+//! then does the pipeline add the gateway's own. So a `Connection: x-authz-subject` can only
+//! ever remove the client's forged copy, never the header the gateway sets.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+use crate::config::HeaderNames;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the upstream client
+/// re-derives from the body (R6: never copy `Content-Length`/`Transfer-Encoding`).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "content-length",
+];
+
+/// Client headers that would let a caller pick the identity, method, URL or client address
+/// the upstream believes in.
+const SPOOFABLE_EXACT: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-original-method",
+    "x-roles",
+    "x-permissions",
+    "x-scopes",
+    "remote-user",
+    "x-remote-user",
+    "x-middleware-subrequest",
+];
+
+const SPOOFABLE_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "x-envoy-",
+    "x-authz-",
+    "x-user-",
+    "x-tenant-",
+    "x-auth-request-",
+    "x-consumer-",
+    "x-authenticated-",
+];
+
+fn is_spoofable(name: &str, names: &HeaderNames) -> bool {
+    SPOOFABLE_EXACT.contains(&name)
+        || SPOOFABLE_PREFIXES.iter().any(|p| name.starts_with(p))
+        || name == names.subject
+        || name == names.tenant
+        || name == names.roles
+        || name == names.scope
+        || name == names.request_id
+}
+
+/// Names listed in the `Connection` header(s), lower-cased.
+fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut tokens = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                tokens.push(name);
+            }
+        }
+    }
+    tokens
+}
+
+/// The client's headers minus everything the upstream must not receive from the client.
+pub fn sanitize_request(headers: HeaderMap, names: &HeaderNames) -> HeaderMap {
+    let named = connection_tokens(&headers);
+    let mut out = HeaderMap::with_capacity(headers.len() + 8);
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in headers {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        let Some(name) = &current else { continue };
+        let s = name.as_str();
+        if HOP_BY_HOP.contains(&s) || named.contains(name) || is_spoofable(s, names) {
+            continue;
+        }
+        out.append(name.clone(), value);
+    }
+    out
+}
+
+/// Upstream response headers minus hop-by-hop ones and any forged `x-authz-source`
+/// (only responses the gateway generates itself carry it).
+pub fn sanitize_response(headers: &mut HeaderMap) {
+    for name in connection_tokens(headers) {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        if *name != "content-length" {
+            headers.remove(*name);
+        }
+    }
+    headers.remove("x-authz-source");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn names() -> HeaderNames {
+        HeaderNames {
+            subject: HeaderName::from_static("x-authz-subject"),
+            tenant: HeaderName::from_static("x-authz-tenant"),
+            roles: HeaderName::from_static("x-authz-roles"),
+            scope: HeaderName::from_static("x-authz-scope"),
+            request_id: HeaderName::from_static("x-request-id"),
+        }
+    }
+
+    #[test]
+    fn forwarded_set_is_client_minus_denylist_minus_connection_named() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("accept", "application/json"),
+            ("x-custom", "1"),
+            ("x-custom", "2"),
+            ("authorization", "Bearer t"),
+            ("connection", "keep-alive, X-Secret-Hop, x-authz-subject"),
+            ("x-secret-hop", "gone"),
+            ("x-authz-subject", "admin"),
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("x-http-method-override", "DELETE"),
+            ("x-original-url", "/admin"),
+            ("x-envoy-original-path", "/admin"),
+            ("x-user-id", "root"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAA"),
+            ("te", "trailers"),
+            ("x-request-id", "client-chosen"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        let out = sanitize_request(h, &names());
+        let mut kept: Vec<String> = out.keys().map(|k| k.to_string()).collect();
+        kept.sort();
+        assert_eq!(kept, ["accept", "authorization", "x-custom"]);
+        assert_eq!(out.get_all("x-custom").iter().count(), 2);
+    }
+
+    #[test]
+    fn response_loses_hop_by_hop_and_forged_source() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-drop"));
+        h.insert("x-drop", HeaderValue::from_static("1"));
+        h.insert("x-authz-source", HeaderValue::from_static("gateway"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        sanitize_response(&mut h);
+        let mut kept: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+        kept.sort();
+        assert_eq!(kept, ["content-length", "content-type"]);
+    }
+}

@@ -1,0 +1,466 @@
+//! The request pipeline: one straight line, DESIGN.md §1.
+//!
+//! `handle` builds the per-request context, runs `handle_inner`, maps any refusal through
+//! `respond`, and emits exactly one audit event on every path (allow, deny, error).
+//! `evaluate` is the decision part alone (route → identity → grants → decide); the live
+//! gateway and `portcullis explain` both call it, so they cannot disagree.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::audit::{AuditEvent, AuditLog};
+use crate::config::{RouteEntry, Snapshot};
+use crate::grants::{GrantsError, Resolved, Store};
+use crate::identity::{Authenticator, AuthnError, Principal};
+use crate::policy::{self, Caller, Outcome, Reason, Verdict};
+use crate::route::{self, PathError};
+
+use super::forward::{ForwardError, Upstreams};
+use super::headers;
+use super::respond::{BadRequest, Body, Refusal};
+
+/// Longest request target (path + query) accepted, in bytes (R11).
+pub const MAX_TARGET_LEN: usize = 8 * 1024;
+
+/// Everything a request needs, built once from a validated config.
+pub struct Gateway {
+    pub snapshot: Snapshot,
+    pub store: Store,
+    pub authenticator: Arc<Authenticator>,
+    pub upstreams: Upstreams,
+    pub audit: AuditLog,
+}
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// The decision for one request, as enforce or monitor mode sees it.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// Index into `Snapshot::route_entries`; `None` for `no_route`.
+    pub route: Option<usize>,
+    /// The verified caller, when there is one (also on public routes).
+    pub principal: Option<Principal>,
+    pub resolved: Option<Arc<Resolved>>,
+    pub verdict: Verdict,
+}
+
+impl Gateway {
+    pub fn route_entry(&self, id: usize) -> Option<&RouteEntry> {
+        self.snapshot.route_entries.get(id)
+    }
+
+    /// Decide a request whose path is already canonical. `identity` is the authenticator's
+    /// answer (`Err(MissingToken)` when no credentials were sent).
+    pub async fn evaluate(
+        &self,
+        method: &Method,
+        path: &str,
+        identity: Result<Principal, AuthnError>,
+    ) -> Result<Evaluation, GrantsError> {
+        let snap = &self.snapshot;
+        let Some(found) = snap.routes.lookup(method, path) else {
+            return Ok(Evaluation {
+                route: None,
+                principal: identity.ok(),
+                resolved: None,
+                verdict: Verdict::no_route(),
+            });
+        };
+        let route_id = found.id;
+        let Some(entry) = snap.route_entries.get(route_id) else {
+            // INVARIANT: the table only holds ids of `route_entries`; fail closed if not.
+            return Ok(Evaluation {
+                route: None,
+                principal: None,
+                resolved: None,
+                verdict: Verdict::no_route(),
+            });
+        };
+        let rule = &entry.rule;
+        let public = rule.requirement == policy::Requirement::Public;
+        let principal = match identity {
+            Ok(principal) => principal,
+            Err(err) => {
+                let verdict = if public {
+                    policy::decide(&snap.policy, rule, None)
+                } else {
+                    Verdict::unauthenticated(reason_of(err), rule.mode)
+                };
+                return Ok(Evaluation {
+                    route: Some(route_id),
+                    principal: None,
+                    resolved: None,
+                    verdict,
+                });
+            }
+        };
+        let resolved = match self
+            .store
+            .resolve(&principal.tenant, &principal.subject)
+            .await
+        {
+            Ok(resolved) => resolved,
+            // A public route needs no grants: serve it without identity rather than fail.
+            Err(_) if public => {
+                return Ok(Evaluation {
+                    route: Some(route_id),
+                    principal: None,
+                    resolved: None,
+                    verdict: policy::decide(&snap.policy, rule, None),
+                });
+            }
+            Err(err) => return Err(err),
+        };
+        let param = |name: &Option<String>| {
+            name.as_deref()
+                .and_then(|n| found.params.get(n))
+                .map(route::decode_segment)
+        };
+        let owner = param(&entry.owner_param);
+        let scope = param(&entry.scope_param);
+        let caller = Caller {
+            subject: &principal.subject,
+            mfa: principal.mfa,
+            owner: owner.as_deref(),
+            scope: scope.as_deref(),
+        };
+        let verdict = policy::decide(
+            &snap.policy,
+            rule,
+            Some((&caller, &resolved.tenant, &resolved.principal)),
+        );
+        Ok(Evaluation {
+            route: Some(route_id),
+            principal: Some(principal),
+            resolved: Some(resolved),
+            verdict,
+        })
+    }
+}
+
+fn reason_of(err: AuthnError) -> Reason {
+    match err {
+        AuthnError::MissingToken => Reason::MissingToken,
+        AuthnError::InvalidToken => Reason::InvalidToken,
+        AuthnError::TokenExpired => Reason::TokenExpired,
+        AuthnError::MissingTenant => Reason::MissingTenant,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A client-supplied request id is kept only if it is short and plain.
+fn valid_request_id(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+/// What the audit event needs, collected as the request moves along.
+struct RequestCtx {
+    started: Instant,
+    request_id: HeaderValue,
+    method: Method,
+    path: String,
+    client_ip: SocketAddr,
+    user_agent: Option<String>,
+    route: Option<usize>,
+    principal: Option<Principal>,
+    roles: Vec<String>,
+    outcome: Option<Outcome>,
+    required: Vec<String>,
+    mode: policy::Mode,
+}
+
+/// Entry point for every request on the public listener.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    request: Request<Incoming>,
+    conn: ConnInfo,
+) -> Response<Body> {
+    let request_id_name = &gw.snapshot.headers.request_id;
+    let request_id = match request.headers().get(request_id_name) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+            .unwrap_or(HeaderValue::from_static("invalid")),
+    };
+    let mut ctx = RequestCtx {
+        started: Instant::now(),
+        request_id: request_id.clone(),
+        method: request.method().clone(),
+        path: String::new(),
+        client_ip: conn.peer,
+        user_agent: request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        route: None,
+        principal: None,
+        roles: Vec::new(),
+        outcome: None,
+        required: Vec::new(),
+        mode: gw.snapshot.mode,
+    };
+    let (response, refusal_reason) = match handle_inner(&gw, &mut ctx, request, conn).await {
+        Ok(response) => (response, None),
+        Err(refusal) => {
+            let reason = refusal.reason();
+            (
+                refusal.into_response(&request_id, request_id_name),
+                Some(reason),
+            )
+        }
+    };
+    audit(&gw, &ctx, response.status().as_u16(), refusal_reason);
+    response
+}
+
+fn audit(gw: &Gateway, ctx: &RequestCtx, status: u16, refusal_reason: Option<&'static str>) {
+    let (decision, reason) = match &ctx.outcome {
+        Some(Outcome::Allow { .. }) => {
+            if refusal_reason.is_some() {
+                // Allowed, then the upstream failed: the decision stands, the reason says why.
+                ("allow", refusal_reason)
+            } else {
+                if !gw.audit.wants_allow() {
+                    return;
+                }
+                ("allow", None)
+            }
+        }
+        Some(Outcome::Deny(denial)) => ("deny", Some(denial.reason.as_str())),
+        None => ("error", refusal_reason),
+    };
+    let entry = ctx.route.and_then(|id| gw.route_entry(id));
+    let mut event = AuditEvent::decision(gw.audit.gateway());
+    event.decision = decision;
+    event.reason = reason;
+    event.required = ctx.required.clone();
+    event.tenant = ctx.principal.as_ref().map(|p| p.tenant.clone());
+    event.subject = ctx.principal.as_ref().map(|p| p.subject.clone());
+    event.roles = ctx.roles.clone();
+    event.method = ctx.method.to_string();
+    event.path = ctx.path.clone();
+    event.route = entry.map(|e| e.path.clone());
+    event.upstream = entry
+        .and_then(|e| gw.upstreams.name(e.upstream))
+        .map(str::to_owned);
+    event.status = status;
+    event.client_ip = ctx.client_ip.ip().to_string();
+    event.user_agent = ctx.user_agent.clone();
+    event.request_id = ctx.request_id.to_str().unwrap_or_default().to_owned();
+    event.latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    event.mode = ctx.mode.as_str();
+    gw.audit.emit(event);
+}
+
+/// RFC 9112 checks hyper leaves to the application (R1), before anything is interpreted.
+fn preflight(request: &Request<Incoming>, gw: &Gateway) -> Result<(), Refusal> {
+    if matches!(*request.method(), Method::CONNECT | Method::TRACE) {
+        return Err(Refusal::MethodNotAllowed);
+    }
+    let headers = request.headers();
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && request.version() == Version::HTTP_11) {
+        return Err(Refusal::BadRequest(if hosts > 1 {
+            BadRequest::DuplicateHeader
+        } else {
+            BadRequest::MissingHost
+        }));
+    }
+    if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Err(Refusal::BadRequest(BadRequest::DuplicateHeader));
+    }
+    if let Some(name) = gw.authenticator.tenant_header()
+        && headers.get_all(name).iter().count() > 1
+    {
+        return Err(Refusal::BadRequest(BadRequest::DuplicateHeader));
+    }
+    // WSGI/CGI frameworks read `X_User` as `X-User`: an underscore name could smuggle a
+    // header past the strip list.
+    if headers.keys().any(|name| name.as_str().contains('_')) {
+        return Err(Refusal::BadRequest(BadRequest::InvalidHeaderName));
+    }
+    let uri = request.uri();
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Refusal::BadRequest(BadRequest::InvalidTarget));
+    }
+    if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_TARGET_LEN {
+        return Err(Refusal::UriTooLong);
+    }
+    Ok(())
+}
+
+async fn handle_inner(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    request: Request<Incoming>,
+    conn: ConnInfo,
+) -> Result<Response<Body>, Refusal> {
+    let snap = &gw.snapshot;
+    // Checks first: nothing below may see a request with two readings.
+    preflight(&request, gw)?;
+    let canonical = route::canonicalize(request.uri().path())
+        .map_err(|_: PathError| Refusal::BadRequest(BadRequest::AmbiguousPath))?
+        .into_owned();
+    ctx.path.clone_from(&canonical);
+
+    // Identity before the store: an unauthenticated request never costs a Redis round trip.
+    let identity = gw.authenticator.authenticate(
+        request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+        gw.authenticator
+            .tenant_header()
+            .and_then(|name| request.headers().get(name))
+            .map(|v| v.as_bytes()),
+        unix_now(),
+    );
+    let eval = gw
+        .evaluate(request.method(), &canonical, identity)
+        .await
+        .map_err(|_| Refusal::AuthorizationUnavailable)?;
+    ctx.route = eval.route;
+    ctx.principal.clone_from(&eval.principal);
+    if let (Some(resolved), Some(_)) = (&eval.resolved, &eval.principal) {
+        ctx.roles = snap.policy.role_names(&resolved.principal).to_vec();
+    }
+    if let Some(entry) = eval.route.and_then(|id| gw.route_entry(id)) {
+        ctx.mode = entry.rule.mode;
+        ctx.required = required_names(snap, entry);
+    }
+    ctx.outcome = Some(eval.verdict.outcome.clone());
+
+    let Some(grant) = eval.verdict.grant() else {
+        return Err(denied(snap, &eval));
+    };
+    let Some(entry) = eval.route.and_then(|id| gw.route_entry(id)) else {
+        return Err(denied(snap, &eval));
+    };
+
+    // Strip, then set (R5): the client's map is sanitized before any gateway header goes in.
+    let (mut parts, body) = request.into_parts();
+    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let mut out = headers::sanitize_request(std::mem::take(&mut parts.headers), &snap.headers);
+    // The upstream sees the client's Host, as behind Envoy (h2 requests carry it as :authority).
+    if let Some(host) = &client_host
+        && !out.contains_key(header::HOST)
+    {
+        out.insert(header::HOST, host.clone());
+    }
+    set_forwarding_headers(&mut out, conn, client_host);
+    out.insert(snap.headers.request_id.clone(), ctx.request_id.clone());
+    if let (Some(principal), Some(_)) = (&eval.principal, &eval.resolved) {
+        let value = |s: &str| {
+            HeaderValue::from_str(s).map_err(|_| Refusal::BadRequest(BadRequest::InvalidIdentity))
+        };
+        out.insert(snap.headers.subject.clone(), value(&principal.subject)?);
+        out.insert(snap.headers.tenant.clone(), value(&principal.tenant)?);
+        out.insert(snap.headers.roles.clone(), value(&ctx.roles.join(","))?);
+    }
+    if grant.own_only() {
+        out.insert(snap.headers.scope.clone(), HeaderValue::from_static("own"));
+    }
+    parts.headers = out;
+
+    let path_and_query = match parts.uri.query() {
+        Some(q) => PathAndQuery::try_from(format!("{canonical}?{q}")),
+        None => PathAndQuery::try_from(canonical),
+    }
+    .map_err(|_| Refusal::BadRequest(BadRequest::InvalidTarget))?;
+    let request = Request::from_parts(parts, body);
+    let mut response = gw
+        .upstreams
+        .forward(grant, entry.upstream, request, path_and_query)
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "Upstream request failed.");
+            match err {
+                ForwardError::Timeout(_) => Refusal::UpstreamTimeout,
+                ForwardError::Unavailable { .. }
+                | ForwardError::InvalidTarget(_)
+                | ForwardError::UnexpectedUpgrade(_) => Refusal::UpstreamUnavailable,
+            }
+        })?;
+    headers::sanitize_response(response.headers_mut());
+    if !response.headers().contains_key(&snap.headers.request_id) {
+        response
+            .headers_mut()
+            .insert(snap.headers.request_id.clone(), ctx.request_id.clone());
+    }
+    Ok(response.map(|body| body.boxed()))
+}
+
+fn required_names(snap: &Snapshot, entry: &RouteEntry) -> Vec<String> {
+    let name = |id: &policy::PermId| snap.policy.permission_name(*id).to_owned();
+    match &entry.rule.requirement {
+        policy::Requirement::Public => Vec::new(),
+        policy::Requirement::Permission(id) => vec![name(id)],
+        policy::Requirement::AnyOf(ids) | policy::Requirement::AllOf(ids) => {
+            ids.iter().map(name).collect()
+        }
+    }
+}
+
+fn denied(snap: &Snapshot, eval: &Evaluation) -> Refusal {
+    match &eval.verdict.outcome {
+        Outcome::Deny(denial) => {
+            let entry = eval.route.and_then(|id| snap.route_entries.get(id));
+            let status = if denial.reason == Reason::NoRoute {
+                snap.unmatched_status
+            } else {
+                denial.reason.status()
+            };
+            Refusal::Denied {
+                permission: denial
+                    .permission
+                    .map(|id| snap.policy.permission_name(id).to_owned()),
+                denial: denial.clone(),
+                status,
+                hide: denial.reason.status() == 403
+                    && entry.is_some_and(|e| e.deny_status == Some(404)),
+            }
+        }
+        // INVARIANT: an allow always carries a grant; refuse rather than trust a broken one.
+        Outcome::Allow { .. } => Refusal::AuthorizationUnavailable,
+    }
+}
+
+/// `x-forwarded-*` from the socket, never from the client (the client's copies are gone).
+fn set_forwarding_headers(out: &mut HeaderMap, conn: ConnInfo, client_host: Option<HeaderValue>) {
+    if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_string()) {
+        out.insert("x-forwarded-for", v);
+    }
+    out.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    if let Some(host) = client_host {
+        out.insert("x-forwarded-host", host);
+    }
+}
