@@ -1,1 +1,365 @@
-//! Command line.
+//! Command line (DESIGN.md §7b): `run`, `demo`, `check`, `explain`, `token`.
+//!
+//! `anyhow` lives here and in `main.rs` only; the library below returns typed errors.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{self, Snapshot};
+use crate::identity::{AuthnError, Principal};
+use crate::policy::Outcome;
+use crate::proxy::pipeline::refusal_for;
+use crate::proxy::{Gateway, server};
+use crate::route;
+
+mod demo;
+
+/// Portcullis: an authorization enforcement gateway.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the gateway.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Quickstart: gateway + built-in demo upstream on loopback, with ready tokens.
+    Demo {
+        /// Public listener (default from the embedded demo config: 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Validate a config and print every error with file:line; exit 1 on error.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Decision for one request (or a batch of JSON lines) against the configured grants.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// JSON lines `{"tenant","subject","method","path","claims"}`; `-` reads stdin.
+        #[arg(long, conflicts_with_all = ["tenant", "subject", "method", "path"])]
+        batch: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long)]
+        path: Option<String>,
+        /// Extra token claims as JSON, e.g. '{"amr":["mfa"]}'.
+        #[arg(long)]
+        claims: Option<String>,
+    },
+    /// Mint an HS256 development token from the configured secret.
+    Token {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        tenant: String,
+        /// Authentication methods, e.g. `--amr mfa`.
+        #[arg(long)]
+        amr: Vec<String>,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+/// Run a command; the returned code is the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run { config } => {
+            let snapshot = load_or_print(&config)?;
+            serve_until_signal(snapshot).await?;
+            Ok(0)
+        }
+        Command::Demo { listen } => demo::run(listen).await.map(|()| 0),
+        Command::Check { config } => match config::load(&config) {
+            Ok(snap) => {
+                println!(
+                    "{}: ok ({} routes, {} upstreams)",
+                    config.display(),
+                    snap.route_entries.len(),
+                    snap.upstreams.len()
+                );
+                Ok(0)
+            }
+            Err(errors) => {
+                print_errors(&errors);
+                Ok(1)
+            }
+        },
+        Command::Explain {
+            config,
+            batch,
+            tenant,
+            subject,
+            method,
+            path,
+            claims,
+        } => {
+            let gateway = Gateway::build(load_or_print(&config)?)?;
+            match batch {
+                Some(source) => explain_batch(&gateway, &source).await,
+                None => {
+                    let Some(path) = path else {
+                        bail!("explain needs --path (or --batch FILE)");
+                    };
+                    let claims = match claims {
+                        Some(text) => {
+                            serde_json::from_str(&text).context("--claims is not a JSON object")?
+                        }
+                        None => serde_json::Value::Null,
+                    };
+                    let query = ExplainQuery {
+                        tenant,
+                        subject,
+                        method,
+                        path,
+                        claims,
+                    };
+                    let answer = explain_one(&gateway, &query).await;
+                    println!("{}", serde_json::to_string(&answer)?);
+                    Ok(if answer.decision == "allow" { 0 } else { 2 })
+                }
+            }
+        }
+        Command::Token {
+            config,
+            sub,
+            tenant,
+            amr,
+            ttl,
+        } => {
+            let snapshot = load_or_print(&config)?;
+            let ttl = humantime::parse_duration(&ttl).context("--ttl: use e.g. `1h`, `30m`")?;
+            println!("{}", mint_token(&snapshot, &sub, &tenant, &amr, ttl)?);
+            Ok(0)
+        }
+    }
+}
+
+fn print_errors(errors: &config::ConfigErrors) {
+    let mut err = std::io::stderr().lock();
+    for e in &errors.errors {
+        let _ = writeln!(err, "{}\n", e.rendered);
+    }
+    let _ = writeln!(err, "{} error(s)", errors.errors.len());
+}
+
+fn load_or_print(path: &Path) -> anyhow::Result<Snapshot> {
+    config::load(path).map_err(|errors| {
+        print_errors(&errors);
+        anyhow::anyhow!("invalid configuration `{}`", path.display())
+    })
+}
+
+/// Serve the public listener until SIGINT/SIGTERM, then drain.
+pub async fn serve_until_signal(snapshot: Snapshot) -> anyhow::Result<()> {
+    let listen = snapshot.server.listen;
+    let gateway = Arc::new(Gateway::build(snapshot)?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(address = %listen, "Gateway listening.");
+    server::serve(listener, gateway, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("Shutting down: draining in-flight requests.");
+}
+
+/// Mint an HS256 token that the configured authenticator accepts (issuer and audience included).
+pub fn mint_token(
+    snapshot: &Snapshot,
+    subject: &str,
+    tenant: &str,
+    amr: &[String],
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let mut claims = serde_json::Map::new();
+    claims.insert(snapshot.jwt.subject_claim.clone(), subject.into());
+    if let crate::identity::TenantSource::Claim(name) = &snapshot.jwt.tenant {
+        claims.insert(name.clone(), tenant.into());
+    }
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + ttl.as_secs()).into());
+    if !amr.is_empty() {
+        claims.insert("amr".into(), amr.to_vec().into());
+    }
+    if let Some(iss) = &snapshot.jwt.issuer {
+        claims.insert("iss".into(), iss.clone().into());
+    }
+    if let Some(aud) = &snapshot.jwt.audience {
+        claims.insert("aud".into(), aud.clone().into());
+    }
+    Ok(snapshot
+        .authenticator
+        .mint_hs256(&serde_json::Value::Object(claims))?)
+}
+
+/// One `explain` input line.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainQuery {
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub subject: Option<String>,
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub claims: serde_json::Value,
+}
+
+/// One `explain` output line: what enforce mode would answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainAnswer {
+    pub decision: String,
+    /// The status enforce mode answers; 200 stands for "forwarded to the upstream".
+    pub status: u16,
+    pub reason: Option<String>,
+    pub required_permission: Option<String>,
+    pub route: Option<String>,
+    /// `own` when the allow rests on an `own` grant.
+    pub scope: Option<String>,
+    /// `monitor` when the route would forward a denial anyway.
+    pub mode: String,
+}
+
+async fn explain_batch(gateway: &Gateway, source: &str) -> anyhow::Result<i32> {
+    let reader: Box<dyn BufRead> = if source == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(source).with_context(|| format!("cannot open `{source}`"))?,
+        ))
+    };
+    let mut out = std::io::stdout().lock();
+    let mut code = 0;
+    for (n, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer = match serde_json::from_str::<ExplainQuery>(&line) {
+            Ok(query) => serde_json::to_string(&explain_one(gateway, &query).await)?,
+            Err(err) => {
+                code = 1;
+                serde_json::to_string(&serde_json::json!({
+                    "error": format!("line {}: {err}", n + 1)
+                }))?
+            }
+        };
+        writeln!(out, "{answer}")?;
+    }
+    Ok(code)
+}
+
+/// Decide one synthetic request exactly as the live pipeline would.
+pub async fn explain_one(gateway: &Gateway, query: &ExplainQuery) -> ExplainAnswer {
+    let mode = gateway.snapshot.mode.as_str().to_owned();
+    let deny = |status: u16, reason: &str| ExplainAnswer {
+        decision: "deny".into(),
+        status,
+        reason: Some(reason.into()),
+        required_permission: None,
+        route: None,
+        scope: None,
+        mode: mode.clone(),
+    };
+    let Ok(method) = query.method.parse::<http::Method>() else {
+        return deny(400, "invalid_method");
+    };
+    let raw_path = query.path.split('?').next().unwrap_or_default();
+    let Ok(path) = route::canonicalize(raw_path) else {
+        return deny(400, "ambiguous_path");
+    };
+    let identity = match (&query.subject, &query.tenant) {
+        (None, _) => Err(AuthnError::MissingToken),
+        (Some(_), None) => Err(AuthnError::MissingTenant),
+        (Some(subject), Some(tenant)) => Ok(Principal {
+            tenant: tenant.clone(),
+            subject: subject.clone(),
+            mfa: query
+                .claims
+                .get("amr")
+                .and_then(|a| a.as_array())
+                .is_some_and(|a| a.iter().any(|v| v == "mfa")),
+            expires_at: u64::MAX,
+        }),
+    };
+    let eval = match gateway.evaluate(&method, &path, identity).await {
+        Ok(eval) => eval,
+        Err(_) => return deny(503, "authorization_unavailable"),
+    };
+    let snap = &gateway.snapshot;
+    let entry = eval.route.and_then(|id| gateway.route_entry(id));
+    let mode = entry.map_or(snap.mode, |e| e.rule.mode).as_str().to_owned();
+    let route = entry.map(|e| e.path.clone());
+    match &eval.verdict.outcome {
+        Outcome::Allow {
+            own_only,
+            relied_on,
+        } => ExplainAnswer {
+            decision: "allow".into(),
+            status: 200,
+            reason: None,
+            required_permission: relied_on.map(|id| snap.policy.permission_name(id).to_owned()),
+            route,
+            scope: own_only.then(|| "own".to_owned()),
+            mode,
+        },
+        Outcome::Deny(denial) => {
+            let status = refusal_for(snap, &eval).map_or(403, |r| r.status());
+            ExplainAnswer {
+                decision: "deny".into(),
+                status,
+                reason: Some(denial.reason.as_str().to_owned()),
+                required_permission: denial
+                    .permission
+                    .map(|id| snap.policy.permission_name(id).to_owned()),
+                route,
+                scope: None,
+                mode,
+            }
+        }
+    }
+}

@@ -156,7 +156,7 @@ impl AuditLog {
             AllowEvents::Sample(rate) => {
                 let n = self.allow_counter.fetch_add(1, Ordering::Relaxed);
                 let every = (1.0 / rate).round().max(1.0) as u64;
-                n % every == 0
+                n.is_multiple_of(every)
             }
         }
     }

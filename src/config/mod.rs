@@ -169,3 +169,14 @@ pub fn load_str(text: &str, path: &Path) -> Result<Snapshot, ConfigErrors> {
     let _ = (text, path);
     todo!()
 }
+
+/// Like `load_str`, but with the HS256 secret given directly instead of read from
+/// `identity.jwt.secret_env` (the demo generates one; tests inject one).
+pub fn load_str_with_secret(
+    text: &str,
+    path: &Path,
+    secret: Option<&[u8]>,
+) -> Result<Snapshot, ConfigErrors> {
+    let _ = (text, path, secret);
+    todo!()
+}

@@ -351,11 +351,11 @@ async fn handle_inner(
     }
     ctx.outcome = Some(eval.verdict.outcome.clone());
 
-    let Some(grant) = eval.verdict.grant() else {
-        return Err(denied(snap, &eval));
-    };
-    let Some(entry) = eval.route.and_then(|id| gw.route_entry(id)) else {
-        return Err(denied(snap, &eval));
+    let (Some(grant), Some(entry)) = (
+        eval.verdict.grant(),
+        eval.route.and_then(|id| gw.route_entry(id)),
+    ) else {
+        return Err(refusal_for(snap, &eval).unwrap_or(Refusal::AuthorizationUnavailable));
     };
 
     // Strip, then set (R5): the client's map is sanitized before any gateway header goes in.
@@ -427,7 +427,8 @@ fn required_names(snap: &Snapshot, entry: &RouteEntry) -> Vec<String> {
     }
 }
 
-fn denied(snap: &Snapshot, eval: &Evaluation) -> Refusal {
+/// The response enforce mode gives a denied evaluation (`None` for an allow).
+pub fn refusal_for(snap: &Snapshot, eval: &Evaluation) -> Option<Refusal> {
     match &eval.verdict.outcome {
         Outcome::Deny(denial) => {
             let entry = eval.route.and_then(|id| snap.route_entries.get(id));
@@ -436,7 +437,7 @@ fn denied(snap: &Snapshot, eval: &Evaluation) -> Refusal {
             } else {
                 denial.reason.status()
             };
-            Refusal::Denied {
+            Some(Refusal::Denied {
                 permission: denial
                     .permission
                     .map(|id| snap.policy.permission_name(id).to_owned()),
@@ -444,10 +445,9 @@ fn denied(snap: &Snapshot, eval: &Evaluation) -> Refusal {
                 status,
                 hide: denial.reason.status() == 403
                     && entry.is_some_and(|e| e.deny_status == Some(404)),
-            }
+            })
         }
-        // INVARIANT: an allow always carries a grant; refuse rather than trust a broken one.
-        Outcome::Allow { .. } => Refusal::AuthorizationUnavailable,
+        Outcome::Allow { .. } => None,
     }
 }
 

@@ -15,9 +15,16 @@ pub enum RouteConflict {
     Invalid(String),
 }
 
+/// A router under construction, with the patterns inserted so far (to name conflicts).
+#[derive(Debug, Default)]
+struct PendingRouter {
+    router: matchit::Router<usize>,
+    inserted: Vec<(String, usize)>,
+}
+
 #[derive(Debug, Default)]
 pub struct RouteTableBuilder {
-    routers: HashMap<Method, (matchit::Router<usize>, Vec<(String, usize)>)>,
+    routers: HashMap<Method, PendingRouter>,
 }
 
 impl RouteTableBuilder {
@@ -27,7 +34,7 @@ impl RouteTableBuilder {
 
     /// Add `path` for `method`, pointing at route `id`.
     pub fn insert(&mut self, method: &Method, path: &str, id: usize) -> Result<(), RouteConflict> {
-        let (router, inserted) = self.routers.entry(method.clone()).or_default();
+        let PendingRouter { router, inserted } = self.routers.entry(method.clone()).or_default();
         match router.insert(path, id) {
             Ok(()) => {
                 inserted.push((path.to_owned(), id));
@@ -51,7 +58,11 @@ impl RouteTableBuilder {
 
     pub fn build(self) -> RouteTable {
         RouteTable {
-            routers: self.routers.into_iter().map(|(m, (r, _))| (m, r)).collect(),
+            routers: self
+                .routers
+                .into_iter()
+                .map(|(m, pending)| (m, pending.router))
+                .collect(),
         }
     }
 }
