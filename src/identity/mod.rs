@@ -250,13 +250,13 @@ impl Authenticator {
             None => None,
         };
         let hmac_algs = pinned.intersect(AlgSet::of(AlgorithmFamily::Hmac.algorithms()));
-        if hmac.is_none() {
-            if let Some(alg) = hmac_algs.iter().next() {
-                return Err(IdentitySetupError::Other(format!(
-                    "algorithm `{alg:?}` needs a secret; set `secret_env` to the name of the \
-                     environment variable holding it"
-                )));
-            }
+        if hmac.is_none()
+            && let Some(alg) = hmac_algs.iter().next()
+        {
+            return Err(IdentitySetupError::Other(format!(
+                "algorithm `{alg:?}` needs a secret; set `secret_env` to the name of the \
+                 environment variable holding it"
+            )));
         }
 
         let (keys, by_kid) = match &settings.jwks_file {
@@ -422,10 +422,10 @@ impl Authenticator {
         {
             return Err(AuthnError::InvalidToken);
         }
-        if let Some(issuer) = &self.issuer {
-            if claims.iss.as_deref() != Some(issuer.as_str()) {
-                return Err(AuthnError::InvalidToken);
-            }
+        if let Some(issuer) = &self.issuer
+            && claims.iss.as_deref() != Some(issuer.as_str())
+        {
+            return Err(AuthnError::InvalidToken);
         }
         if self.audience.is_some() && claims.aud_matches != Some(true) {
             return Err(AuthnError::InvalidToken);
@@ -579,12 +579,12 @@ fn load_jwks(path: &std::path::Path, pinned: AlgSet) -> Result<KeyMap, IdentityS
             continue;
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("key {label}: {e}")))?;
-        if let Some(kid) = &jwk.common.key_id {
-            if by_kid.insert(kid.clone(), keys.len()).is_some() {
-                return Err(invalid(format!(
-                    "duplicate kid {label}; each key needs a unique `kid`"
-                )));
-            }
+        if let Some(kid) = &jwk.common.key_id
+            && by_kid.insert(kid.clone(), keys.len()).is_some()
+        {
+            return Err(invalid(format!(
+                "duplicate kid {label}; each key needs a unique `kid`"
+            )));
         }
         keys.push(PublicKey { algs, key });
     }

@@ -855,3 +855,27 @@ fn authenticator_is_shareable_and_debug_hides_the_secret() {
     assert!(!dbg.contains(std::str::from_utf8(SECRET).unwrap()));
     assert!(dbg.contains("rsa-1"));
 }
+
+#[test]
+fn build_reads_the_secret_from_the_environment() {
+    // `set_var` is unsafe in edition 2024 (and `unsafe_code` is forbidden), so borrow a variable
+    // the test process already has; its value is the secret.
+    let Some(path) = std::env::var("PATH").ok().filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let mut s = settings(&["HS256"]);
+    s.jwks_file = None;
+    s.secret_env = Some("PATH".into());
+    let a = Authenticator::build(&s).unwrap();
+    let t = sign(
+        Algorithm::HS256,
+        None,
+        &EncodingKey::from_secret(path.as_bytes()),
+        &claims(),
+    );
+    assert_eq!(auth(&a, &t), Ok(alice()));
+    assert_eq!(
+        auth(&a, &sign_hs(Algorithm::HS256, &claims())),
+        Err(InvalidToken)
+    );
+}
