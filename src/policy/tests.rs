@@ -1,6 +1,14 @@
 //! Unit tests: the permission grammar, compilation errors, role expansion, tenants, principals
 //! and every decision rule of DESIGN.md §3.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on purpose"
+)]
+
 use super::permission::validate_name;
 use super::*;
 
