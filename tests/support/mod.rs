@@ -279,3 +279,177 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+// === security suite helpers (tests/security_*.rs) ===
+
+/// The config the security suites share: one public route, viewer/editor/admin/owner roles,
+/// two tenants. `{UPSTREAM}` is replaced by `start_gateway`.
+pub const SECURITY_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[upstreams.api]
+targets = ["{UPSTREAM}"]
+
+[identity]
+kinds = ["jwt"]
+[identity.jwt]
+algorithms = ["HS256"]
+secret_env = "PORTCULLIS_TEST_SECRET"
+
+[grants]
+store = "file"
+
+[roles.viewer]
+permissions = ["*.view"]
+[roles.editor]
+inherits = ["viewer"]
+permissions = ["content.create"]
+[roles.admin]
+inherits = ["viewer"]
+permissions = ["admin.access", "campaigns.delete"]
+[roles.owner]
+permissions = ["*"]
+all_scopes = true
+
+[[routes]]
+methods = ["GET"]
+path = "/health"
+public = true
+upstream = "api"
+
+[[routes]]
+methods = ["GET"]
+path = "/api/campaigns/{id}"
+permission = "campaigns.view"
+upstream = "api"
+
+[[routes]]
+methods = ["DELETE"]
+path = "/api/campaigns/{id}"
+permission = "campaigns.delete"
+upstream = "api"
+
+[[routes]]
+methods = ["POST"]
+path = "/api/content"
+permission = "content.create"
+upstream = "api"
+
+[[routes]]
+methods = ["GET"]
+path = "/admin/users"
+permission = "admin.access"
+upstream = "api"
+
+[[routes]]
+methods = ["DELETE"]
+path = "/admin/users/{id}"
+permission = "admin.access"
+upstream = "api"
+
+[[assignments]]
+tenant = "acme"
+subject = "vic"
+roles = ["viewer"]
+
+[[assignments]]
+tenant = "acme"
+subject = "ed"
+roles = ["editor"]
+
+[[assignments]]
+tenant = "acme"
+subject = "root"
+roles = ["admin"]
+
+[[assignments]]
+tenant = "acme"
+subject = "alice"
+roles = ["owner"]
+
+[[assignments]]
+tenant = "globex"
+subject = "mallory"
+roles = ["viewer"]
+"#;
+
+/// Every response read off one connection, in order (bodies framed by `Content-Length` or
+/// chunked; a response without either takes the rest).
+pub fn parse_responses(buf: &[u8]) -> Vec<RawResponse> {
+    let text = String::from_utf8_lossy(buf).into_owned();
+    let mut rest = text.as_str();
+    let mut out = Vec::new();
+    while let Some((head, after)) = rest.split_once("\r\n\r\n") {
+        let lower = head.to_ascii_lowercase();
+        let content_length = lower
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == "content-length")
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+        let chunked = lower
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .any(|(k, v)| k.trim() == "transfer-encoding" && v.contains("chunked"));
+        let body_len = match content_length {
+            Some(n) => n.min(after.len()),
+            None if chunked => after.find("0\r\n\r\n").map_or(after.len(), |i| i + 5),
+            None => after.len(),
+        };
+        let (body, next) = after.split_at(body_len);
+        out.push(parse_response(format!("{head}\r\n\r\n{body}").as_bytes()));
+        rest = next;
+    }
+    out
+}
+
+/// Send raw bytes and read every response until the server closes the connection.
+pub async fn send_raw_all(addr: SocketAddr, bytes: &[u8]) -> Vec<RawResponse> {
+    parse_responses(send_raw(addr, bytes).await.raw.as_bytes())
+}
+
+/// A hand-scripted upstream: answers every request with the same raw bytes, then closes;
+/// records each request head as text. For upstream behaviour hyper's server would not produce
+/// (forged hop-by-hop headers, a 101).
+#[derive(Clone)]
+pub struct ScriptedUpstream {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl ScriptedUpstream {
+    pub async fn start(response: &'static [u8]) -> ScriptedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    log.lock().unwrap().push(String::from_utf8_lossy(&buf).into_owned());
+                    let _ = stream.write_all(response).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        ScriptedUpstream { addr, heads }
+    }
+
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// `config` with `{UPSTREAM}` pointing here.
+    pub fn config(&self, config: &str) -> String {
+        config.replace("{UPSTREAM}", &self.addr.to_string())
+    }
+}
