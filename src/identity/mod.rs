@@ -1,13 +1,19 @@
 //! Who is calling: JWT verification (HS256/RS256/ES256/EdDSA, JWKS file) and the tenant.
 //!
-//! INTERFACE SKELETON: public items are the contract; `todo!()` bodies are to be implemented.
-//!
 //! No I/O on the request path: keys are loaded when the config is built. The algorithm is
 //! pinned by configuration, never chosen by the token header (RS/HS confusion, `alg=none`).
 
 pub mod jwt;
+#[cfg(test)]
+mod tests;
 
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
 
 /// Where the tenant comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +53,9 @@ pub enum IdentitySetupError {
     },
     #[error("invalid JWKS file `{path}`: {message}")]
     JwksInvalid { path: String, message: String },
-    #[error("unsupported algorithm `{0}`; supported: HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA")]
+    #[error(
+        "unsupported algorithm `{0}`; supported: HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+    )]
     UnsupportedAlgorithm(String),
     #[error("{0}")]
     Other(String),
@@ -77,39 +85,508 @@ pub struct Principal {
     pub expires_at: u64,
 }
 
+// === AlgSet ===
+
+/// A set of algorithms as a bitmask: copied and tested on every request without allocation.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct AlgSet(u16);
+
+impl AlgSet {
+    /// Bit for each algorithm; 0 for any the crate may add later (never accepted).
+    fn bit(alg: Algorithm) -> u16 {
+        match alg {
+            Algorithm::HS256 => 1 << 0,
+            Algorithm::HS384 => 1 << 1,
+            Algorithm::HS512 => 1 << 2,
+            Algorithm::RS256 => 1 << 3,
+            Algorithm::RS384 => 1 << 4,
+            Algorithm::RS512 => 1 << 5,
+            Algorithm::PS256 => 1 << 6,
+            Algorithm::PS384 => 1 << 7,
+            Algorithm::PS512 => 1 << 8,
+            Algorithm::ES256 => 1 << 9,
+            Algorithm::ES384 => 1 << 10,
+            Algorithm::EdDSA => 1 << 11,
+            _ => 0,
+        }
+    }
+
+    fn of(algs: &[Algorithm]) -> AlgSet {
+        AlgSet(algs.iter().fold(0, |acc, &a| acc | Self::bit(a)))
+    }
+
+    fn contains(self, alg: Algorithm) -> bool {
+        let bit = Self::bit(alg);
+        bit != 0 && self.0 & bit == bit
+    }
+
+    fn intersect(self, other: AlgSet) -> AlgSet {
+        AlgSet(self.0 & other.0)
+    }
+
+    fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn iter(self) -> impl Iterator<Item = Algorithm> {
+        ALL_ALGORITHMS
+            .into_iter()
+            .filter(move |&a| self.contains(a))
+    }
+}
+
+const ALL_ALGORITHMS: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl fmt::Debug for AlgSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+// === Authenticator ===
+
+/// The HS secret in both directions (verify requests, mint for `portcullis token`/`demo`).
+struct HmacKey {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+}
+
+/// A JWKS public key with the algorithms it may verify: its type/`alg` intersected with the
+/// pinned list, so the token header can never make it verify under another algorithm.
+struct PublicKey {
+    algs: AlgSet,
+    key: DecodingKey,
+}
+
 /// The configured authenticator (closed set; only JWT for now).
 pub struct Authenticator {
-    // implementation-defined
+    pinned: AlgSet,
+    hmac: Option<HmacKey>,
+    keys: Vec<PublicKey>,
+    /// `kid` → index into `keys`. A `kid` only ever selects from here (never a path or URL).
+    by_kid: HashMap<String, usize>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    subject_claim: String,
+    tenant: TenantSource,
+    leeway: u64,
+}
+
+impl fmt::Debug for Authenticator {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kids: Vec<&str> = self.by_kid.keys().map(String::as_str).collect();
+        kids.sort_unstable();
+        f.debug_struct("Authenticator")
+            .field("algorithms", &self.pinned)
+            .field("hmac_secret", &self.hmac.as_ref().map(|_| "<redacted>"))
+            .field("public_keys", &self.keys.len())
+            .field("kids", &kids)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("subject_claim", &self.subject_claim)
+            .field("tenant", &self.tenant)
+            .field("leeway_s", &self.leeway)
+            .finish()
+    }
 }
 
 impl Authenticator {
     /// Load keys (env secret, JWKS file). Called at config load, never per request.
     pub fn build(settings: &JwtSettings) -> Result<Authenticator, IdentitySetupError> {
-        let _ = settings;
-        todo!()
+        let secret = match &settings.secret_env {
+            Some(name) => Some(read_secret(name)?),
+            None => None,
+        };
+        Self::build_with_secret(settings, secret.as_deref())
+    }
+
+    /// Like [`Authenticator::build`], but with the HS secret given directly instead of read from
+    /// `settings.secret_env` (tests, and callers that obtained the secret another way; edition
+    /// 2024 makes `std::env::set_var` unsafe, so tests cannot inject it through the environment).
+    pub fn build_with_secret(
+        settings: &JwtSettings,
+        secret: Option<&[u8]>,
+    ) -> Result<Authenticator, IdentitySetupError> {
+        let mut pinned = AlgSet::default();
+        for name in &settings.algorithms {
+            let alg = Algorithm::from_str(name)
+                .map_err(|_| IdentitySetupError::UnsupportedAlgorithm(name.clone()))?;
+            pinned = AlgSet(pinned.0 | AlgSet::bit(alg));
+        }
+        if pinned.is_empty() {
+            return Err(IdentitySetupError::Other(
+                "`algorithms` is empty; pin at least one, e.g. `[\"HS256\"]`".into(),
+            ));
+        }
+        check_claim_name("subject_claim", &settings.subject_claim)?;
+        if let TenantSource::Claim(name) = &settings.tenant {
+            check_claim_name("tenant claim", name)?;
+        }
+
+        let hmac = match secret {
+            Some([]) => {
+                return Err(IdentitySetupError::MissingSecret(
+                    settings.secret_env.clone().unwrap_or_default(),
+                ));
+            }
+            Some(s) => Some(HmacKey {
+                decoding: DecodingKey::from_secret(s),
+                encoding: EncodingKey::from_secret(s),
+            }),
+            None => None,
+        };
+        let hmac_algs = pinned.intersect(AlgSet::of(AlgorithmFamily::Hmac.algorithms()));
+        if hmac.is_none()
+            && let Some(alg) = hmac_algs.iter().next()
+        {
+            return Err(IdentitySetupError::Other(format!(
+                "algorithm `{alg:?}` needs a secret; set `secret_env` to the name of the \
+                 environment variable holding it"
+            )));
+        }
+
+        let (keys, by_kid) = match &settings.jwks_file {
+            Some(path) => load_jwks(path, pinned)?,
+            None => (Vec::new(), HashMap::new()),
+        };
+        for alg in pinned
+            .iter()
+            .filter(|a| a.family() != AlgorithmFamily::Hmac)
+        {
+            if !keys.iter().any(|k| k.algs.contains(alg)) {
+                let message = match &settings.jwks_file {
+                    Some(path) => format!(
+                        "algorithm `{alg:?}` is pinned but no key in `{}` can verify it; add a \
+                         matching key or unpin the algorithm",
+                        path.display()
+                    ),
+                    None => format!("algorithm `{alg:?}` needs public keys; set `jwks_file`"),
+                };
+                return Err(IdentitySetupError::Other(message));
+            }
+        }
+
+        Ok(Authenticator {
+            pinned,
+            hmac,
+            keys,
+            by_kid,
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            subject_claim: settings.subject_claim.clone(),
+            tenant: settings.tenant.clone(),
+            leeway: settings.leeway.as_secs(),
+        })
     }
 
     /// Verify a request's credentials. `authorization` is the single `Authorization` header value
     /// (the proxy rejects duplicates before this), `tenant_header` the value of the configured
     /// tenant header when `TenantSource::Header`. `now` is unix seconds (injected for tests).
+    ///
+    /// Order: syntax, header, pinned algorithm, signature, and only then claims, so nothing in an
+    /// unverified payload is interpreted. `now` is the only clock used.
     pub fn authenticate(
         &self,
         authorization: Option<&[u8]>,
         tenant_header: Option<&[u8]>,
         now: u64,
     ) -> Result<Principal, AuthnError> {
-        let _ = (authorization, tenant_header, now);
-        todo!()
+        let token = bearer_token(authorization.ok_or(AuthnError::MissingToken)?)?;
+        let (header_b64, rest) = token.split_once('.').ok_or(AuthnError::InvalidToken)?;
+        let (payload_b64, signature_b64) = rest.split_once('.').ok_or(AuthnError::InvalidToken)?;
+        if header_b64.is_empty() || signature_b64.is_empty() || signature_b64.contains('.') {
+            return Err(AuthnError::InvalidToken);
+        }
+        let signing_input = token
+            .get(..header_b64.len() + 1 + payload_b64.len())
+            .ok_or(AuthnError::InvalidToken)?;
+
+        // One buffer for header and payload: a single allocation per request.
+        let mut buf = Vec::with_capacity(
+            jwt::decoded_len(header_b64.len()) + jwt::decoded_len(payload_b64.len()),
+        );
+        jwt::b64url_decode_into(header_b64.as_bytes(), &mut buf)
+            .map_err(|()| AuthnError::InvalidToken)?;
+        let header_len = buf.len();
+        jwt::b64url_decode_into(payload_b64.as_bytes(), &mut buf)
+            .map_err(|()| AuthnError::InvalidToken)?;
+        let (header_bytes, payload_bytes) = buf.split_at(header_len);
+
+        let header = jwt::parse_header(header_bytes).map_err(|()| AuthnError::InvalidToken)?;
+        // Exact, case-sensitive names: `none`/`None`/`NONE` are simply unknown.
+        let alg = Algorithm::from_str(&header.alg).map_err(|_| AuthnError::InvalidToken)?;
+        if !self.pinned.contains(alg) {
+            return Err(AuthnError::InvalidToken);
+        }
+        if !self.verify_signature(alg, header.kid.as_deref(), signing_input, signature_b64) {
+            return Err(AuthnError::InvalidToken);
+        }
+
+        let spec = jwt::ClaimSpec {
+            subject: &self.subject_claim,
+            tenant: match &self.tenant {
+                TenantSource::Claim(name) => Some(name),
+                TenantSource::Header(_) => None,
+            },
+            check_issuer: self.issuer.is_some(),
+            audience: self.audience.as_deref(),
+        };
+        let claims =
+            jwt::parse_claims(payload_bytes, &spec).map_err(|()| AuthnError::InvalidToken)?;
+        self.principal(claims, tenant_header, now)
     }
 
     /// The tenant header name when the tenant comes from a header.
     pub fn tenant_header(&self) -> Option<&str> {
-        todo!()
+        match &self.tenant {
+            TenantSource::Header(name) => Some(name),
+            TenantSource::Claim(_) => None,
+        }
     }
 
     /// Mint an HS256 token (for `portcullis token` and `demo`); fails without an HS secret.
     pub fn mint_hs256(&self, claims: &serde_json::Value) -> Result<String, IdentitySetupError> {
-        let _ = claims;
-        todo!()
+        let hmac = self.hmac.as_ref().ok_or_else(|| {
+            IdentitySetupError::Other(
+                "cannot mint a token: no HS secret is configured; set `secret_env`".into(),
+            )
+        })?;
+        let header = jsonwebtoken::Header::new(Algorithm::HS256);
+        jsonwebtoken::encode(&header, claims, &hmac.encoding)
+            .map_err(|e| IdentitySetupError::Other(format!("cannot mint a token: {e}")))
     }
+
+    /// The HS secret for HMAC algorithms (a `kid` cannot select anything else); for public-key
+    /// algorithms the key named by `kid`, or without `kid` every key allowed for `alg`.
+    fn verify_signature(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+        signing_input: &str,
+        signature_b64: &str,
+    ) -> bool {
+        let check = |key: &DecodingKey| {
+            matches!(
+                jsonwebtoken::crypto::verify(signature_b64, signing_input.as_bytes(), key, alg),
+                Ok(true)
+            )
+        };
+        if alg.family() == AlgorithmFamily::Hmac {
+            return self.hmac.as_ref().is_some_and(|h| check(&h.decoding));
+        }
+        match kid {
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .and_then(|&i| self.keys.get(i))
+                .is_some_and(|k| k.algs.contains(alg) && check(&k.key)),
+            None => self
+                .keys
+                .iter()
+                .filter(|k| k.algs.contains(alg))
+                .any(|k| check(&k.key)),
+        }
+    }
+
+    /// Time, issuer, audience, then subject and tenant. The tenant is last so that
+    /// `MissingTenant` means "otherwise valid".
+    fn principal(
+        &self,
+        claims: jwt::Claims<'_>,
+        tenant_header: Option<&[u8]>,
+        now: u64,
+    ) -> Result<Principal, AuthnError> {
+        let exp = claims.exp.ok_or(AuthnError::InvalidToken)?;
+        // RFC 7519 §4.1.4: valid only while now < exp (plus leeway).
+        if now >= exp.saturating_add(self.leeway) {
+            return Err(AuthnError::TokenExpired);
+        }
+        // RFC 7519 §4.1.5: valid from nbf on (minus leeway).
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(self.leeway))
+        {
+            return Err(AuthnError::InvalidToken);
+        }
+        if let Some(issuer) = &self.issuer
+            && claims.iss.as_deref() != Some(issuer.as_str())
+        {
+            return Err(AuthnError::InvalidToken);
+        }
+        if self.audience.is_some() && claims.aud_matches != Some(true) {
+            return Err(AuthnError::InvalidToken);
+        }
+        let subject = claims.subject.ok_or(AuthnError::InvalidToken)?;
+        if !jwt::valid_subject(subject.as_bytes()) {
+            return Err(AuthnError::InvalidToken);
+        }
+        let tenant = match &self.tenant {
+            TenantSource::Claim(_) => claims.tenant.as_deref().map(str::as_bytes),
+            TenantSource::Header(_) => tenant_header,
+        };
+        let tenant = match tenant {
+            None | Some([]) => return Err(AuthnError::MissingTenant),
+            Some(t) if !jwt::valid_tenant(t) => return Err(AuthnError::InvalidToken),
+            // valid_tenant admits ASCII only, so this never fails.
+            Some(t) => std::str::from_utf8(t)
+                .map_err(|_| AuthnError::InvalidToken)?
+                .to_owned(),
+        };
+        Ok(Principal {
+            tenant,
+            subject: subject.into_owned(),
+            mfa: claims.mfa,
+            expires_at: exp,
+        })
+    }
+}
+
+/// `Bearer <token>`: scheme case-insensitive (RFC 9110 §11.1), exactly one space, one token of
+/// base64url characters and dots, at most [`jwt::MAX_TOKEN_LEN`] bytes. Anything else is invalid.
+fn bearer_token(value: &[u8]) -> Result<&str, AuthnError> {
+    let scheme = value.get(..6).ok_or(AuthnError::InvalidToken)?;
+    if !scheme.eq_ignore_ascii_case(b"Bearer") || value.get(6) != Some(&b' ') {
+        return Err(AuthnError::InvalidToken);
+    }
+    let token = value.get(7..).unwrap_or_default();
+    if token.is_empty()
+        || token.len() > jwt::MAX_TOKEN_LEN
+        || !token
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    {
+        return Err(AuthnError::InvalidToken);
+    }
+    std::str::from_utf8(token).map_err(|_| AuthnError::InvalidToken)
+}
+
+// === build helpers ===
+
+fn read_secret(name: &str) -> Result<Vec<u8>, IdentitySetupError> {
+    match std::env::var_os(name) {
+        None => Err(IdentitySetupError::MissingSecret(name.to_owned())),
+        Some(v) if v.is_empty() => Err(IdentitySetupError::MissingSecret(name.to_owned())),
+        Some(v) => v.into_string().map(String::into_bytes).map_err(|_| {
+            IdentitySetupError::Other(format!(
+                "environment variable `{name}` is not valid UTF-8; the secret is used as raw UTF-8 bytes"
+            ))
+        }),
+    }
+}
+
+/// The claim parser interprets the registered claims itself; a configured claim name equal to
+/// one of them would be ambiguous.
+fn check_claim_name(what: &str, name: &str) -> Result<(), IdentitySetupError> {
+    if name.is_empty() || jwt::RESERVED_CLAIMS.contains(&name) {
+        return Err(IdentitySetupError::Other(format!(
+            "{what} `{name}` is not allowed; it must be non-empty and not one of {}",
+            jwt::RESERVED_CLAIMS.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+type KeyMap = (Vec<PublicKey>, HashMap<String, usize>);
+
+/// Read and check the JWKS file once. Encryption keys are skipped; keys whose type/`alg`
+/// allows none of the pinned algorithms are skipped; anything malformed or ambiguous (symmetric
+/// keys, unknown curves, `alg` contradicting the key type, duplicate `kid`) is an error.
+fn load_jwks(path: &std::path::Path, pinned: AlgSet) -> Result<KeyMap, IdentitySetupError> {
+    let shown = || path.display().to_string();
+    let invalid = |message: String| IdentitySetupError::JwksInvalid {
+        path: shown(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|source| IdentitySetupError::JwksRead {
+        path: shown(),
+        source,
+    })?;
+    let set: JwkSet = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+
+    let mut keys = Vec::new();
+    let mut by_kid = HashMap::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let label = match &jwk.common.key_id {
+            Some(kid) => format!("`{kid}`"),
+            None => format!("#{i}"),
+        };
+        match &jwk.common.public_key_use {
+            None | Some(PublicKeyUse::Signature) => {}
+            Some(_) => continue,
+        }
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => AlgSet::of(AlgorithmFamily::Rsa.algorithms()),
+            AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                EllipticCurve::P256 => AlgSet::of(&[Algorithm::ES256]),
+                EllipticCurve::P384 => AlgSet::of(&[Algorithm::ES384]),
+                ref other => {
+                    return Err(invalid(format!(
+                        "key {label}: curve {other:?} is not supported; use P-256 or P-384"
+                    )));
+                }
+            },
+            AlgorithmParameters::OctetKeyPair(p) => match p.curve {
+                EllipticCurve::Ed25519 => AlgSet::of(&[Algorithm::EdDSA]),
+                ref other => {
+                    return Err(invalid(format!(
+                        "key {label}: curve {other:?} is not supported; use Ed25519"
+                    )));
+                }
+            },
+            AlgorithmParameters::OctetKey(_) => {
+                return Err(invalid(format!(
+                    "key {label}: symmetric (`oct`) keys do not belong in the JWKS file; use \
+                     `secret_env` for HS algorithms"
+                )));
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "key {label}: unsupported key type; use RSA, EC or OKP"
+                )));
+            }
+        };
+        let algs = match jwk.common.key_algorithm {
+            None => family,
+            Some(key_alg) => {
+                let alg = Algorithm::try_from(key_alg)
+                    .ok()
+                    .filter(|&a| family.contains(a))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "key {label}: `alg` {key_alg:?} does not match the key type; \
+                             valid: {family:?}"
+                        ))
+                    })?;
+                AlgSet::of(&[alg])
+            }
+        };
+        let algs = algs.intersect(pinned);
+        if algs.is_empty() {
+            continue;
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("key {label}: {e}")))?;
+        if let Some(kid) = &jwk.common.key_id
+            && by_kid.insert(kid.clone(), keys.len()).is_some()
+        {
+            return Err(invalid(format!(
+                "duplicate kid {label}; each key needs a unique `kid`"
+            )));
+        }
+        keys.push(PublicKey { algs, key });
+    }
+    Ok((keys, by_kid))
 }

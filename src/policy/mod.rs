@@ -1,24 +1,82 @@
 //! Permissions, roles, entitlements and the pure `decide` function (DESIGN.md §3).
 //!
-//! INTERFACE SKELETON: the public items below are the contract other modules code against.
-//! Bodies marked `todo!()` are to be implemented; signatures may only gain, not lose, capability.
+//! Pure: no I/O, no async, no logging, no panics on data (problems come back as values).
+//! Roles are compiled once per config load into bitsets over the *permission universe* (every
+//! concrete permission a route requires), so a decision is a handful of bit tests, never a scan
+//! over roles or patterns. Tenants and principals are compiled the same way when the grant
+//! store loads them (`Policy::tenant`, `Policy::principal`; the results are what `grants`
+//! caches).
 //!
-//! Pure: no I/O, no async, no logging, no panics on data. Roles are compiled once per config load
-//! into bitsets over the *permission universe* (every concrete permission a route requires), so a
-//! decision is a handful of bit tests, never a scan over roles or patterns.
+//! # Evaluation order
+//!
+//! `no_route` (the caller builds `Verdict::no_route`) → `unauthenticated` (no identity on a
+//! non-public route) → then each required permission is checked alone, first failure wins:
+//!
+//! 1. `feature_disabled`: a matching `require_feature` names a feature the tenant lacks;
+//! 2. `tier_required`: the tenant's tier is below the highest tier a matching `require_tier`
+//!    names (a tenant with no record, or no tier, fails every tier requirement);
+//! 3. `denied_by_override`: a per-user `deny` pattern matches (beats roles, `grant` and `own`);
+//! 4. `missing_permission`: neither a full grant (roles' `permissions`, per-user `grant`) nor
+//!    an `own` grant;
+//! 5. `not_owner`: the permission is held only through `own` and the route's owner parameter is
+//!    not exactly the subject (own-only on a route without owner parameter is allowed, with
+//!    `Grant::own_only`, so the upstream filters to the caller's records);
+//! 6. `scope_denied`: the principal has a non-empty `scopes` list and the route's scope value is
+//!    not in it;
+//! 7. `mfa_required` (401): the route or a matching `[entitlements.mfa]` pattern needs MFA.
+//!
+//! `all_of` checks in list order and reports the first failure; `any_of` allows on the first
+//! option passing every check with a full grant, else on the first passing own-only option,
+//! else reports the first option's failure. Holding a permission both fully and through `own`
+//! counts as full. Monitor mode computes the same outcome but hands out a `Grant` anyway.
+//!
+//! # `all_scopes`, per permission
+//!
+//! `all_scopes` exempts a *grant* from the scope check, not the principal: a permission passes
+//! the scope check unchecked only if the grant the decision relies on (full, or `own` when the
+//! permission is own-only) comes from a role with `all_scopes` (directly or inherited). Holding
+//! an `all_scopes` role that grants `campaigns.view` does not make a scoped role's
+//! `campaigns.delete` unscoped, and per-user `grant` patterns are always scoped. This keeps a
+//! narrow all-scopes role (say `brand_auditor`) from widening everything else the user holds.
 //!
 //! `Grant` is a capability: only this module can construct one, and `proxy` forwards a request
 //! only with a `&Grant` in hand.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
+mod bitset;
+mod compile;
+mod eval;
 pub mod permission;
+#[cfg(test)]
+mod tests;
 
+pub use eval::decide;
+pub use permission::{Pattern, PatternError};
+
+use std::collections::HashMap;
 use std::fmt;
+
+use bitset::BitSet;
+use compile::CompiledRole;
 
 /// Index of a concrete permission in the compiled universe (route-required permissions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PermId(pub(crate) u32);
+
+impl PermId {
+    pub(crate) fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// The permission separator when the config names none.
+pub const DEFAULT_SEPARATOR: char = '.';
 
 /// Enforcement mode, global or per route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,7 +110,8 @@ pub struct RoleDef {
 }
 
 /// Everything `Policy::compile` needs; `config` builds it from the TOML.
-#[derive(Debug, Clone, Default)]
+/// `Default` uses the default separator `.`.
+#[derive(Debug, Clone)]
 pub struct PolicyDef {
     pub separator: char,
     pub roles: Vec<RoleDef>,
@@ -69,6 +128,21 @@ pub struct PolicyDef {
     /// Every concrete permission named by a route requirement (the universe), in route order.
     /// Duplicates are allowed and collapse to one `PermId`.
     pub route_permissions: Vec<String>,
+}
+
+impl Default for PolicyDef {
+    fn default() -> PolicyDef {
+        PolicyDef {
+            separator: DEFAULT_SEPARATOR,
+            roles: Vec::new(),
+            aliases: Vec::new(),
+            tiers: Vec::new(),
+            require_tier: Vec::new(),
+            require_feature: Vec::new(),
+            mfa: Vec::new(),
+            route_permissions: Vec::new(),
+        }
+    }
 }
 
 /// Where in a `PolicyDef` an error sits, so `config` can point at the file and line.
@@ -139,71 +213,56 @@ pub struct TenantData {
 /// The compiled policy: roles flattened into permission bitsets, entitlements pre-indexed.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    // implementation-defined
+    sep: char,
+    /// `PermId` → name. INVARIANT: every per-permission table below has this length.
+    universe: Box<[String]>,
+    ids: HashMap<String, PermId>,
+    roles: Box<[CompiledRole]>,
+    /// Role names and aliases → index in `roles`.
+    role_index: HashMap<String, usize>,
+    /// Lowest first; a rank is an index.
+    tiers: Box<[String]>,
+    tier_rank: HashMap<String, u32>,
+    /// Features named by `require_feature`, interned; others cannot change a decision.
+    features: Box<[String]>,
+    feature_index: HashMap<String, u32>,
+    /// Per permission: rank of the highest tier any matching `require_tier` pattern needs.
+    perm_tier: Box<[Option<u32>]>,
+    /// Per permission: every feature a matching `require_feature` pattern needs.
+    perm_features: Box<[Box<[u32]>]>,
+    /// Permissions matching an `[entitlements.mfa]` pattern.
+    mfa: BitSet,
 }
 
 /// A tenant's compiled custom roles and entitlements (tier rank, features).
+/// `Default` is a tenant with no record: no tier, no features, no custom roles.
 #[derive(Debug, Clone, Default)]
 pub struct TenantGrants {
-    // implementation-defined
+    tier: Option<u32>,
+    features: BitSet,
+    roles: Vec<CompiledRole>,
+    role_index: HashMap<String, usize>,
 }
 
 /// A principal's effective grants in one tenant: what `decide` consults.
+/// `Default` grants nothing.
 #[derive(Debug, Clone, Default)]
 pub struct PrincipalGrants {
-    // implementation-defined
+    full: BitSet,
+    own: BitSet,
+    /// Full grants coming from an `all_scopes` role (exempt from the `scopes` check).
+    scope_free_full: BitSet,
+    /// `own` grants coming from an `all_scopes` role.
+    scope_free_own: BitSet,
+    deny: BitSet,
+    scopes: Box<[String]>,
+    role_names: Vec<String>,
 }
 
-impl Policy {
-    /// Compile and validate; reports every error at once.
-    pub fn compile(def: &PolicyDef) -> Result<Policy, Vec<PolicyError>> {
-        let _ = def;
-        todo!()
-    }
-
-    pub fn separator(&self) -> char {
-        todo!()
-    }
-
-    /// The id of a concrete route permission, if it is in the universe.
-    pub fn permission_id(&self, name: &str) -> Option<PermId> {
-        let _ = name;
-        todo!()
-    }
-
-    pub fn permission_name(&self, id: PermId) -> &str {
-        let _ = id;
-        todo!()
-    }
-
-    /// Role names (built-in and aliases) that exist, for validating assignments.
-    pub fn has_role(&self, name_or_alias: &str) -> bool {
-        let _ = name_or_alias;
-        todo!()
-    }
-
-    /// Compile a tenant record. Problems (unknown tier, bad custom-role pattern, cycle) are
-    /// returned alongside a best-effort result that never grants more than the valid data says.
-    pub fn tenant(&self, data: &TenantData) -> (TenantGrants, Vec<PolicyError>) {
-        let _ = data;
-        todo!()
-    }
-
-    /// Compile a principal. An unknown role grants nothing (reported); a malformed `deny`
-    /// pattern makes the whole principal grant nothing (a skipped deny would widen access).
-    pub fn principal(
-        &self,
-        tenant: &TenantGrants,
-        subject: &SubjectData,
-    ) -> (PrincipalGrants, Vec<PolicyError>) {
-        let _ = (tenant, subject);
-        todo!()
-    }
-
-    /// Effective role names of a principal after alias resolution (for `x-authz-roles`, audit).
-    pub fn role_names<'a>(&'a self, principal: &'a PrincipalGrants) -> &'a [String] {
-        let _ = principal;
-        todo!()
+impl PrincipalGrants {
+    /// The principal's sub-tenant scopes (empty: unrestricted).
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
     }
 }
 
@@ -383,15 +442,4 @@ impl Verdict {
             },
         }
     }
-}
-
-/// Decide one request. `who` is `None` when no identity was presented or verified (only a
-/// public route can then allow). Evaluation order and pinned rules: DESIGN.md §3.
-pub fn decide(
-    policy: &Policy,
-    rule: &Rule,
-    who: Option<(&Caller<'_>, &TenantGrants, &PrincipalGrants)>,
-) -> Verdict {
-    let _ = (policy, rule, who);
-    todo!()
 }
