@@ -2419,6 +2419,10 @@ impl Ctx<'_> {
                         t.features_span.clone(),
                         format!("tenants.{}.features", t.name),
                     ),
+                    Location::Tenant { field: "roles" } => (
+                        tenant_role_span(t, &e.message).or_else(|| t.roles_span.clone()),
+                        format!("tenants.{}.roles", t.name),
+                    ),
                     Location::Tenant { field } => {
                         (t.roles_span.clone(), format!("tenants.{}.{field}", t.name))
                     }
@@ -2838,6 +2842,29 @@ enum StoreKind {
         url: String,
         prefix: String,
     },
+}
+
+/// Point a tenant custom-role error at the role (or its list element) the message names:
+/// `policy` reports them all at `Location::Tenant { field: "roles" }`.
+fn tenant_role_span(t: &TenantPlan, message: &str) -> Option<Range<usize>> {
+    let mut quoted = message.split('`').skip(1).step_by(2);
+    let name = quoted.next()?;
+    let role = t.role_spans.get(name)?;
+    for field in ["permissions", "own"] {
+        if let Some(rest) = message.split(&format!(" {field}[")).nth(1)
+            && let Some(index) = rest.split(']').next().and_then(|i| i.parse().ok())
+        {
+            return Some(role.element(field, index));
+        }
+    }
+    if message.contains(" inherits ")
+        && let Some(parent) = quoted.next()
+        && let Some(def) = t.data.custom_roles.iter().find(|r| r.name == name)
+        && let Some(i) = def.inherits.iter().position(|p| p == parent)
+    {
+        return Some(role.element("inherits", i));
+    }
+    Some(role.name.clone())
 }
 
 fn split_list(list: Option<StrList>) -> (Vec<String>, Vec<Range<usize>>) {
