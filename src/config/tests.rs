@@ -996,3 +996,15 @@ fn missing_main_file() {
     assert_eq!(err.errors[0].line, 0);
     assert!(err.errors[0].message.starts_with("cannot read config file"));
 }
+
+#[test]
+fn assignment_roles_checked_even_when_roles_do_not_compile() {
+    let text = format!(
+        "{BASE}\n[roles.editor]\ninherits = [\"ghost\"]\n[[assignments]]\ntenant = \"acme\"\nsubject = \"alice\"\nroles = [\"admin\"]\n"
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{}", render(&errs));
+    assert_eq!(errs[0].line, line_of(&text, "\"ghost\""));
+    assert_eq!(errs[1].line, line_of(&text, "\"admin\""));
+    assert_eq!(errs[1].message, "unknown role `admin` grants nothing");
+}

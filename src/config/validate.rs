@@ -334,23 +334,26 @@ impl Ctx<'_> {
             }
         };
 
-        let store = match (policy.as_ref(), store) {
-            (Some(policy), Some(StoreKind::File)) => Some(StoreSettings::File(self.compile_store(
-                policy,
-                &tenant_plans,
-                &assignment_plans,
-                before_policy,
-            ))),
-            (None, Some(StoreKind::File)) => Some(StoreSettings::File(FileStoreData::default())),
-            (_, Some(StoreKind::Redis { url, prefix, .. })) => {
-                Some(StoreSettings::Redis { url, prefix })
-            }
-            (_, None) => None,
-        };
+        let store =
+            match (policy.as_ref(), store) {
+                (Some(policy), Some(StoreKind::File)) => Some(StoreSettings::File(
+                    self.compile_store(policy, &tenant_plans, &assignment_plans, before_policy),
+                )),
+                (None, Some(StoreKind::File)) => {
+                    // The policy did not compile, so `principal` cannot run; still report
+                    // assignments naming roles that exist nowhere, so one run shows every mistake.
+                    self.check_assignment_roles(&def, &tenant_plans, &assignment_plans);
+                    Some(StoreSettings::File(FileStoreData::default()))
+                }
+                (_, Some(StoreKind::Redis { url, prefix, .. })) => {
+                    Some(StoreSettings::Redis { url, prefix })
+                }
+                (_, None) => None,
+            };
 
         let entries = policy
             .as_ref()
-            .map(|p| self.compile_routes(p, plans, &perm_spans, mode.unwrap_or_default()));
+            .map(|p| self.compile_routes(p, plans, mode.unwrap_or_default()));
 
         let authenticator = jwt
             .as_ref()
@@ -2123,7 +2126,6 @@ impl Ctx<'_> {
         &mut self,
         policy: &Policy,
         plans: Vec<Option<RoutePlan>>,
-        _perm_spans: &[At],
         mode: Mode,
     ) -> Vec<RouteEntry> {
         let mut out = Vec::new();
@@ -2465,6 +2467,50 @@ impl Ctx<'_> {
                 .push(((a.tenant.clone(), a.subject.clone()), a.data.clone()));
         }
         data
+    }
+
+    fn check_assignment_roles(
+        &mut self,
+        def: &PolicyDef,
+        tenants: &[TenantPlan],
+        assignments: &[AssignmentPlan],
+    ) {
+        let main = 0;
+        for a in assignments {
+            let custom = tenants
+                .iter()
+                .filter(|t| t.name == a.tenant)
+                .flat_map(|t| t.data.custom_roles.iter().map(|r| r.name.as_str()));
+            let known: Vec<&str> = def
+                .roles
+                .iter()
+                .map(|r| r.name.as_str())
+                .chain(def.aliases.iter().map(|(alias, _)| alias.as_str()))
+                .chain(custom)
+                .collect();
+            for (index, role) in a.data.roles.iter().enumerate() {
+                if known.contains(&role.as_str()) {
+                    continue;
+                }
+                let help = did_you_mean(role, known.iter().copied()).unwrap_or_else(|| {
+                    let mut names = known.clone();
+                    names.sort_unstable();
+                    format!("valid roles: {}", backticked(names))
+                });
+                let span = a
+                    .roles
+                    .get(index)
+                    .cloned()
+                    .unwrap_or_else(|| a.span.clone());
+                self.err(
+                    main,
+                    span,
+                    &format!("{}.roles[{index}]", a.key),
+                    format!("unknown role `{role}` grants nothing"),
+                    Some(help),
+                );
+            }
+        }
     }
 
     // --- [audit] ---
