@@ -2,6 +2,16 @@
 //!
 //! No I/O on the request path: keys are loaded when the config is built. The algorithm is
 //! pinned by configuration, never chosen by the token header (RS/HS confusion, `alg=none`).
+//!
+//! Invariants (security.md §3.16, R8/R9):
+//! - The header `alg` must be pinned, and the key must be allowed for it: HS algorithms verify
+//!   only against the `secret_env` secret; RS/PS/ES/EdDSA only against JWKS keys whose type (and
+//!   `alg`, when the JWK has one) admits that algorithm. `kid` only indexes the in-memory map.
+//! - Claims are read only after the signature verified, and `now` (injected) is the only clock:
+//!   `exp` is required and valid while `now < exp + leeway`; `nbf`, when present, once
+//!   `nbf <= now + leeway`. `jsonwebtoken`'s own (system-clock) validation is not used.
+//! - `MissingTenant` means the token is otherwise valid; every other failure after the
+//!   `Authorization` header is present is `InvalidToken` or `TokenExpired`.
 
 pub mod jwt;
 #[cfg(test)]

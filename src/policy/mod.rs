@@ -39,6 +39,15 @@
 //! `campaigns.delete` unscoped, and per-user `grant` patterns are always scoped. This keeps a
 //! narrow all-scopes role (say `brand_auditor`) from widening everything else the user holds.
 //!
+//! # Bad data fails closed
+//!
+//! Config errors (`Policy::compile`) are all reported and nothing compiles. Grant-store data is
+//! compiled best effort, with problems returned alongside: an unknown tier means no tier; a
+//! custom role with a bad pattern, unknown parent or cycle grants nothing (a custom role named
+//! like a built-in role or alias is ignored: the built-in wins); an unknown assigned role grants
+//! nothing; a malformed `grant` pattern is skipped; a malformed `deny` pattern voids the whole
+//! principal, because skipping a deny would widen access.
+//!
 //! `Grant` is a capability: only this module can construct one, and `proxy` forwards a request
 //! only with a `&Grant` in hand.
 
@@ -149,6 +158,7 @@ impl Default for PolicyDef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// `field` is `permissions`, `own` or `inherits`; `index` is the position in that list.
+    /// A duplicate role is reported with `field` `name` and its index in `PolicyDef::roles`.
     Role {
         role: String,
         field: &'static str,
