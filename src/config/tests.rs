@@ -1008,3 +1008,32 @@ fn assignment_roles_checked_even_when_roles_do_not_compile() {
     assert_eq!(errs[1].line, line_of(&text, "\"admin\""));
     assert_eq!(errs[1].message, "unknown role `admin` grants nothing");
 }
+
+#[test]
+fn hs256_secret_from_the_environment() {
+    // `std::env::set_var` is unsafe in edition 2024 and the crate forbids unsafe code, so use a
+    // variable cargo always sets for test processes; its value serves as the secret.
+    let text = base_with(
+        "algorithms = [\"RS256\"]\njwks_file = \"../jwt/jwks.json\"",
+        "algorithms = [\"HS256\"]\nsecret_env = \"CARGO_MANIFEST_DIR\"",
+    );
+    let s = ok(&text);
+    assert_eq!(s.jwt.secret_env.as_deref(), Some("CARGO_MANIFEST_DIR"));
+    assert_eq!(s.jwt.jwks_file, None);
+    let token = s
+        .authenticator
+        .mint_hs256(&serde_json::json!({"iss": "https://idp.example.com/", "sub": "alice", "tenant": "acme", "exp": 4_000_000_000u64}))
+        .unwrap();
+    let who = s
+        .authenticator
+        .authenticate(
+            Some(format!("Bearer {token}").as_bytes()),
+            None,
+            1_700_000_000,
+        )
+        .unwrap();
+    assert_eq!(
+        (who.tenant.as_str(), who.subject.as_str()),
+        ("acme", "alice")
+    );
+}
