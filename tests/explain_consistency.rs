@@ -187,7 +187,16 @@ async fn explain_batch_matches_the_live_gateway() {
             denies += 1;
             continue;
         }
-        assert_eq!(&explained, live, "{case:?}");
+        if case.2 == "HEAD" {
+            // A HEAD response has no body to carry the reason: compare what is visible.
+            assert_eq!(
+                (&explained.decision, explained.status),
+                (&live.decision, live.status),
+                "{case:?}"
+            );
+        } else {
+            assert_eq!(&explained, live, "{case:?}");
+        }
         if live.decision == "allow" {
             allows += 1;
         } else {

@@ -242,7 +242,7 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {
 /// Parse and validate config text; `path` is used for messages and relative paths
 /// (e.g. `jwks_file` resolves against the config file's directory).
 pub fn load_str(text: &str, path: &Path) -> Result<Snapshot, ConfigErrors> {
-    validate::validate(text, path).map_err(|errors| ConfigErrors { errors })
+    validate::validate(text, path, None).map_err(|errors| ConfigErrors { errors })
 }
 
 /// Like `load_str`, but with the HS256 secret given directly instead of read from
@@ -252,6 +252,5 @@ pub fn load_str_with_secret(
     path: &Path,
     secret: Option<&[u8]>,
 ) -> Result<Snapshot, ConfigErrors> {
-    let _ = (text, path, secret);
-    todo!()
+    validate::validate(text, path, secret).map_err(|errors| ConfigErrors { errors })
 }

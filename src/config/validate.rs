@@ -55,7 +55,11 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 /// Read, parse and validate `text` (the main file at `path`) and its includes.
-pub(crate) fn validate(text: &str, path: &Path) -> Result<Snapshot, Vec<ConfigError>> {
+pub(crate) fn validate(
+    text: &str,
+    path: &Path,
+    secret: Option<&[u8]>,
+) -> Result<Snapshot, Vec<ConfigError>> {
     let mut sources = Sources::default();
     let main = sources.add(path.to_path_buf(), text.to_owned());
     let file: raw::File = match toml::from_str(text) {
@@ -72,6 +76,7 @@ pub(crate) fn validate(text: &str, path: &Path) -> Result<Snapshot, Vec<ConfigEr
         src: &sources,
         base,
         errors: early,
+        secret,
     };
     let snapshot = ctx.build(main, file, includes);
     let mut errors = ctx.errors;
@@ -158,6 +163,8 @@ struct Ctx<'s> {
     /// Directory of the main file: relative paths resolve against it.
     base: PathBuf,
     errors: Vec<ConfigError>,
+    /// HS secret given directly (demo, tests) instead of read from `secret_env`.
+    secret: Option<&'s [u8]>,
 }
 
 /// Where a role's list elements sit, to map `Location::Role` back to the file.
@@ -1034,7 +1041,11 @@ impl Ctx<'_> {
         jwt: &JwtSettings,
         spans: &JwtSpans,
     ) -> Option<Authenticator> {
-        match Authenticator::build(jwt) {
+        let built = match self.secret {
+            Some(secret) => Authenticator::build_with_secret(jwt, Some(secret)),
+            None => Authenticator::build(jwt),
+        };
+        match built {
             Ok(a) => Some(a),
             Err(e) => {
                 let (span, key, help) = match &e {
