@@ -57,6 +57,9 @@ const REQUESTS: &[(&str, &str)] = &[
     ("GET", "/api/campaigns/1%2Fx"),
 ];
 
+/// (who, with MFA, method, path); `who` is `None` for an anonymous request.
+type Case = (Option<(&'static str, &'static str)>, bool, &'static str, &'static str);
+
 #[derive(Debug, PartialEq)]
 struct Seen {
     decision: String,
@@ -71,7 +74,7 @@ async fn explain_batch_matches_the_live_gateway() {
     let gw = start_gateway(CONFIG, &up).await;
 
     // The cases: every subject × request, with and without MFA, plus anonymous requests.
-    let mut cases: Vec<(Option<(&str, &str)>, bool, &str, &str)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     for &(method, path) in REQUESTS {
         cases.push((None, false, method, path));
         for &who in SUBJECTS {
