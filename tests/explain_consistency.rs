@@ -58,7 +58,12 @@ const REQUESTS: &[(&str, &str)] = &[
 ];
 
 /// (who, with MFA, method, path); `who` is `None` for an anonymous request.
-type Case = (Option<(&'static str, &'static str)>, bool, &'static str, &'static str);
+type Case = (
+    Option<(&'static str, &'static str)>,
+    bool,
+    &'static str,
+    &'static str,
+);
 
 #[derive(Debug, PartialEq)]
 struct Seen {
