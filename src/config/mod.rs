@@ -1,7 +1,5 @@
 //! Configuration: TOML (DESIGN.md §8) → validated `Snapshot` of domain types.
 //!
-//! INTERFACE SKELETON: public items are the contract; `todo!()` bodies are to be implemented.
-//!
 //! Three stages: `raw` (serde, `deny_unknown_fields`, spans) → `validate` (every check, every
 //! error collected with file:line:col and a help line) → `Snapshot`. `portcullis check`, `run`,
 //! `demo` and (later) hot reload all go through `load`.
@@ -9,6 +7,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod diagnostic;
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;
 
 use crate::identity::JwtSettings;
 use crate::policy::{Mode, Policy, Rule, SubjectData, TenantData};
@@ -36,11 +41,25 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-/// All errors of one load attempt.
+/// All errors of one load attempt. `Display` renders every error followed by a summary, so
+/// the CLI can print it as is.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{} configuration error(s)", errors.len())]
 pub struct ConfigErrors {
     pub errors: Vec<ConfigError>,
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for e in &self.errors {
+            writeln!(f, "{}", e.rendered)?;
+        }
+        let n = self.errors.len();
+        write!(
+            f,
+            "{n} configuration error{}",
+            if n == 1 { "" } else { "s" }
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -73,11 +92,22 @@ pub enum StoreSettings {
     Redis { url: String, prefix: String },
 }
 
+/// Which requests may be served from a stale cache entry while Redis is down (§5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StaleFor {
+    /// GET, HEAD, OPTIONS only, so an outage never extends a revoked user's write access.
+    #[default]
+    Reads,
+    All,
+}
+
 #[derive(Debug, Clone)]
 pub struct GrantsSettings {
     pub store: StoreSettings,
     pub cache_ttl: Duration,
     pub max_stale: Duration,
+    /// `[grants] stale_for = "reads" | "all"`.
+    pub stale_for: StaleFor,
 }
 
 /// Audit sink formats available so far.
@@ -101,12 +131,48 @@ pub enum AllowEvents {
     Sample(f64),
 }
 
+/// When a response may be sent relative to its audit event reaching the spool (§6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Respond only after the event is appended to the spool file.
+    #[default]
+    Spooled,
+    /// Append asynchronously; a crash may lose the queue.
+    Buffered,
+}
+
+/// What happens when the spool is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFull {
+    /// Fail closed: refuse requests rather than forward unaudited ones.
+    #[default]
+    Block,
+    /// Keep serving and count the dropped events.
+    Drop,
+}
+
+/// `[audit.spool]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolSettings {
+    /// Resolved against the config file's directory.
+    pub dir: PathBuf,
+    /// Bytes (default 1 GiB).
+    pub max_size: u64,
+    pub on_full: OnFull,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditSettings {
     pub allow_events: AllowEvents,
     pub sinks: Vec<SinkSettings>,
-    /// Gateway name in events (`gateway` field); default: hostname or `portcullis`.
+    /// Gateway name in events (`gateway` field); default `portcullis`.
     pub gateway_name: String,
+    /// `[audit] durability` (default `spooled`).
+    pub durability: Durability,
+    /// `[audit] fsync_interval` (default 1 s).
+    pub fsync_interval: Duration,
+    /// `[audit.spool]`, absent when not configured.
+    pub spool: Option<SpoolSettings>,
 }
 
 /// One route of the route map, compiled.
@@ -159,15 +225,24 @@ pub struct Snapshot {
 
 /// Load, parse and validate a config file, reporting every error at once.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {
-    let _ = path;
-    todo!()
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_str(&text, path),
+        Err(err) => {
+            let mut sources = diagnostic::Sources::default();
+            let file = sources.add(path.to_path_buf(), String::new());
+            let message = format!("cannot read config file `{}`: {err}", path.display());
+            let error = sources.error(file, None, "", message, None);
+            Err(ConfigErrors {
+                errors: vec![error],
+            })
+        }
+    }
 }
 
 /// Parse and validate config text; `path` is used for messages and relative paths
 /// (e.g. `jwks_file` resolves against the config file's directory).
 pub fn load_str(text: &str, path: &Path) -> Result<Snapshot, ConfigErrors> {
-    let _ = (text, path);
-    todo!()
+    validate::validate(text, path, None).map_err(|errors| ConfigErrors { errors })
 }
 
 /// Like `load_str`, but with the HS256 secret given directly instead of read from
@@ -177,6 +252,5 @@ pub fn load_str_with_secret(
     path: &Path,
     secret: Option<&[u8]>,
 ) -> Result<Snapshot, ConfigErrors> {
-    let _ = (text, path, secret);
-    todo!()
+    validate::validate(text, path, secret).map_err(|errors| ConfigErrors { errors })
 }

@@ -1,6 +1,9 @@
 //! Test harness: a recording upstream, the gateway on an ephemeral port, a raw HTTP/1.1
 //! client (raw bytes, so attacks are not normalised away by a client library), and tokens.
-#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,7 +16,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -59,7 +62,11 @@ impl Upstream {
                         let log = log.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             log.lock().unwrap().push(Recorded {
                                 method: parts.method.to_string(),
                                 target: parts
@@ -70,7 +77,8 @@ impl Upstream {
                                 headers: parts.headers,
                                 body,
                             });
-                            let mut response = Response::new(Full::new(Bytes::from_static(b"upstream ok")));
+                            let mut response =
+                                Response::new(Full::new(Bytes::from_static(b"upstream ok")));
                             response
                                 .headers_mut()
                                 .insert("x-upstream", http::HeaderValue::from_static("1"));
@@ -121,7 +129,11 @@ pub async fn start_gateway(config: &str, upstream: &Upstream) -> TestGateway {
     let gateway = Arc::new(Gateway::build(snapshot).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve(listener, gateway.clone(), std::future::pending()));
+    tokio::spawn(server::serve(
+        listener,
+        gateway.clone(),
+        std::future::pending(),
+    ));
     TestGateway { addr, gateway }
 }
 
@@ -150,7 +162,10 @@ impl RawResponse {
 
     /// `reason` of a gateway JSON body.
     pub fn reason(&self) -> String {
-        self.json()["reason"].as_str().unwrap_or_default().to_owned()
+        self.json()["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -217,7 +232,9 @@ pub fn parse_response(buf: &[u8]) -> RawResponse {
 fn dechunk(mut rest: &str) -> String {
     let mut out = String::new();
     while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 {
             break;
         }
@@ -235,7 +252,8 @@ pub async fn request(
     token: Option<&str>,
     extra_headers: &[(&str, &str)],
 ) -> RawResponse {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n");
     if let Some(token) = token {
         req.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
@@ -247,7 +265,10 @@ pub async fn request(
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// HS256 token for `sub` in `tenant`, valid for an hour, with optional `amr`.
