@@ -45,7 +45,11 @@ impl Env {
         assert_eq!(r.json()["error"], "bad_request", "{}", r.body);
         assert_eq!(r.reason(), reason, "{}", r.body);
         assert_eq!(r.header("x-authz-source"), Some("gateway"));
-        assert_eq!(self.up.count(), before, "a refused request reached the upstream");
+        assert_eq!(
+            self.up.count(),
+            before,
+            "a refused request reached the upstream"
+        );
         r
     }
 }
@@ -69,13 +73,22 @@ async fn method_override_headers_are_stripped_and_the_request_line_is_authorized
         ("X-Method-Override", "DELETE"),
         ("x-original-method", "DELETE"),
     ];
-    let (_, seen) = e.forwarded("GET", "/api/campaigns/1", Some(&vic), &overrides).await;
+    let (_, seen) = e
+        .forwarded("GET", "/api/campaigns/1", Some(&vic), &overrides)
+        .await;
     for (name, _) in overrides {
         assert_eq!(seen.header(name), None, "`{name}` reached the upstream");
     }
     // The override cannot lend a DELETE the GET permission either.
     let before = e.up.count();
-    let r = request(e.gw.addr, "DELETE", "/api/campaigns/1", Some(&vic), &[("X-HTTP-Method-Override", "GET")]).await;
+    let r = request(
+        e.gw.addr,
+        "DELETE",
+        "/api/campaigns/1",
+        Some(&vic),
+        &[("X-HTTP-Method-Override", "GET")],
+    )
+    .await;
     assert_eq!(r.status, 403, "{}", r.raw);
     assert_eq!(r.reason(), "missing_permission");
     assert_eq!(r.json()["required_permission"], "campaigns.delete");
@@ -93,7 +106,10 @@ async fn url_override_headers_are_stripped_and_the_request_line_is_authorized() 
         ("X-Forwarded-Path", "/admin/users"),
         ("X-Forwarded-Prefix", "/admin"),
         ("X-Envoy-Original-Path", "/admin/users"),
-        ("x-middleware-subrequest", "middleware:middleware:middleware:middleware:middleware"),
+        (
+            "x-middleware-subrequest",
+            "middleware:middleware:middleware:middleware:middleware",
+        ),
     ];
     // A public request carrying them is served as the public path, without them.
     let (_, seen) = e.forwarded("GET", "/health", None, &overrides).await;
@@ -101,13 +117,25 @@ async fn url_override_headers_are_stripped_and_the_request_line_is_authorized() 
         assert_eq!(seen.header(name), None, "`{name}` reached the upstream");
     }
     let (_, seen) = e
-        .forwarded("GET", "/api/campaigns/1", Some(&token("vic", "acme")), &overrides)
+        .forwarded(
+            "GET",
+            "/api/campaigns/1",
+            Some(&token("vic", "acme")),
+            &overrides,
+        )
         .await;
     for (name, _) in overrides {
         assert_eq!(seen.header(name), None, "`{name}` reached the upstream");
     }
     // And a protected path does not become public by naming a public URL.
-    let r = request(e.gw.addr, "GET", "/admin/users", None, &[("X-Original-URL", "/health"), ("X-Rewrite-URL", "/health")]).await;
+    let r = request(
+        e.gw.addr,
+        "GET",
+        "/admin/users",
+        None,
+        &[("X-Original-URL", "/health"), ("X-Rewrite-URL", "/health")],
+    )
+    .await;
     assert_eq!(r.status, 401, "{}", r.raw);
     assert_eq!(r.reason(), "missing_token");
     assert_eq!(e.up.count(), 2);
@@ -134,7 +162,12 @@ async fn spoofed_identity_headers_are_replaced_by_the_gateways_in_any_case() {
         ("X-Permissions", "*"),
     ];
     let (_, seen) = e
-        .forwarded("GET", "/api/campaigns/1", Some(&token("vic", "acme")), &spoofed)
+        .forwarded(
+            "GET",
+            "/api/campaigns/1",
+            Some(&token("vic", "acme")),
+            &spoofed,
+        )
         .await;
     assert_eq!(all(&seen, "x-authz-subject"), ["vic"]);
     assert_eq!(all(&seen, "x-authz-tenant"), ["acme"]);
@@ -152,7 +185,11 @@ async fn spoofed_identity_headers_are_replaced_by_the_gateways_in_any_case() {
         "x-roles",
         "x-permissions",
     ] {
-        assert_eq!(seen.header(name), None, "client `{name}` reached the upstream");
+        assert_eq!(
+            seen.header(name),
+            None,
+            "client `{name}` reached the upstream"
+        );
     }
 }
 
@@ -172,8 +209,17 @@ async fn spoofed_identity_headers_are_absent_on_public_routes_without_a_token() 
             ],
         )
         .await;
-    for name in ["x-authz-subject", "x-authz-tenant", "x-authz-roles", "x-authz-scope"] {
-        assert_eq!(seen.header(name), None, "client `{name}` reached the upstream");
+    for name in [
+        "x-authz-subject",
+        "x-authz-tenant",
+        "x-authz-roles",
+        "x-authz-scope",
+    ] {
+        assert_eq!(
+            seen.header(name),
+            None,
+            "client `{name}` reached the upstream"
+        );
     }
 }
 
@@ -210,7 +256,11 @@ async fn spoofed_forwarding_headers_are_overwritten_or_removed() {
         "true-client-ip",
         "x-client-ip",
     ] {
-        assert_eq!(seen.header(name), None, "client `{name}` reached the upstream");
+        assert_eq!(
+            seen.header(name),
+            None,
+            "client `{name}` reached the upstream"
+        );
     }
 }
 
@@ -240,7 +290,11 @@ async fn connection_tokens_cannot_remove_gateway_set_headers() {
     assert_eq!(all(&seen, "x-forwarded-host"), ["gateway.test"]);
     assert_eq!(all(&seen, "x-request-id").len(), 1);
     assert!(!all(&seen, "x-request-id")[0].is_empty());
-    assert_eq!(seen.header("connection"), None, "hop-by-hop `Connection` forwarded");
+    assert_eq!(
+        seen.header("connection"),
+        None,
+        "hop-by-hop `Connection` forwarded"
+    );
 }
 
 #[tokio::test]
@@ -275,9 +329,17 @@ async fn client_headers_named_in_connection_are_removed() {
         "trailer",
         "connection",
     ] {
-        assert_eq!(seen.header(name), None, "hop-by-hop `{name}` reached the upstream");
+        assert_eq!(
+            seen.header(name),
+            None,
+            "hop-by-hop `{name}` reached the upstream"
+        );
     }
-    assert_eq!(seen.header("x-kept"), Some("yes"), "an end-to-end header was lost");
+    assert_eq!(
+        seen.header("x-kept"),
+        Some("yes"),
+        "an end-to-end header was lost"
+    );
 }
 
 #[tokio::test]
@@ -288,11 +350,16 @@ async fn header_names_with_underscores_are_rejected() {
         let req = format!(
             "GET /api/campaigns/1 HTTP/1.1\r\nHost: g\r\nConnection: close\r\nAuthorization: Bearer {t}\r\n{name}: alice\r\n\r\n"
         );
-        e.refused_raw(req.as_bytes(), 400, "invalid_header_name").await;
+        e.refused_raw(req.as_bytes(), 400, "invalid_header_name")
+            .await;
     }
     // even on a public route
-    e.refused_raw(b"GET /health HTTP/1.1\r\nHost: g\r\nConnection: close\r\nX_Authz_Subject: alice\r\n\r\n", 400, "invalid_header_name")
-        .await;
+    e.refused_raw(
+        b"GET /health HTTP/1.1\r\nHost: g\r\nConnection: close\r\nX_Authz_Subject: alice\r\n\r\n",
+        400,
+        "invalid_header_name",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -333,11 +400,19 @@ async fn duplicate_host_is_rejected() {
 #[tokio::test]
 async fn missing_host_on_http_1_1_is_rejected() {
     let e = env().await;
-    e.refused_raw(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n", 400, "missing_host")
-        .await;
+    e.refused_raw(
+        b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n",
+        400,
+        "missing_host",
+    )
+    .await;
     // absolute-form does not excuse a missing Host on HTTP/1.1 (RFC 9112 §3.2)
-    e.refused_raw(b"GET http://gateway.test/health HTTP/1.1\r\nConnection: close\r\n\r\n", 400, "missing_host")
-        .await;
+    e.refused_raw(
+        b"GET http://gateway.test/health HTTP/1.1\r\nConnection: close\r\n\r\n",
+        400,
+        "missing_host",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -349,7 +424,11 @@ async fn http_1_0_without_host_is_allowed() {
     assert_eq!(e.up.count(), 1);
     let seen = e.up.last().unwrap();
     assert_eq!(seen.target, "/health");
-    assert_eq!(seen.header("x-forwarded-host"), None, "no client host to report");
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        None,
+        "no client host to report"
+    );
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
 }
 
@@ -368,21 +447,36 @@ async fn invalid_request_id_is_replaced() {
     let e = env().await;
     let long = "a".repeat(300);
     for bad in ["has space", "a;b=c", long.as_str(), "\"quoted\"", "a,b"] {
-        let (r, seen) = e.forwarded("GET", "/health", None, &[("X-Request-Id", bad)]).await;
+        let (r, seen) = e
+            .forwarded("GET", "/health", None, &[("X-Request-Id", bad)])
+            .await;
         let ids = all(&seen, "x-request-id");
         assert_eq!(ids.len(), 1, "{bad:?}: {ids:?}");
         assert_ne!(ids[0], bad);
         assert!(
             !ids[0].is_empty()
                 && ids[0].len() <= 128
-                && ids[0].bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'),
+                && ids[0]
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-'),
             "{bad:?}: replaced by {:?}",
             ids[0]
         );
-        assert_eq!(r.header("x-request-id"), Some(ids[0].as_str()), "response and upstream agree");
+        assert_eq!(
+            r.header("x-request-id"),
+            Some(ids[0].as_str()),
+            "response and upstream agree"
+        );
     }
     // Refusals carry a fresh id too, never the client's bad one.
-    let r = request(e.gw.addr, "GET", "/admin/users", None, &[("X-Request-Id", "has space")]).await;
+    let r = request(
+        e.gw.addr,
+        "GET",
+        "/admin/users",
+        None,
+        &[("X-Request-Id", "has space")],
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert_ne!(r.header("x-request-id"), Some("has space"));
     assert_eq!(r.json()["request_id"].as_str(), r.header("x-request-id"));
@@ -392,9 +486,19 @@ async fn invalid_request_id_is_replaced() {
 async fn duplicate_request_ids_become_one() {
     let e = env().await;
     let (_, seen) = e
-        .forwarded("GET", "/health", None, &[("X-Request-Id", "first-id"), ("X-Request-Id", "second-id")])
+        .forwarded(
+            "GET",
+            "/health",
+            None,
+            &[("X-Request-Id", "first-id"), ("X-Request-Id", "second-id")],
+        )
         .await;
-    assert_eq!(all(&seen, "x-request-id").len(), 1, "{:?}", all(&seen, "x-request-id"));
+    assert_eq!(
+        all(&seen, "x-request-id").len(),
+        1,
+        "{:?}",
+        all(&seen, "x-request-id")
+    );
 }
 
 const HOP_BY_HOP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
@@ -416,10 +520,21 @@ async fn upstream_hop_by_hop_and_forged_gateway_headers_are_stripped_from_respon
     let scripted = ScriptedUpstream::start(HOP_BY_HOP_RESPONSE).await;
     let unused = Upstream::start().await;
     let gw = start_gateway(&scripted.config(SECURITY_CONFIG), &unused).await;
-    let r = request(gw.addr, "GET", "/api/campaigns/1", Some(&token("vic", "acme")), &[]).await;
+    let r = request(
+        gw.addr,
+        "GET",
+        "/api/campaigns/1",
+        Some(&token("vic", "acme")),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.raw);
     assert_eq!(r.body, "ok");
-    assert_eq!(r.header("x-upstream-ok"), Some("1"), "end-to-end response header lost");
+    assert_eq!(
+        r.header("x-upstream-ok"),
+        Some("1"),
+        "end-to-end response header lost"
+    );
     for name in [
         "x-hop-secret",
         "keep-alive",
@@ -429,7 +544,12 @@ async fn upstream_hop_by_hop_and_forged_gateway_headers_are_stripped_from_respon
         "trailer",
         "x-authz-source",
     ] {
-        assert_eq!(r.header(name), None, "upstream `{name}` reached the client: {}", r.raw);
+        assert_eq!(
+            r.header(name),
+            None,
+            "upstream `{name}` reached the client: {}",
+            r.raw
+        );
     }
     assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()));
     assert_eq!(scripted.heads().len(), 1);
@@ -453,8 +573,46 @@ async fn crlf_in_claims_cannot_inject_headers() {
         assert_eq!(e.up.count(), 0, "{claims}: forwarded");
     }
     // On a public route the bad token is ignored: forwarded without any identity.
-    let t = token_with(serde_json::json!({"sub": "a\r\nx-evil: 1", "tenant": "acme", "exp": now() + 3600}));
+    let t = token_with(
+        serde_json::json!({"sub": "a\r\nx-evil: 1", "tenant": "acme", "exp": now() + 3600}),
+    );
     let (_, seen) = e.forwarded("GET", "/health", Some(&t), &[]).await;
     assert_eq!(seen.header("x-evil"), None);
     assert_eq!(seen.header("x-authz-subject"), None);
+}
+
+#[tokio::test]
+async fn malformed_header_lines_are_rejected_before_the_gateway() {
+    let e = env().await;
+    let t = token("root", "acme");
+    for bad in [
+        "X-Authz-Subject : root",
+        "X-A: 1\r\n folded",
+        "X-A: a\0b",
+        "X-A: a\rb",
+        ": empty-name",
+    ] {
+        let req = format!(
+            "GET /admin/users HTTP/1.1\r\nHost: g\r\nConnection: close\r\nAuthorization: Bearer {t}\r\n{bad}\r\n\r\n"
+        );
+        let r = send_raw(e.gw.addr, req.as_bytes()).await;
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.raw);
+    }
+    assert_eq!(e.up.count(), 0, "{:?}", e.up.requests());
+}
+
+#[tokio::test]
+async fn too_many_headers_are_refused_and_not_forwarded() {
+    let e = env().await;
+    let mut req = format!(
+        "GET /api/campaigns/1 HTTP/1.1\r\nHost: g\r\nConnection: close\r\nAuthorization: Bearer {}\r\n",
+        token("vic", "acme")
+    );
+    for i in 0..120 {
+        req.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+    }
+    req.push_str("\r\n");
+    let r = send_raw(e.gw.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 431, "{}", r.raw);
+    assert_eq!(e.up.count(), 0);
 }

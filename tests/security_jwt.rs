@@ -10,11 +10,18 @@ use support::*;
 const ROUTE: &str = "/api/campaigns/1";
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!(
+        "{}/tests/fixtures/jwt/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 fn jwks_path() -> String {
-    format!("{}/tests/fixtures/jwt/jwks.json", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/tests/fixtures/jwt/jwks.json",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 /// SECURITY_CONFIG with `[identity.jwt]` replaced by `jwt` (a TOML table body).
@@ -51,7 +58,11 @@ fn b64url(bytes: &[u8]) -> String {
 
 /// `header.payload.signature` from raw JSON texts, signed with `key` under `alg`.
 fn signed_raw(header: &str, payload: &str, key: &EncodingKey, alg: Algorithm) -> String {
-    let input = format!("{}.{}", b64url(header.as_bytes()), b64url(payload.as_bytes()));
+    let input = format!(
+        "{}.{}",
+        b64url(header.as_bytes()),
+        b64url(payload.as_bytes())
+    );
     let sig = jsonwebtoken::crypto::sign(input.as_bytes(), key, alg).unwrap();
     format!("{input}.{sig}")
 }
@@ -65,7 +76,12 @@ fn vic_claims() -> String {
     format!(r#"{{"sub":"vic","tenant":"acme","exp":{}}}"#, now() + 3600)
 }
 
-fn encode_with(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &serde_json::Value) -> String {
+fn encode_with(
+    alg: Algorithm,
+    kid: Option<&str>,
+    key: &EncodingKey,
+    claims: &serde_json::Value,
+) -> String {
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, key).unwrap()
@@ -99,7 +115,11 @@ impl Env {
         assert_eq!(r.json()["error"], "unauthenticated", "{what}");
         assert_eq!(r.reason(), reason, "{what}: {}", r.body);
         assert_eq!(r.header("x-authz-source"), Some("gateway"), "{what}");
-        assert!(r.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")), "{what}");
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer")),
+            "{what}"
+        );
         assert_eq!(self.up.count(), before, "{what}: forwarded");
     }
 
@@ -121,7 +141,8 @@ impl Env {
 #[tokio::test]
 async fn control_a_valid_hs256_token_is_accepted() {
     let e = env().await;
-    e.accepts(&token("vic", "acme"), "vic", "acme", "HS256").await;
+    e.accepts(&token("vic", "acme"), "vic", "acme", "HS256")
+        .await;
 }
 
 #[tokio::test]
@@ -132,15 +153,25 @@ async fn alg_none_in_any_case_is_rejected() {
         let header = b64url(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes());
         for signature in ["", "AAAA", "c2ln"] {
             let t = format!("{header}.{payload}.{signature}");
-            e.rejects(&t, "invalid_token", &format!("alg={alg:?} sig={signature:?}")).await;
+            e.rejects(
+                &t,
+                "invalid_token",
+                &format!("alg={alg:?} sig={signature:?}"),
+            )
+            .await;
         }
         // two-part form
-        e.rejects(&format!("{header}.{payload}"), "invalid_token", &format!("alg={alg:?} 2 parts"))
-            .await;
+        e.rejects(
+            &format!("{header}.{payload}"),
+            "invalid_token",
+            &format!("alg={alg:?} 2 parts"),
+        )
+        .await;
     }
     // Missing alg altogether.
     let header = b64url(br#"{"typ":"JWT"}"#);
-    e.rejects(&format!("{header}.{payload}."), "invalid_token", "no alg").await;
+    e.rejects(&format!("{header}.{payload}."), "invalid_token", "no alg")
+        .await;
 }
 
 #[tokio::test]
@@ -148,13 +179,24 @@ async fn stripped_or_truncated_signature_is_rejected() {
     let e = env().await;
     let good = token("vic", "acme");
     let (input, sig) = good.rsplit_once('.').unwrap();
-    e.rejects(&format!("{input}."), "invalid_token", "empty signature").await;
-    e.rejects(&format!("{input}.{}", &sig[..sig.len() - 4]), "invalid_token", "truncated").await;
+    e.rejects(&format!("{input}."), "invalid_token", "empty signature")
+        .await;
+    e.rejects(
+        &format!("{input}.{}", &sig[..sig.len() - 4]),
+        "invalid_token",
+        "truncated",
+    )
+    .await;
     let mut flipped = sig.as_bytes().to_vec();
     flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
-    e.rejects(&format!("{input}.{}", String::from_utf8(flipped).unwrap()), "invalid_token", "flipped")
+    e.rejects(
+        &format!("{input}.{}", String::from_utf8(flipped).unwrap()),
+        "invalid_token",
+        "flipped",
+    )
+    .await;
+    e.rejects(&format!("{good}.extra"), "invalid_token", "four parts")
         .await;
-    e.rejects(&format!("{good}.extra"), "invalid_token", "four parts").await;
 }
 
 #[tokio::test]
@@ -173,12 +215,22 @@ async fn hs_rs_confusion_is_rejected_on_an_rs256_only_gateway() {
     }
     // Also with the PEM without its trailing newline, a common variant of the attack.
     let trimmed = EncodingKey::from_secret(public_pem.trim_ascii_end());
-    let t = signed_raw(r#"{"alg":"HS256","kid":"rsa-1"}"#, &vic_claims(), &trimmed, Algorithm::HS256);
+    let t = signed_raw(
+        r#"{"alg":"HS256","kid":"rsa-1"}"#,
+        &vic_claims(),
+        &trimmed,
+        Algorithm::HS256,
+    );
     e.rejects(&t, "invalid_token", "trimmed pem").await;
     // Control: the real RS256 token works on this gateway.
     let rsa = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).unwrap();
-    e.accepts(&encode_with(Algorithm::RS256, Some("rsa-1"), &rsa, &vic_json()), "vic", "acme", "RS256")
-        .await;
+    e.accepts(
+        &encode_with(Algorithm::RS256, Some("rsa-1"), &rsa, &vic_json()),
+        "vic",
+        "acme",
+        "RS256",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -194,9 +246,16 @@ async fn hs_rs_confusion_is_rejected_when_both_families_are_pinned() {
         e.rejects(&t, "invalid_token", header).await;
     }
     // The HS secret cannot verify an RS256-labelled token either.
-    let t = signed_raw(r#"{"alg":"RS256","kid":"rsa-1"}"#, &vic_claims(), &hs_key(), Algorithm::HS256);
-    e.rejects(&t, "invalid_token", "RS256 header, HMAC with the secret").await;
-    e.accepts(&token("vic", "acme"), "vic", "acme", "HS256 control").await;
+    let t = signed_raw(
+        r#"{"alg":"RS256","kid":"rsa-1"}"#,
+        &vic_claims(),
+        &hs_key(),
+        Algorithm::HS256,
+    );
+    e.rejects(&t, "invalid_token", "RS256 header, HMAC with the secret")
+        .await;
+    e.accepts(&token("vic", "acme"), "vic", "acme", "HS256 control")
+        .await;
 }
 
 #[tokio::test]
@@ -212,7 +271,12 @@ async fn valid_rs256_es256_and_eddsa_tokens_are_accepted_end_to_end() {
     ];
     for (alg, kid, key) in cases {
         let seen = e
-            .accepts(&encode_with(alg, Some(kid), key, &vic_json()), "vic", "acme", kid)
+            .accepts(
+                &encode_with(alg, Some(kid), key, &vic_json()),
+                "vic",
+                "acme",
+                kid,
+            )
             .await;
         assert_eq!(seen.header("x-authz-roles"), Some("viewer"));
     }
@@ -225,16 +289,34 @@ async fn valid_rs256_es256_and_eddsa_tokens_are_accepted_end_to_end() {
         (Algorithm::RS256, "rsa-1' OR '1'='1", &rsa),
         (Algorithm::RS256, "rsa-2", &rsa),
     ] {
-        e.rejects(&encode_with(alg, Some(kid), key, &vic_json()), "invalid_token", kid).await;
+        e.rejects(
+            &encode_with(alg, Some(kid), key, &vic_json()),
+            "invalid_token",
+            kid,
+        )
+        .await;
     }
     // A key outside the JWKS, claiming a JWKS kid.
     let other = EncodingKey::from_rsa_pem(&fixture("rsa-other.pem")).unwrap();
-    e.rejects(&encode_with(Algorithm::RS256, Some("rsa-1"), &other, &vic_json()), "invalid_token", "rsa-other")
-        .await;
-    e.rejects(&encode_with(Algorithm::RS256, None, &other, &vic_json()), "invalid_token", "rsa-other, no kid")
-        .await;
+    e.rejects(
+        &encode_with(Algorithm::RS256, Some("rsa-1"), &other, &vic_json()),
+        "invalid_token",
+        "rsa-other",
+    )
+    .await;
+    e.rejects(
+        &encode_with(Algorithm::RS256, None, &other, &vic_json()),
+        "invalid_token",
+        "rsa-other, no kid",
+    )
+    .await;
     // No HS secret on this gateway: an HS256 token is refused.
-    e.rejects(&token("vic", "acme"), "invalid_token", "HS256 on a public-key gateway").await;
+    e.rejects(
+        &token("vic", "acme"),
+        "invalid_token",
+        "HS256 on a public-key gateway",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -243,15 +325,27 @@ async fn unpinned_public_key_algorithm_is_rejected() {
     let e = env_with(&pk_config(r#"["RS256"]"#)).await;
     let ec = EncodingKey::from_ec_pem(&fixture("ec.pem")).unwrap();
     let ed = EncodingKey::from_ed_pem(&fixture("ed25519.pem")).unwrap();
-    e.rejects(&encode_with(Algorithm::ES256, Some("ec-1"), &ec, &vic_json()), "invalid_token", "ES256")
-        .await;
-    e.rejects(&encode_with(Algorithm::EdDSA, Some("ed-1"), &ed, &vic_json()), "invalid_token", "EdDSA")
-        .await;
+    e.rejects(
+        &encode_with(Algorithm::ES256, Some("ec-1"), &ec, &vic_json()),
+        "invalid_token",
+        "ES256",
+    )
+    .await;
+    e.rejects(
+        &encode_with(Algorithm::EdDSA, Some("ed-1"), &ed, &vic_json()),
+        "invalid_token",
+        "EdDSA",
+    )
+    .await;
     // RS384/PS256 with the pinned RSA key are other algorithms.
     let rsa = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).unwrap();
     for alg in [Algorithm::RS384, Algorithm::PS256] {
-        e.rejects(&encode_with(alg, Some("rsa-1"), &rsa, &vic_json()), "invalid_token", &format!("{alg:?}"))
-            .await;
+        e.rejects(
+            &encode_with(alg, Some("rsa-1"), &rsa, &vic_json()),
+            "invalid_token",
+            &format!("{alg:?}"),
+        )
+        .await;
     }
 }
 
@@ -261,12 +355,15 @@ async fn expired_and_not_yet_valid_tokens_are_rejected() {
     let t = token_with(serde_json::json!({"sub": "vic", "tenant": "acme", "exp": now() - 3600}));
     e.rejects(&t, "token_expired", "expired an hour ago").await;
     let t = token_with(serde_json::json!({"sub": "vic", "tenant": "acme", "exp": now() - 120}));
-    e.rejects(&t, "token_expired", "expired beyond the leeway").await;
+    e.rejects(&t, "token_expired", "expired beyond the leeway")
+        .await;
     let t = token_with(serde_json::json!({"sub": "vic", "tenant": "acme", "exp": 0}));
     e.rejects(&t, "token_expired", "exp 0").await;
     let t = token_with(serde_json::json!({"sub": "vic", "tenant": "acme"}));
     e.rejects(&t, "invalid_token", "no exp").await;
-    let t = token_with(serde_json::json!({"sub": "vic", "tenant": "acme", "exp": now() + 7200, "nbf": now() + 3600}));
+    let t = token_with(
+        serde_json::json!({"sub": "vic", "tenant": "acme", "exp": now() + 7200, "nbf": now() + 3600}),
+    );
     e.rejects(&t, "invalid_token", "nbf in the future").await;
 }
 
@@ -285,7 +382,12 @@ async fn claim_type_confusion_is_rejected() {
         serde_json::json!({"sub": "vic", "tenant": "acme", "exp": exp, "nbf": "0"}),
         serde_json::json!({"sub": "", "tenant": "acme", "exp": exp}),
     ] {
-        e.rejects(&token_with(claims.clone()), "invalid_token", &claims.to_string()).await;
+        e.rejects(
+            &token_with(claims.clone()),
+            "invalid_token",
+            &claims.to_string(),
+        )
+        .await;
     }
 }
 
@@ -305,8 +407,10 @@ async fn wrong_audience_and_issuer_are_rejected_when_configured() {
     };
     let good = base(serde_json::json!({"iss": "https://idp.example/", "aud": "portcullis"}));
     e.accepts(&token_with(good), "vic", "acme", "iss+aud").await;
-    let arr = base(serde_json::json!({"iss": "https://idp.example/", "aud": ["other", "portcullis"]}));
-    e.accepts(&token_with(arr), "vic", "acme", "aud array").await;
+    let arr =
+        base(serde_json::json!({"iss": "https://idp.example/", "aud": ["other", "portcullis"]}));
+    e.accepts(&token_with(arr), "vic", "acme", "aud array")
+        .await;
     for claims in [
         base(serde_json::json!({"iss": "https://idp.example/", "aud": "other"})),
         base(serde_json::json!({"iss": "https://idp.example/", "aud": ["other"]})),
@@ -318,7 +422,12 @@ async fn wrong_audience_and_issuer_are_rejected_when_configured() {
         base(serde_json::json!({"iss": ["https://idp.example/"], "aud": "portcullis"})),
         base(serde_json::json!({"iss": "https://idp.example/", "aud": 1})),
     ] {
-        e.rejects(&token_with(claims.clone()), "invalid_token", &claims.to_string()).await;
+        e.rejects(
+            &token_with(claims.clone()),
+            "invalid_token",
+            &claims.to_string(),
+        )
+        .await;
     }
 }
 
@@ -326,15 +435,27 @@ async fn wrong_audience_and_issuer_are_rejected_when_configured() {
 async fn token_signed_with_another_secret_is_rejected() {
     let e = env().await;
     let other = EncodingKey::from_secret(b"not-the-portcullis-secret-0123456");
-    e.rejects(&encode_with(Algorithm::HS256, None, &other, &vic_json()), "invalid_token", "other secret")
-        .await;
+    e.rejects(
+        &encode_with(Algorithm::HS256, None, &other, &vic_json()),
+        "invalid_token",
+        "other secret",
+    )
+    .await;
     let empty = EncodingKey::from_secret(b"");
-    e.rejects(&encode_with(Algorithm::HS256, None, &empty, &vic_json()), "invalid_token", "empty secret")
-        .await;
+    e.rejects(
+        &encode_with(Algorithm::HS256, None, &empty, &vic_json()),
+        "invalid_token",
+        "empty secret",
+    )
+    .await;
     // HS384/HS512 with the right secret are not the pinned algorithm.
     for alg in [Algorithm::HS384, Algorithm::HS512] {
-        e.rejects(&encode_with(alg, None, &hs_key(), &vic_json()), "invalid_token", &format!("{alg:?}"))
-            .await;
+        e.rejects(
+            &encode_with(alg, None, &hs_key(), &vic_json()),
+            "invalid_token",
+            &format!("{alg:?}"),
+        )
+        .await;
     }
 }
 
@@ -358,7 +479,12 @@ async fn crit_and_embedded_or_remote_key_headers_are_rejected() {
         e.rejects(&t, "invalid_token", &header).await;
     }
     // Control: the same construction with a plain header is accepted.
-    let t = signed_raw(r#"{"alg":"HS256","typ":"JWT"}"#, &vic_claims(), &hs_key(), Algorithm::HS256);
+    let t = signed_raw(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &vic_claims(),
+        &hs_key(),
+        Algorithm::HS256,
+    );
     e.accepts(&t, "vic", "acme", "hand-built control").await;
 }
 
@@ -370,7 +496,10 @@ async fn duplicate_claim_keys_are_rejected() {
         format!(r#"{{"sub":"vic","sub":"root","tenant":"acme","exp":{exp}}}"#),
         format!(r#"{{"sub":"root","sub":"vic","tenant":"acme","exp":{exp}}}"#),
         format!(r#"{{"sub":"vic","tenant":"globex","tenant":"acme","exp":{exp}}}"#),
-        format!(r#"{{"sub":"vic","tenant":"acme","exp":{exp},"exp":{}}}"#, exp + 99_999_999),
+        format!(
+            r#"{{"sub":"vic","tenant":"acme","exp":{exp},"exp":{}}}"#,
+            exp + 99_999_999
+        ),
         format!(r#"{{"sub":"vic","tenant":"acme","exp":{exp},"x":1,"x":2}}"#),
         format!(r#"{{"sub":"vic","tenant":"acme","exp":{exp},"s\u0075b":"root"}}"#),
     ] {
@@ -378,7 +507,11 @@ async fn duplicate_claim_keys_are_rejected() {
         e.rejects(&t, "invalid_token", &payload).await;
     }
     // Trailing data after the object, and a non-object payload.
-    for payload in [format!("{}x", vic_claims()), "[]".to_owned(), "null".to_owned()] {
+    for payload in [
+        format!("{}x", vic_claims()),
+        "[]".to_owned(),
+        "null".to_owned(),
+    ] {
         let t = signed_raw(r#"{"alg":"HS256"}"#, &payload, &hs_key(), Algorithm::HS256);
         e.rejects(&t, "invalid_token", &payload).await;
     }
@@ -396,13 +529,27 @@ async fn malformed_bearer_values_are_rejected() {
         format!("Bearer {}", "a".repeat(9000)),
     ] {
         let before = e.up.count();
-        let r = request(e.gw.addr, "GET", ROUTE, None, &[("Authorization", value.as_str())]).await;
+        let r = request(
+            e.gw.addr,
+            "GET",
+            ROUTE,
+            None,
+            &[("Authorization", value.as_str())],
+        )
+        .await;
         assert_eq!(r.status, 401, "{value:.40}: {}", r.raw);
         assert_eq!(r.reason(), "invalid_token", "{value:.40}");
         assert_eq!(e.up.count(), before);
     }
     // A token in the query string is not a credential.
-    let r = request(e.gw.addr, "GET", &format!("{ROUTE}?access_token={good}"), None, &[]).await;
+    let r = request(
+        e.gw.addr,
+        "GET",
+        &format!("{ROUTE}?access_token={good}"),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.reason(), "missing_token");
     assert_eq!(e.up.count(), 0);
@@ -420,25 +567,50 @@ async fn tenant_comes_only_from_the_verified_token() {
         "GET",
         "/admin/users",
         Some(&mallory),
-        &[("X-Tenant-Id", "acme"), ("X-Authz-Tenant", "acme"), ("X-Tenant", "acme")],
+        &[
+            ("X-Tenant-Id", "acme"),
+            ("X-Authz-Tenant", "acme"),
+            ("X-Tenant", "acme"),
+        ],
     )
     .await;
     assert_eq!(r.status, 403, "{}", r.raw);
     assert_eq!(r.reason(), "missing_permission");
     assert_eq!(e.up.count(), before);
     // A subject valid in acme but presenting a globex token has no acme grants.
-    let r = request(e.gw.addr, "GET", "/admin/users", Some(&token("root", "globex")), &[("X-Tenant-Id", "acme")]).await;
+    let r = request(
+        e.gw.addr,
+        "GET",
+        "/admin/users",
+        Some(&token("root", "globex")),
+        &[("X-Tenant-Id", "acme")],
+    )
+    .await;
     assert_eq!(r.status, 403, "{}", r.raw);
     assert_eq!(r.reason(), "missing_permission");
     assert_eq!(e.up.count(), before);
     // The allowed case forwards the token's tenant and drops the client's tenant headers.
-    let r = request(e.gw.addr, "GET", ROUTE, Some(&token("vic", "acme")), &[("X-Tenant-Id", "globex")]).await;
+    let r = request(
+        e.gw.addr,
+        "GET",
+        ROUTE,
+        Some(&token("vic", "acme")),
+        &[("X-Tenant-Id", "globex")],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.raw);
     let seen = e.up.last().unwrap();
     assert_eq!(seen.header("x-authz-tenant"), Some("acme"));
     assert_eq!(seen.header("x-tenant-id"), None);
     // Query and path tenants are not sources either.
-    let r = request(e.gw.addr, "GET", "/admin/users?tenant=acme", Some(&mallory), &[]).await;
+    let r = request(
+        e.gw.addr,
+        "GET",
+        "/admin/users?tenant=acme",
+        Some(&mallory),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 403);
     assert_eq!(e.up.count(), before + 1);
 }
@@ -449,7 +621,14 @@ async fn missing_tenant_is_refused_without_a_default() {
     let t = token_with(serde_json::json!({"sub": "vic", "exp": now() + 3600}));
     e.rejects(&t, "missing_tenant", "no tenant claim").await;
     let before = e.up.count();
-    let r = request(e.gw.addr, "GET", ROUTE, Some(&t), &[("X-Tenant-Id", "acme")]).await;
+    let r = request(
+        e.gw.addr,
+        "GET",
+        ROUTE,
+        Some(&t),
+        &[("X-Tenant-Id", "acme")],
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.reason(), "missing_tenant");
     assert_eq!(e.up.count(), before);

@@ -41,7 +41,11 @@ fn assert_reframed(seen: &Recorded, client_content_length: &str) {
     let te = seen.header("transfer-encoding").unwrap_or_default();
     assert!(te.is_empty() || te == "chunked", "client TE copied: {te:?}");
     if let Some(cl) = seen.header("content-length") {
-        assert_eq!(cl.parse::<usize>().ok(), Some(seen.body.len()), "CL does not frame the body");
+        assert_eq!(
+            cl.parse::<usize>().ok(),
+            Some(seen.body.len()),
+            "CL does not frame the body"
+        );
     }
 }
 
@@ -60,7 +64,10 @@ async fn cl_te_cannot_smuggle_a_second_request_to_the_upstream() {
     // Either refused outright (400, R1) or the one authorized POST went through.
     assert!(matches!(responses[0].status, 200 | 400), "{responses:?}");
     for r in &responses[1..] {
-        assert_eq!(r.status, 401, "a smuggled request was not authorized on its own: {r:?}");
+        assert_eq!(
+            r.status, 401,
+            "a smuggled request was not authorized on its own: {r:?}"
+        );
     }
     only(&e.up, &[("POST", "/api/content")]);
     assert!(e.up.count() <= 1, "{:?}", e.up.requests());
@@ -70,6 +77,19 @@ async fn cl_te_cannot_smuggle_a_second_request_to_the_upstream() {
         assert_reframed(&seen, "6");
         assert_eq!(seen.header("x-authz-subject"), Some("ed"));
     }
+}
+
+#[tokio::test]
+#[ignore = "BUG: CL+TE is answered 200 and forwarded; security.md R1 and §6 require 400 (pipeline.rs preflight has no CL+TE check; hyper drops Content-Length before the service sees it)"]
+async fn cl_te_is_refused_with_400() {
+    let e = env().await;
+    let ed = token("ed", "acme");
+    let req = format!(
+        "POST /api/content HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {ed}\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\nG"
+    );
+    let r = send_raw(e.gw.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 400, "{}", r.raw);
+    assert_eq!(e.up.count(), 0, "{:?}", e.up.requests());
 }
 
 #[tokio::test]
@@ -83,11 +103,18 @@ async fn te_cl_body_holding_a_request_is_forwarded_as_body_only() {
         smuggled.len()
     );
     let responses = send_raw_all(e.gw.addr, req.as_bytes()).await;
-    assert!(matches!(responses.first().map(|r| r.status), Some(200 | 400)), "{responses:?}");
+    assert!(
+        matches!(responses.first().map(|r| r.status), Some(200 | 400)),
+        "{responses:?}"
+    );
     only(&e.up, &[("POST", "/api/content")]);
     assert!(e.up.count() <= 1);
     if let Some(seen) = e.up.last() {
-        assert_eq!(seen.body.as_ref(), smuggled.as_bytes(), "the chunked body, decoded once");
+        assert_eq!(
+            seen.body.as_ref(),
+            smuggled.as_bytes(),
+            "the chunked body, decoded once"
+        );
         assert_reframed(&seen, "4");
     }
 }
@@ -96,7 +123,13 @@ async fn te_cl_body_holding_a_request_is_forwarded_as_body_only() {
 async fn invalid_transfer_encodings_are_rejected_by_hyper() {
     let e = env().await;
     let ed = token("ed", "acme");
-    for te in ["xchunked", "chunked, identity", "identity", "\"chunked\"", "chunked\x0b"] {
+    for te in [
+        "xchunked",
+        "chunked, identity",
+        "identity",
+        "\"chunked\"",
+        "chunked\x0b",
+    ] {
         let req = format!(
             "POST /api/content HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {ed}\r\nTransfer-Encoding: {te}\r\nConnection: close\r\n\r\n\
              0\r\n\r\nGET /admin/users HTTP/1.1\r\nHost: g\r\n\r\n"
@@ -147,7 +180,10 @@ async fn pipelined_requests_are_authorized_one_by_one() {
     assert_eq!(responses.len(), 2, "{responses:?}");
     assert_eq!(responses[0].status, 200);
     assert_eq!(responses[0].body, "upstream ok");
-    assert_eq!(responses[1].status, 401, "identity carried over on the connection");
+    assert_eq!(
+        responses[1].status, 401,
+        "identity carried over on the connection"
+    );
     assert_eq!(responses[1].reason(), "missing_token");
     assert_eq!(e.up.count(), 1);
     only(&e.up, &[("GET", "/api/campaigns/1")]);
@@ -170,11 +206,20 @@ async fn pipelined_requests_get_their_own_identity_and_decision() {
     let seen = e.up.requests();
     let lines: Vec<(&str, &str, Option<&str>)> = seen
         .iter()
-        .map(|s| (s.method.as_str(), s.target.as_str(), s.header("x-authz-subject")))
+        .map(|s| {
+            (
+                s.method.as_str(),
+                s.target.as_str(),
+                s.header("x-authz-subject"),
+            )
+        })
         .collect();
     assert_eq!(
         lines,
-        [("GET", "/admin/users", Some("root")), ("GET", "/api/campaigns/3", Some("vic"))]
+        [
+            ("GET", "/admin/users", Some("root")),
+            ("GET", "/api/campaigns/3", Some("vic"))
+        ]
     );
 }
 
@@ -225,7 +270,8 @@ async fn websocket_upgrade_is_forwarded_as_a_plain_request_without_upgrade_heade
 }
 
 /// A lenient upstream that switches protocols for anyone who asks (or not).
-const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n";
+const SWITCHING: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n";
 
 #[tokio::test]
 async fn an_upstream_101_is_never_relayed() {
@@ -246,7 +292,10 @@ async fn an_upstream_101_is_never_relayed() {
     assert_eq!(heads.len(), 1);
     let head = heads[0].to_ascii_lowercase();
     assert!(!head.contains("\r\nupgrade:"), "Upgrade forwarded: {head}");
-    assert!(!head.contains("http2-settings"), "HTTP2-Settings forwarded: {head}");
+    assert!(
+        !head.contains("http2-settings"),
+        "HTTP2-Settings forwarded: {head}"
+    );
 }
 
 #[tokio::test]
@@ -284,8 +333,15 @@ async fn expect_continue_is_not_answered_before_a_denial() {
         .await
         .unwrap();
     let mut buf = Vec::new();
-    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "the gateway waited for a body it must not need");
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "the gateway waited for a body it must not need"
+    );
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     assert!(!text.contains("100 Continue"), "{text}");
@@ -308,4 +364,145 @@ async fn allowed_body_is_reframed_not_copied() {
     assert_eq!(seen.header("trailer"), None);
     assert_eq!(seen.header("x-late"), None, "trailer became a header");
     assert_reframed(&seen, "");
+}
+
+const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+#[tokio::test]
+async fn client_trailers_never_reach_the_upstream_wire() {
+    let scripted = ScriptedUpstream::start(OK_RESPONSE).await;
+    let unused = Upstream::start().await;
+    let gw = start_gateway(&scripted.config(SECURITY_CONFIG), &unused).await;
+    let ed = token("ed", "acme");
+    // Trailers are a second header section the upstream may merge into the headers.
+    let req = format!(
+        "POST /api/content HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {ed}\r\nTransfer-Encoding: chunked\r\n\
+         Trailer: x-authz-subject, x-late\r\nTE: trailers\r\nConnection: close\r\n\r\n\
+         5\r\nhello\r\n0\r\nx-authz-subject: root\r\nx-late: 1\r\n\r\n"
+    );
+    let r = send_raw(gw.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(r.body, "ok");
+    let wire = scripted.heads();
+    assert_eq!(wire.len(), 1);
+    let wire = wire[0].to_ascii_lowercase();
+    assert!(wire.contains("hello"), "{wire}");
+    assert!(wire.contains("x-authz-subject: ed\r\n"), "{wire}");
+    assert!(!wire.contains("root"), "client trailer forwarded: {wire}");
+    assert!(!wire.contains("x-late"), "client trailer forwarded: {wire}");
+    assert!(!wire.contains("\r\ntrailer:"), "{wire}");
+    assert!(!wire.contains("\r\nte:"), "{wire}");
+}
+
+mod h2 {
+    //! HTTP/2 prior knowledge on the public listener (hyper-util `auto`): the same checks apply,
+    //! and the upstream still gets a canonical, sanitized HTTP/1.1 request.
+
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    async fn h2_get(
+        gw: &TestGateway,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .method("GET")
+            .uri(format!("http://gateway.test{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let response = sender
+            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    #[tokio::test]
+    async fn h2_requests_are_canonicalized_and_authorized_like_http1() {
+        let e = env().await;
+        let (status, body) = h2_get(&e.gw, "/health/../admin/users", &[]).await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (401, Some("missing_token"))
+        );
+        let bearer = format!("Bearer {}", token("vic", "acme"));
+        let (status, body) = h2_get(
+            &e.gw,
+            "/health/%2e%2e/admin/users",
+            &[("authorization", &bearer)],
+        )
+        .await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (403, Some("missing_permission"))
+        );
+        let (status, body) = h2_get(
+            &e.gw,
+            "/api/campaigns/..%2f..%2fadmin%2fusers",
+            &[("authorization", &bearer)],
+        )
+        .await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (400, Some("ambiguous_path"))
+        );
+        let (status, body) = h2_get(
+            &e.gw,
+            "/api/campaigns/1",
+            &[("authorization", &bearer), ("x_authz_subject", "root")],
+        )
+        .await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (400, Some("invalid_header_name"))
+        );
+        let root = format!("Bearer {}", token("root", "acme"));
+        let (status, body) = h2_get(
+            &e.gw,
+            "/admin/users",
+            &[("authorization", &bearer), ("authorization", &root)],
+        )
+        .await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (400, Some("duplicate_header"))
+        );
+        assert_eq!(e.up.count(), 0, "{:?}", e.up.requests());
+
+        let (status, _) = h2_get(
+            &e.gw,
+            "/api/x/../campaigns/1",
+            &[
+                ("authorization", &bearer),
+                ("x-authz-subject", "root"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-http-method-override", "DELETE"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(e.up.count(), 1);
+        let seen = e.up.last().unwrap();
+        assert_eq!(
+            (seen.method.as_str(), seen.target.as_str()),
+            ("GET", "/api/campaigns/1")
+        );
+        assert_eq!(seen.header("x-authz-subject"), Some("vic"));
+        assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+        assert_eq!(seen.header("x-forwarded-host"), Some("gateway.test"));
+        assert_eq!(seen.header("x-http-method-override"), None);
+    }
 }

@@ -430,7 +430,7 @@ pub async fn send_raw_all(addr: SocketAddr, bytes: &[u8]) -> Vec<RawResponse> {
 }
 
 /// A hand-scripted upstream: answers every request with the same raw bytes, then closes;
-/// records each request head as text. For upstream behaviour hyper's server would not produce
+/// records each request (head and body bytes as sent on the wire) as text. For upstream behaviour hyper's server would not produce
 /// (forged hop-by-hop headers, a 101).
 #[derive(Clone)]
 pub struct ScriptedUpstream {
@@ -450,13 +450,15 @@ impl ScriptedUpstream {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    while !request_complete(&buf) {
                         match stream.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    log.lock().unwrap().push(String::from_utf8_lossy(&buf).into_owned());
+                    log.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf).into_owned());
                     let _ = stream.write_all(response).await;
                     let _ = stream.shutdown().await;
                 });
@@ -465,6 +467,7 @@ impl ScriptedUpstream {
         ScriptedUpstream { addr, heads }
     }
 
+    /// Every request as received on the wire (head and framed body).
     pub fn heads(&self) -> Vec<String> {
         self.heads.lock().unwrap().clone()
     }
@@ -473,4 +476,28 @@ impl ScriptedUpstream {
     pub fn config(&self, config: &str) -> String {
         config.replace("{UPSTREAM}", &self.addr.to_string())
     }
+}
+
+/// A whole HTTP/1.1 request is in `buf`: the head, then a `Content-Length` body or a chunked
+/// body up to its last chunk and trailer section (small test bodies only).
+fn request_complete(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf).to_ascii_lowercase();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let field = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    if field("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+        return (body.starts_with("0\r\n") || body.contains("\r\n0\r\n"))
+            && body.ends_with("\r\n\r\n")
+            || body == "0\r\n\r\n";
+    }
+    let len = field("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    body.len() >= len
 }
