@@ -677,3 +677,35 @@ async fn audit_file_gets_one_event_per_decision() {
         "credentials never appear in events"
     );
 }
+
+#[tokio::test]
+async fn upstream_that_never_answers_is_504_json() {
+    let up = Upstream::start().await;
+    // Accepts connections and reads, but never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let config = CONFIG
+        .replace("{UPSTREAM}", &silent_addr.to_string())
+        .replace(
+            "[upstreams.api]\n",
+            "[upstreams.api]\nrequest_timeout = \"300ms\"\n",
+        );
+    let gw = start_gateway(&config, &up).await;
+    let r = request(
+        gw.addr,
+        "GET",
+        "/api/campaigns/1",
+        Some(&token("vic", "acme")),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 504, "{}", r.raw);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert_eq!(r.header("x-authz-source"), Some("gateway"));
+}
