@@ -38,8 +38,8 @@ fn pattern_error(at: Location, context: &str, e: &PatternError) -> PolicyError {
     error(at, message, Some(e.help()))
 }
 
-/// Levenshtein distance, for "did you mean" hints.
-fn distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance, for "did you mean" hints (also used by `config`).
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -67,7 +67,7 @@ pub(crate) fn unknown_help<'a>(
     all.dedup();
     let close = all
         .iter()
-        .map(|c| (distance(input, c), *c))
+        .map(|c| (edit_distance(input, c), *c))
         .filter(|(d, c)| *d <= (c.chars().count().max(input.chars().count()) / 3).max(1))
         .min();
     if let Some((_, c)) = close {

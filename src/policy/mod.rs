@@ -65,6 +65,7 @@ pub mod permission;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use compile::edit_distance;
 pub use eval::decide;
 pub use permission::{Pattern, PatternError};
 
