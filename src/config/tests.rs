@@ -202,9 +202,13 @@ fn redis_store_and_options() {
     .replace("items.view", "items:view");
     let s = ok(&text);
     match &s.grants.store {
-        StoreSettings::Redis { url, prefix } => {
-            assert_eq!(url, "redis://127.0.0.1:6379/0");
-            assert_eq!(prefix, "authz");
+        StoreSettings::Redis(r) => {
+            assert_eq!(r.url, "redis://127.0.0.1:6379/0");
+            assert_eq!(r.prefix, "authz");
+            assert_eq!(r.connect_timeout, std::time::Duration::from_secs(1));
+            assert_eq!(r.command_timeout, std::time::Duration::from_millis(250));
+            assert_eq!(r.cache_capacity, 100_000);
+            assert!(r.client_tracking);
         }
         StoreSettings::File(_) => panic!("redis expected"),
     }
