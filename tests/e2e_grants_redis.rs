@@ -676,3 +676,55 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// `portcullis explain` resolves from the configured Redis, like the gateway.
+#[tokio::test]
+async fn explain_resolves_from_redis() {
+    let mut redis = RedisServer::start().await;
+    redis
+        .hset("t:acme:user:bob", "roles", r#"["viewer"]"#)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let config = CONFIG
+        .replace("{UPSTREAM}", "127.0.0.1:9")
+        .replace("{REDIS}", &redis.url())
+        .replace("{TTL}", "30s")
+        .replace("{MAX_STALE}", "5m")
+        .replace("{COMMAND_TIMEOUT}", "250ms")
+        .replace("{TRACKING}", "true");
+    std::fs::write(&path, config).unwrap();
+    // Blocking is fine here: nothing else runs in this test's runtime.
+    let explain = |method: &'static str| {
+        let path = path.clone();
+        async move {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .args(["explain", "--config"])
+                .arg(&path)
+                .args(["--tenant", "acme", "--subject", "bob", "--method", method])
+                .args(["--path", "/api/campaigns/1"])
+                .env("PORTCULLIS_TEST_SECRET", "s3cret")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            serde_json::from_str::<serde_json::Value>(&stdout).unwrap_or_else(|e| {
+                panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr))
+            })
+        }
+    };
+    let allow = explain("GET").await;
+    assert_eq!(allow["decision"], "allow", "{allow}");
+    let deny = explain("PUT").await;
+    assert_eq!(
+        (deny["status"].as_u64(), deny["reason"].as_str()),
+        (Some(403), Some("missing_permission")),
+        "{deny}"
+    );
+    redis.kill();
+    let down = explain("GET").await;
+    assert_eq!(
+        (down["status"].as_u64(), down["reason"].as_str()),
+        (Some(503), Some("authorization_unavailable")),
+        "{down}"
+    );
+}

@@ -235,6 +235,19 @@ impl RedisStore {
         })
     }
 
+    /// Wait (at most `limit`) until connected and subscribed; for one-shot commands such as
+    /// `explain`, which would otherwise race the first connection. `false`: not ready in time.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.health().ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
     pub fn health(&self) -> Health {
         Health {
             connected: self.shared.connected.load(Ordering::Acquire),
