@@ -195,12 +195,35 @@ fn bench(c: &mut Criterion) {
                 if policy.role_names(&r.principal).len() == want_roles {
                     break;
                 }
-                assert!(published.elapsed() < Duration::from_secs(2), "never visible");
+                assert!(
+                    published.elapsed() < Duration::from_secs(2),
+                    "never visible"
+                );
             }
             samples.push(published.elapsed());
         }
         samples
     });
+    // The plain Redis latency of the same server, as operators measure it.
+    match Command::new("timeout")
+        .args([
+            "-s",
+            "INT",
+            "3",
+            "redis-cli",
+            "-p",
+            &port.to_string(),
+            "--latency",
+            "--raw",
+        ])
+        .output()
+    {
+        Ok(out) => println!(
+            "redis-cli --latency (same server, ms: min max avg samples): {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        Err(e) => println!("redis-cli --latency not run: {e}"),
+    }
     samples.sort();
     let at = |q: usize| samples[samples.len() * q / 100];
     println!(

@@ -4,9 +4,8 @@
 //!
 //! One RESP3 `ConnectionManager` carries the commands, the `{prefix}:invalidate` subscription
 //! and the `CLIENT TRACKING` invalidations; it reconnects by itself with backoff and
-//! resubscribes. Push messages are handled synchronously in the connection's reader (no queue
-//! between Redis and the eviction), so an invalidation is applied before any reply read after
-//! it. Losing the connection flushes the cache (entries must be refreshed, but may answer reads
+//! resubscribes. Push messages are handled synchronously in the client's push callback (no
+//! queue or task of ours between Redis and the eviction). Losing the connection flushes the cache (entries must be refreshed, but may answer reads
 //! within `max_stale` while Redis is down); resubscribing flushes again.
 //!
 //! Data is parsed strictly: a malformed value (bad JSON, unknown field, wrong type) makes that
@@ -505,7 +504,7 @@ impl RoleStore for RedisStore {
 // === push handling ===
 
 impl Shared {
-    /// Runs in the connection's reader: cheap, synchronous, never blocks on Redis.
+    /// Runs in the redis client's push task: cheap, synchronous, never blocks on Redis.
     fn on_push(&self, info: PushInfo) {
         match info.kind {
             PushKind::Message => {

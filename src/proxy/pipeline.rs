@@ -170,26 +170,32 @@ impl Gateway {
     ) -> Result<Result<Principal, AuthnError>, GrantsError> {
         let kinds = &self.snapshot.identity;
         let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        let api_key = kinds
-            .api_key
-            .as_ref()
-            .and_then(|settings| presented_api_key(headers, &settings.header));
-        let bearer =
-            authorization.filter(|a| api_key_scheme(a).is_none() || kinds.api_key.is_none());
-        match (api_key, bearer) {
-            (Some(_), Some(_)) => Ok(Err(AuthnError::InvalidToken)),
-            (Some(key), None) => self.identify_api_key(key, method, now).await,
-            (None, _) if kinds.jwt => Ok(self.authenticator.authenticate(
+        let (header_key, authorization_key) = match &kinds.api_key {
+            Some(settings) => (
+                headers.get(&settings.header).map(|v| v.as_bytes()),
+                authorization.and_then(api_key_scheme),
+            ),
+            None => (None, None),
+        };
+        // Two credentials (bearer + key, or key in both places) are ambiguous: refuse.
+        if header_key.is_some() && authorization.is_some() {
+            return Ok(Err(AuthnError::InvalidToken));
+        }
+        if let Some(key) = header_key.or(authorization_key) {
+            return self.identify_api_key(key, method, now).await;
+        }
+        Ok(match authorization {
+            _ if kinds.jwt => self.authenticator.authenticate(
                 authorization,
                 self.authenticator
                     .tenant_header()
                     .and_then(|name| headers.get(name))
                     .map(|v| v.as_bytes()),
                 now,
-            )),
-            (None, None) => Ok(Err(AuthnError::MissingToken)),
-            (None, Some(_)) => Ok(Err(AuthnError::InvalidToken)),
-        }
+            ),
+            None => Err(AuthnError::MissingToken),
+            Some(_) => Err(AuthnError::InvalidToken),
+        })
     }
 
     async fn identify_api_key(
@@ -224,15 +230,6 @@ impl Gateway {
 fn api_key_scheme(authorization: &[u8]) -> Option<&[u8]> {
     let scheme = authorization.get(..7)?;
     (scheme.eq_ignore_ascii_case(b"ApiKey ")).then(|| authorization.get(7..).unwrap_or_default())
-}
-
-/// The API key from the configured header, else from `Authorization: ApiKey <key>`.
-fn presented_api_key<'h>(headers: &'h HeaderMap, name: &http::HeaderName) -> Option<&'h [u8]> {
-    headers.get(name).map(|v| v.as_bytes()).or_else(|| {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| api_key_scheme(v.as_bytes()))
-    })
 }
 
 fn reason_of(err: AuthnError) -> Reason {
