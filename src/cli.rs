@@ -40,6 +40,13 @@ pub enum Command {
         /// Public listener (default from the embedded demo config: 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Use the Redis store: seed the demo tenants into this Redis (under `--prefix`) and
+        /// resolve grants from it, e.g. `redis://127.0.0.1:6379/0`.
+        #[arg(long)]
+        redis: Option<String>,
+        /// Key prefix for `--redis` (the demo's keys are overwritten at start).
+        #[arg(long, default_value = "portcullis-demo")]
+        prefix: String,
     },
     /// Validate a config and print every error with file:line; exit 1 on error.
     Check {
@@ -89,7 +96,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             serve_until_signal(snapshot).await?;
             Ok(0)
         }
-        Command::Demo { listen } => demo::run(listen).await.map(|()| 0),
+        Command::Demo {
+            listen,
+            redis,
+            prefix,
+        } => demo::run(listen, redis, prefix).await.map(|()| 0),
         Command::Check { config } => match config::load(&config) {
             Ok(snap) => {
                 println!(
@@ -115,6 +126,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             claims,
         } => {
             let gateway = Gateway::build(load_or_print(&config)?)?;
+            if let Some(store) = gateway.store.redis()
+                && !store.wait_ready(Duration::from_secs(3)).await
+            {
+                // Still answers: every decision then reports 503, as the gateway would.
+                eprintln!("warning: Redis is not reachable; decisions report 503");
+            }
             match batch {
                 Some(source) => explain_batch(&gateway, &source).await,
                 None => {

@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::config;
+use crate::config::{self, ApiKeySettings, FileStoreData, RedisSettings, StoreSettings};
 use crate::proxy::{Gateway, server};
 
 /// The demo config, compiled into the binary so the quickstart needs no files.
@@ -34,7 +34,18 @@ fn random_secret() -> String {
     out
 }
 
-pub async fn run(listen: Option<SocketAddr>) -> anyhow::Result<()> {
+/// What the banner says about the Redis store, when `--redis` is used.
+struct RedisDemo {
+    url: String,
+    prefix: String,
+    api_key: String,
+}
+
+pub async fn run(
+    listen: Option<SocketAddr>,
+    redis: Option<String>,
+    prefix: String,
+) -> anyhow::Result<()> {
     let secret = std::env::var("PORTCULLIS_DEMO_SECRET").unwrap_or_else(|_| random_secret());
     let mut snapshot = config::load_str_with_secret(
         DEMO_CONFIG,
@@ -54,6 +65,31 @@ pub async fn run(listen: Option<SocketAddr>) -> anyhow::Result<()> {
     if let Some(listen) = listen {
         snapshot.server.listen = listen;
     }
+    let mut redis_demo = None;
+    if let Some(url) = redis {
+        let StoreSettings::File(data) = &snapshot.grants.store else {
+            anyhow::bail!("the embedded demo config has no file store to seed Redis from");
+        };
+        let api_key = seed_redis(&url, &prefix, data).await?;
+        snapshot.grants.store = StoreSettings::Redis(RedisSettings {
+            url: url.clone(),
+            prefix: prefix.clone(),
+            username: None,
+            password: None,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_millis(250),
+            cache_capacity: 10_000,
+            client_tracking: true,
+        });
+        snapshot.identity.api_key = Some(ApiKeySettings {
+            header: http::HeaderName::from_static("x-api-key"),
+        });
+        redis_demo = Some(RedisDemo {
+            url,
+            prefix,
+            api_key,
+        });
+    }
     let listen = snapshot.server.listen;
     let token = |sub: &str, tenant: &str, amr: &[&str]| {
         let amr: Vec<String> = amr.iter().map(|s| s.to_string()).collect();
@@ -71,12 +107,77 @@ pub async fn run(listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!("cannot listen on {listen}; pick another address with `portcullis demo --listen 127.0.0.1:18080`")
     })?;
-    print_banner(listen, upstream, &tokens);
+    print_banner(listen, upstream, &tokens, redis_demo.as_ref());
     server::serve(listener, gateway, super::shutdown_signal()).await;
     Ok(())
 }
 
-fn print_banner(listen: SocketAddr, upstream: SocketAddr, tokens: &[(&str, String)]) {
+/// Write the demo tenants and assignments into Redis under `prefix` (replacing earlier demo
+/// keys), add an API key for bob, and publish a tenant invalidation for each tenant. Returns
+/// the API key.
+async fn seed_redis(url: &str, prefix: &str, data: &FileStoreData) -> anyhow::Result<String> {
+    let client = redis::Client::open(url).context("invalid --redis URL")?;
+    let mut con = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .context("Redis did not answer within 3s")?
+    .context("cannot connect to --redis")?;
+    let list = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+    let mut pipe = redis::pipe();
+    for (tenant, record) in &data.tenants {
+        let tenant_key = format!("{prefix}:{tenant}:tenant");
+        let roles_key = format!("{prefix}:{tenant}:roles");
+        pipe.del(&tenant_key).ignore().del(&roles_key).ignore();
+        if let Some(tier) = &record.tier {
+            pipe.hset(&tenant_key, "tier", tier).ignore();
+        }
+        pipe.hset(&tenant_key, "features", list(&record.features))
+            .ignore();
+        for role in &record.custom_roles {
+            let json = serde_json::json!({
+                "permissions": role.permissions,
+                "own": role.own,
+                "inherits": role.inherits,
+            });
+            pipe.hset(&roles_key, &role.name, json.to_string()).ignore();
+        }
+    }
+    for ((tenant, subject), a) in &data.assignments {
+        let key = format!("{prefix}:{tenant}:user:{subject}");
+        pipe.del(&key).ignore();
+        pipe.hset(&key, "roles", list(&a.roles)).ignore();
+        pipe.hset(&key, "grant", list(&a.grant)).ignore();
+        pipe.hset(&key, "deny", list(&a.deny)).ignore();
+        pipe.hset(&key, "scopes", list(&a.scopes)).ignore();
+    }
+    let api_key = format!("demo-{}", &random_secret()[..32]);
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(api_key.as_bytes()));
+    let key = format!("{prefix}:apikey:{digest}");
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 24 * 3600;
+    pipe.hset(&key, "tenant", "acme").ignore();
+    pipe.hset(&key, "subject", "bob").ignore();
+    pipe.hset(&key, "expires", expires).ignore();
+    for (tenant, _) in &data.tenants {
+        pipe.publish(format!("{prefix}:invalidate"), tenant)
+            .ignore();
+    }
+    pipe.exec_async(&mut con)
+        .await
+        .context("cannot seed the demo data into Redis")?;
+    Ok(api_key)
+}
+
+fn print_banner(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    tokens: &[(&str, String)],
+    redis: Option<&RedisDemo>,
+) {
     let base = format!("http://{listen}");
     let mut s = String::new();
     let _ = writeln!(
@@ -136,6 +237,29 @@ fn print_banner(listen: SocketAddr, upstream: SocketAddr, tokens: &[(&str, Strin
     let _ = writeln!(s, "\n# try:");
     for (what, line) in lines {
         let _ = writeln!(s, "# {what}\n{line}");
+    }
+    if let Some(r) = redis {
+        let cli = format!("redis-cli -u {}", r.url);
+        let p = &r.prefix;
+        let _ = writeln!(
+            s,
+            "\n# Redis store: grants are read from {} under `{p}:` (see README, Redis key schema)",
+            r.url
+        );
+        let _ = writeln!(s, "# an API key for bob (tenant acme), valid 24h:");
+        let _ = writeln!(
+            s,
+            "curl -si -H \"x-api-key: {}\" {base}/api/campaigns/42",
+            r.api_key
+        );
+        let _ = writeln!(
+            s,
+            "# bob may not delete (403); make him `admin`, publish, and the next request passes:"
+        );
+        let _ = writeln!(s, "{}", curl("BOB", "DELETE", "/api/campaigns/42"));
+        let _ = writeln!(s, "{cli} HSET {p}:acme:user:bob roles '[\"admin\"]'");
+        let _ = writeln!(s, "{cli} PUBLISH {p}:invalidate acme:bob");
+        let _ = writeln!(s, "{}", curl("BOB", "DELETE", "/api/campaigns/42"));
     }
     let _ = writeln!(
         s,

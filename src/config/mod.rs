@@ -89,7 +89,74 @@ pub struct FileStoreData {
 #[derive(Debug, Clone)]
 pub enum StoreSettings {
     File(FileStoreData),
-    Redis { url: String, prefix: String },
+    Redis(RedisSettings),
+}
+
+/// `[grants.redis]` (DESIGN.md §5).
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// `redis://`, `rediss://` (TLS via rustls) or `unix://`; may carry `user:password@`.
+    pub url: String,
+    /// Key prefix, default `authz`.
+    pub prefix: String,
+    /// ACL user (overrides one in the URL).
+    pub username: Option<String>,
+    /// Read from `password_env` at load; never printed.
+    pub password: Option<String>,
+    /// One connection attempt (default 1 s).
+    pub connect_timeout: Duration,
+    /// Longest a request waits on Redis, reconnects included (default 250 ms).
+    pub command_timeout: Duration,
+    /// Most principals (and, separately, API keys) kept in the L1 cache (default 100 000).
+    pub cache_capacity: usize,
+    /// Server-assisted invalidation (`CLIENT TRACKING ... BCAST`, RESP3), default on: a writer that
+    /// forgets to publish is still seen at once.
+    pub client_tracking: bool,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    /// The URL may carry a password: only its scheme and host are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self
+            .url
+            .rsplit_once('@')
+            .map_or(self.url.as_str(), |(_, host)| host);
+        f.debug_struct("RedisSettings")
+            .field("url", &shown)
+            .field("prefix", &self.prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("cache_capacity", &self.cache_capacity)
+            .field("client_tracking", &self.client_tracking)
+            .finish()
+    }
+}
+
+/// Which credentials the gateway accepts (`[identity] kinds`), in the order tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityKinds {
+    /// `Authorization: Bearer <jwt>`.
+    pub jwt: bool,
+    /// `[identity.api_key]`: keys looked up in the grant store (Redis only).
+    pub api_key: Option<ApiKeySettings>,
+}
+
+impl Default for IdentityKinds {
+    fn default() -> IdentityKinds {
+        IdentityKinds {
+            jwt: true,
+            api_key: None,
+        }
+    }
+}
+
+/// `[identity.api_key]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeySettings {
+    /// Header carrying the key (default `x-api-key`); `Authorization: ApiKey <key>` also works.
+    pub header: http::HeaderName,
 }
 
 /// Which requests may be served from a stale cache entry while Redis is down (§5).
@@ -209,6 +276,8 @@ pub struct Snapshot {
     pub server: ServerSettings,
     pub upstreams: Vec<UpstreamSettings>,
     pub jwt: JwtSettings,
+    /// `[identity] kinds` and `[identity.api_key]`.
+    pub identity: IdentityKinds,
     /// Built from `jwt` at load (keys read, secret from the environment) so `check` catches it.
     pub authenticator: std::sync::Arc<crate::identity::Authenticator>,
     pub grants: GrantsSettings,

@@ -107,6 +107,7 @@ pub(crate) struct Identity {
     pub kinds: Option<S<StrList>>,
     pub jwt: Option<S<Jwt>>,
     pub tenant: Option<S<TenantFrom>>,
+    pub api_key: Option<S<ApiKey>>,
     /// Trusted-header identity (§8); not supported yet.
     pub header: Option<S<toml::Value>>,
 }
@@ -124,6 +125,12 @@ pub(crate) struct Jwt {
     pub subject_claim: Option<S<String>>,
     pub tenant_claim: Option<S<String>>,
     pub leeway: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiKey {
+    pub header: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +154,12 @@ pub(crate) struct Grants {
 pub(crate) struct Redis {
     pub url: Option<S<String>>,
     pub prefix: Option<S<String>>,
+    pub username: Option<S<String>>,
+    pub password_env: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    pub command_timeout: Option<S<String>>,
+    pub cache_capacity: Option<S<i64>>,
+    pub client_tracking: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -202,9 +202,13 @@ fn redis_store_and_options() {
     .replace("items.view", "items:view");
     let s = ok(&text);
     match &s.grants.store {
-        StoreSettings::Redis { url, prefix } => {
-            assert_eq!(url, "redis://127.0.0.1:6379/0");
-            assert_eq!(prefix, "authz");
+        StoreSettings::Redis(r) => {
+            assert_eq!(r.url, "redis://127.0.0.1:6379/0");
+            assert_eq!(r.prefix, "authz");
+            assert_eq!(r.connect_timeout, std::time::Duration::from_secs(1));
+            assert_eq!(r.command_timeout, std::time::Duration::from_millis(250));
+            assert_eq!(r.cache_capacity, 100_000);
+            assert!(r.client_tracking);
         }
         StoreSettings::File(_) => panic!("redis expected"),
     }
@@ -213,6 +217,105 @@ fn redis_store_and_options() {
     assert_eq!(s.route_entries[0].rule.mode, Mode::Monitor);
     assert_eq!(s.policy.separator(), ':');
     assert_eq!(s.unmatched_status, 403);
+}
+
+const REDIS: &str =
+    "[grants]\nstore = \"redis\"\n[grants.redis]\nurl = \"redis://127.0.0.1:6379/0\"\n";
+
+fn redis_base(extra_redis: &str) -> String {
+    base_with(
+        "[grants]\nstore = \"file\"\n",
+        &format!("{REDIS}{extra_redis}"),
+    )
+}
+
+#[test]
+fn redis_options_and_url_checks() {
+    let s = ok(&redis_base(
+        "prefix = \"pc\"\nusername = \"gw\"\nconnect_timeout = \"2s\"\ncommand_timeout = \"100ms\"\ncache_capacity = 10\nclient_tracking = false\n",
+    ));
+    let StoreSettings::Redis(r) = &s.grants.store else {
+        panic!("redis expected")
+    };
+    assert_eq!(
+        (r.prefix.as_str(), r.username.as_deref()),
+        ("pc", Some("gw"))
+    );
+    assert_eq!(r.connect_timeout, Duration::from_secs(2));
+    assert_eq!(r.command_timeout, Duration::from_millis(100));
+    assert_eq!(r.cache_capacity, 10);
+    assert!(!r.client_tracking);
+    // TLS and unix sockets are accepted; the password never shows in Debug.
+    for url in [
+        "rediss://:s3cret@cache.example.com:6380/0",
+        "unix:///run/redis.sock",
+    ] {
+        let text = redis_base("").replace("redis://127.0.0.1:6379/0", url);
+        let s = ok(&text);
+        assert!(!format!("{:?}", s.grants.store).contains("s3cret"));
+    }
+    let text = redis_base("").replace(
+        "redis://127.0.0.1:6379/0",
+        "redis+sentinel://10.0.0.1:26379/mymaster",
+    );
+    assert_one(
+        &text,
+        "redis+sentinel",
+        "Redis Sentinel and Cluster URLs are not supported yet",
+    );
+    let text = redis_base("").replace("redis://127.0.0.1:6379/0", "http://user:pw@x");
+    let e = assert_one(&text, "http://", "invalid Redis URL");
+    assert!(!e.message.contains("pw"), "{}", e.message);
+    assert_one(
+        &redis_base("prefix = \"a:b\"\n"),
+        "a:b",
+        "invalid key prefix `a:b`",
+    );
+    assert_one(
+        &redis_base("command_timeout = \"0s\"\n"),
+        "0s",
+        "`command_timeout` must be greater than zero",
+    );
+    assert_one(
+        &redis_base("cache_capacity = 0\n"),
+        "cache_capacity = 0",
+        "`cache_capacity` must be a positive number",
+    );
+    assert_one(
+        &redis_base("password_env = \"PORTCULLIS_TEST_UNSET_VARIABLE\"\n"),
+        "PORTCULLIS_TEST_UNSET_VARIABLE",
+        "environment variable `PORTCULLIS_TEST_UNSET_VARIABLE` is not set",
+    );
+}
+
+#[test]
+fn api_key_identity_needs_redis_and_its_kind() {
+    let text = format!(
+        "{}\n[identity]\nkinds = [\"jwt\", \"api_key\"]\n",
+        redis_base("")
+    );
+    let s = ok(&text);
+    assert!(s.identity.jwt);
+    assert_eq!(
+        s.identity.api_key.as_ref().map(|a| a.header.as_str()),
+        Some("x-api-key")
+    );
+    let text = format!(
+        "{}\n[identity]\nkinds = [\"api_key\"]\n[identity.api_key]\nheader = \"x-key\"\n",
+        redis_base("")
+    );
+    let s = ok(&text);
+    assert!(!s.identity.jwt);
+    assert_eq!(s.identity.api_key.unwrap().header.as_str(), "x-key");
+    let text = format!(
+        "{}\n[identity.api_key]\nheader = \"x-key\"\n",
+        redis_base("")
+    );
+    assert_one(
+        &text,
+        "[identity.api_key]",
+        "`[identity.api_key]` is set but `api_key` is not in `kinds`",
+    );
 }
 
 #[test]
@@ -808,9 +911,12 @@ fn identity_checks() {
     let e = assert_one(
         &text,
         "api_key",
-        "identity kind `api_key` is not supported yet",
+        "API keys are looked up in Redis and need `store = \"redis\"`",
     );
-    assert_eq!(e.help.as_deref(), Some("supported kinds: `jwt`"));
+    assert_eq!(
+        e.help.as_deref(),
+        Some("set `[grants] store = \"redis\"` or remove `api_key` from `kinds`")
+    );
     let text = base_with("[\"RS256\"]", "[\"RS265\"]");
     let e = assert_one(&text, "RS265", "unsupported JWT algorithm `RS265`");
     assert_eq!(e.help.as_deref(), Some("did you mean `RS256`?"));

@@ -18,9 +18,10 @@ use http::{HeaderName, Method};
 use super::diagnostic::{FileId, Sources, backticked, did_you_mean, from_toml};
 use super::raw::{self, Map, S, StrList};
 use super::{
-    AllowEvents, AuditFormat, AuditSettings, ConfigError, Durability, FileStoreData,
-    GrantsSettings, HeaderNames, OnFull, RouteEntry, ServerSettings, SinkSettings, Snapshot,
-    SpoolSettings, StaleFor, StoreSettings, UpstreamSettings,
+    AllowEvents, ApiKeySettings, AuditFormat, AuditSettings, ConfigError, Durability,
+    FileStoreData, GrantsSettings, HeaderNames, IdentityKinds, OnFull, RedisSettings, RouteEntry,
+    ServerSettings, SinkSettings, Snapshot, SpoolSettings, StaleFor, StoreSettings,
+    UpstreamSettings,
 };
 use crate::identity::{Authenticator, IdentitySetupError, JwtSettings, TenantSource};
 use crate::policy::{
@@ -255,7 +256,7 @@ impl Ctx<'_> {
 
         let server = self.check_server(main, server);
         let upstreams = self.check_upstreams(main, upstreams);
-        let jwt = self.check_identity(main, identity);
+        let (jwt, identity_kinds, api_key_span) = self.check_identity(main, identity);
         let (mode, separator, unmatched_status) = self.check_policy_section(main, policy);
         let headers = self.check_headers(main, headers);
         let audit = self.check_audit(main, audit);
@@ -290,6 +291,15 @@ impl Ctx<'_> {
         let (store, cache_ttl, max_stale, stale_for) = self.check_grants(main, grants);
         let tenant_plans = self.check_tenants(main, &tenants, &def.tiers);
         let assignment_plans = self.check_assignments(main, &assignments);
+        if let (Some(span), Some(StoreKind::File)) = (&api_key_span, &store) {
+            self.err(
+                main,
+                span.clone(),
+                "identity.kinds",
+                "API keys are looked up in Redis and need `store = \"redis\"`",
+                Some("set `[grants] store = \"redis\"` or remove `api_key` from `kinds`".into()),
+            );
+        }
         if let Some(StoreKind::Redis {
             span: store_span, ..
         }) = &store
@@ -341,22 +351,22 @@ impl Ctx<'_> {
             }
         };
 
-        let store =
-            match (policy.as_ref(), store) {
-                (Some(policy), Some(StoreKind::File)) => Some(StoreSettings::File(
-                    self.compile_store(policy, &tenant_plans, &assignment_plans, before_policy),
-                )),
-                (None, Some(StoreKind::File)) => {
-                    // The policy did not compile, so `principal` cannot run; still report
-                    // assignments naming roles that exist nowhere, so one run shows every mistake.
-                    self.check_assignment_roles(&def, &tenant_plans, &assignment_plans);
-                    Some(StoreSettings::File(FileStoreData::default()))
-                }
-                (_, Some(StoreKind::Redis { url, prefix, .. })) => {
-                    Some(StoreSettings::Redis { url, prefix })
-                }
-                (_, None) => None,
-            };
+        let store = match (policy.as_ref(), store) {
+            (Some(policy), Some(StoreKind::File)) => Some(StoreSettings::File(self.compile_store(
+                policy,
+                &tenant_plans,
+                &assignment_plans,
+                before_policy,
+            ))),
+            (None, Some(StoreKind::File)) => {
+                // The policy did not compile, so `principal` cannot run; still report
+                // assignments naming roles that exist nowhere, so one run shows every mistake.
+                self.check_assignment_roles(&def, &tenant_plans, &assignment_plans);
+                Some(StoreSettings::File(FileStoreData::default()))
+            }
+            (_, Some(StoreKind::Redis { settings, .. })) => Some(StoreSettings::Redis(*settings)),
+            (_, None) => None,
+        };
 
         let entries = policy
             .as_ref()
@@ -375,6 +385,7 @@ impl Ctx<'_> {
             server: server?,
             upstreams,
             jwt: jwt?.0,
+            identity: identity_kinds,
             authenticator: Arc::new(authenticator?),
             grants: GrantsSettings {
                 store: store?,
@@ -685,11 +696,18 @@ impl Ctx<'_> {
 
     // --- [identity] ---
 
+    /// `[identity]`: the JWT settings (still required: `token`, `demo` and `explain` rely on
+    /// them), the accepted kinds, and the span of `[identity.api_key]` (API keys need Redis).
     fn check_identity(
         &mut self,
         main: FileId,
         identity: Option<S<raw::Identity>>,
-    ) -> Option<(JwtSettings, JwtSpans)> {
+    ) -> (
+        Option<(JwtSettings, JwtSpans)>,
+        IdentityKinds,
+        Option<Range<usize>>,
+    ) {
+        let mut out = IdentityKinds::default();
         let Some(identity) = identity else {
             self.err(
                 main,
@@ -700,13 +718,14 @@ impl Ctx<'_> {
                     "add `[identity.jwt]` with `algorithms` and `secret_env` or `jwks_file`".into(),
                 ),
             );
-            return None;
+            return (None, out, None);
         };
         let span = identity.span();
         let raw::Identity {
             kinds,
             jwt,
             tenant,
+            api_key,
             header,
         } = identity.into_inner();
         if let Some(header) = &header {
@@ -715,10 +734,11 @@ impl Ctx<'_> {
                 header.span(),
                 "identity.header",
                 "trusted-header identity is not supported yet",
-                Some("use `[identity.jwt]`".into()),
+                Some("use `[identity.jwt]` or `[identity.api_key]`".into()),
             );
         }
-        if let Some(kinds) = kinds {
+        let mut api_key_kind = None;
+        if let Some(kinds) = &kinds {
             if kinds.get_ref().is_empty() {
                 self.err(
                     main,
@@ -728,16 +748,18 @@ impl Ctx<'_> {
                     Some("write `kinds = [\"jwt\"]`".into()),
                 );
             }
+            out.jwt = false;
             for (i, kind) in kinds.get_ref().iter().enumerate() {
                 let key = format!("identity.kinds[{i}]");
                 match kind.get_ref().as_str() {
-                    "jwt" => {}
-                    "api_key" | "header" => self.err(
+                    "jwt" => out.jwt = true,
+                    "api_key" => api_key_kind = Some(kind.span()),
+                    "header" => self.err(
                         main,
                         kind.span(),
                         &key,
-                        format!("identity kind `{}` is not supported yet", kind.get_ref()),
-                        Some("supported kinds: `jwt`".into()),
+                        "identity kind `header` is not supported yet",
+                        Some("supported kinds: `jwt`, `api_key`".into()),
                     ),
                     other => self.err(
                         main,
@@ -746,11 +768,31 @@ impl Ctx<'_> {
                         format!("unknown identity kind `{other}`"),
                         Some(
                             did_you_mean(other, ["jwt", "api_key", "header"])
-                                .unwrap_or_else(|| "supported kinds: `jwt`".into()),
+                                .unwrap_or_else(|| "supported kinds: `jwt`, `api_key`".into()),
                         ),
                     ),
                 }
             }
+        }
+        let api_key_span = api_key.as_ref().map(S::span);
+        let header_name = match api_key.map(S::into_inner) {
+            Some(raw::ApiKey { header: Some(h) }) => {
+                self.header_name(main, &h, h.get_ref(), "identity.api_key.header")
+            }
+            _ => Some(HeaderName::from_static("x-api-key")),
+        };
+        match (&api_key_kind, &api_key_span) {
+            (Some(_), _) => {
+                out.api_key = header_name.map(|header| ApiKeySettings { header });
+            }
+            (None, Some(s)) => self.err(
+                main,
+                s.clone(),
+                "identity.api_key",
+                "`[identity.api_key]` is set but `api_key` is not in `kinds`",
+                Some("write `kinds = [\"jwt\", \"api_key\"]`".into()),
+            ),
+            (None, None) => {}
         }
         let Some(jwt) = jwt else {
             self.err(
@@ -762,9 +804,9 @@ impl Ctx<'_> {
                     "add `[identity.jwt]` with `algorithms` and `secret_env` or `jwks_file`".into(),
                 ),
             );
-            return None;
+            return (None, out, api_key_kind);
         };
-        self.check_jwt(main, jwt, tenant)
+        (self.check_jwt(main, jwt, tenant), out, api_key_kind)
     }
 
     fn check_jwt(
@@ -1140,34 +1182,52 @@ impl Ctx<'_> {
                 None
             }
             (Some((s, true)), Some(r)) => {
-                self.check_redis(main, r)
-                    .map(|(url, prefix)| StoreKind::Redis {
-                        span: s,
-                        url,
-                        prefix,
-                    })
+                self.check_redis(main, r).map(|settings| StoreKind::Redis {
+                    span: s,
+                    settings: Box::new(settings),
+                })
             }
         };
         (kind, cache_ttl, max_stale, stale_for)
     }
 
-    fn check_redis(&mut self, main: FileId, redis: S<raw::Redis>) -> Option<(String, String)> {
+    fn check_redis(&mut self, main: FileId, redis: S<raw::Redis>) -> Option<RedisSettings> {
         let rspan = redis.span();
-        let raw::Redis { url, prefix } = redis.into_inner();
+        let raw::Redis {
+            url,
+            prefix,
+            username,
+            password_env,
+            connect_timeout,
+            command_timeout,
+            cache_capacity,
+            client_tracking,
+        } = redis.into_inner();
         let url = match url {
             Some(u) => {
                 let v = u.get_ref();
-                if v.starts_with("redis://")
+                let scheme_ok = v.starts_with("redis://")
                     || v.starts_with("rediss://")
-                    || v.starts_with("unix://")
-                {
+                    || v.starts_with("unix://");
+                if v.starts_with("redis+sentinel://") || v.starts_with("redis+cluster://") {
+                    self.err(
+                        main,
+                        u.span(),
+                        "grants.redis.url",
+                        "Redis Sentinel and Cluster URLs are not supported yet",
+                        Some(
+                            "point `url` at the primary (or a proxy in front of it), e.g. `redis://redis-primary:6379/0`".into(),
+                        ),
+                    );
+                    None
+                } else if scheme_ok && redis::Client::open(v.as_str()).is_ok() {
                     Some(v.clone())
                 } else {
                     self.err(
                         main,
                         u.span(),
                         "grants.redis.url",
-                        format!("invalid Redis URL `{v}`"),
+                        "invalid Redis URL (not shown: it may hold a password)",
                         Some(
                             "write e.g. `redis://127.0.0.1:6379/0` (or `rediss://` for TLS)".into(),
                         ),
@@ -1192,20 +1252,81 @@ impl Ctx<'_> {
                 if p.get_ref().is_empty()
                     || p.get_ref()
                         .chars()
-                        .any(|c| c.is_whitespace() || c == '{' || c == '}') =>
+                        .any(|c| c.is_whitespace() || c == '{' || c == '}' || c == ':') =>
             {
                 self.err(
                     main,
                     p.span(),
                     "grants.redis.prefix",
                     format!("invalid key prefix `{}`", p.get_ref()),
-                    Some("use a non-empty name without spaces or braces, e.g. `authz`".into()),
+                    Some("use a non-empty name without spaces, `:` or braces, e.g. `authz`".into()),
                 );
                 None
             }
             Some(p) => Some(p.into_inner()),
         };
-        Some((url?, prefix?))
+        let password = match password_env {
+            None => Some(None),
+            Some(name) => match std::env::var(name.get_ref()) {
+                Ok(v) if !v.is_empty() => Some(Some(v)),
+                _ => {
+                    self.err(
+                        main,
+                        name.span(),
+                        "grants.redis.password_env",
+                        format!(
+                            "environment variable `{}` is not set, empty or not UTF-8",
+                            name.get_ref()
+                        ),
+                        Some(format!(
+                            "export {}=... with the Redis password before starting Portcullis",
+                            name.get_ref()
+                        )),
+                    );
+                    None
+                }
+            },
+        };
+        let connect_timeout = self.duration(
+            main,
+            &connect_timeout,
+            "grants.redis.connect_timeout",
+            Duration::from_secs(1),
+            true,
+        );
+        let command_timeout = self.duration(
+            main,
+            &command_timeout,
+            "grants.redis.command_timeout",
+            Duration::from_millis(250),
+            true,
+        );
+        let cache_capacity = match cache_capacity {
+            None => 100_000,
+            Some(c) => match usize::try_from(*c.get_ref()) {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    self.err(
+                        main,
+                        c.span(),
+                        "grants.redis.cache_capacity",
+                        "`cache_capacity` must be a positive number of entries",
+                        Some("e.g. `cache_capacity = 100000`".into()),
+                    );
+                    1
+                }
+            },
+        };
+        Some(RedisSettings {
+            url: url?,
+            prefix: prefix?,
+            username: username.map(S::into_inner),
+            password: password?,
+            connect_timeout,
+            command_timeout,
+            cache_capacity,
+            client_tracking: client_tracking.is_none_or(|t| *t.get_ref()),
+        })
     }
 
     fn invalid_value(
@@ -2896,8 +3017,7 @@ enum StoreKind {
     File,
     Redis {
         span: Range<usize>,
-        url: String,
-        prefix: String,
+        settings: Box<RedisSettings>,
     },
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::config::FileStoreData;
 use crate::policy::{Policy, PolicyError, SubjectData, TenantData};
 
-use super::{GrantsError, Resolved, RoleStore};
+use super::{Access, GrantsError, Resolved, RoleStore};
 
 #[derive(Debug, Default)]
 struct TenantEntry {
@@ -107,7 +107,14 @@ impl FileStore {
 }
 
 impl RoleStore for FileStore {
-    async fn resolve(&self, tenant: &str, subject: &str) -> Result<Arc<Resolved>, GrantsError> {
+    /// Compiled at config load: `policy` and `access` change nothing here.
+    async fn resolve(
+        &self,
+        _policy: &Policy,
+        tenant: &str,
+        subject: &str,
+        _access: Access,
+    ) -> Result<Arc<Resolved>, GrantsError> {
         Ok(self.get(tenant, subject))
     }
 }

@@ -1,17 +1,21 @@
-//! Where a principal's grants come from: the store trait, the embedded file store, and (later)
-//! Redis with an in-process cache.
+//! Where a principal's grants come from: the store trait, the embedded file store, and Redis
+//! with an in-process L1 cache and pub/sub (plus client-tracking) invalidation.
 //!
 //! A store answers `(tenant, subject) → Resolved`: the tenant's compiled record and the
 //! principal's compiled grants, both compiled against the current `Policy`, so `decide` only
-//! does bit tests. Stores never decide anything.
+//! does bit tests. Stores never decide anything, and an error is never an allow: the pipeline
+//! turns `GrantsError` into 503.
 
+mod cache;
 pub mod file;
+pub mod redis;
 
 use std::sync::Arc;
 
-use crate::policy::{PrincipalGrants, TenantGrants};
+use crate::policy::{Policy, PrincipalGrants, TenantGrants};
 
 pub use file::FileStore;
+pub use redis::{ApiKeyRecord, Health, RedisStore};
 
 /// A principal's grants in one tenant, ready for `policy::decide`.
 #[derive(Debug, Default)]
@@ -21,30 +25,77 @@ pub struct Resolved {
 }
 
 /// The store could not answer; the gateway fails closed (503).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GrantsError {
     #[error("grant store unavailable: {0}")]
     Unavailable(String),
+}
+
+/// What the request would do, which decides whether a stale cache entry may answer it while
+/// the store is unreachable (`[grants] stale_for`, DESIGN.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// GET, HEAD, OPTIONS.
+    Read,
+    /// Everything else: by default never served from stale grants, so an outage cannot extend
+    /// a revoked user's write access.
+    Write,
+}
+
+impl Access {
+    pub fn of(method: &http::Method) -> Access {
+        match *method {
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS => Access::Read,
+            _ => Access::Write,
+        }
+    }
 }
 
 /// A source of grants. A closed set of implementations, dispatched by `Store`.
 pub trait RoleStore: Send + Sync {
     fn resolve(
         &self,
+        policy: &Policy,
         tenant: &str,
         subject: &str,
+        access: Access,
     ) -> impl Future<Output = Result<Arc<Resolved>, GrantsError>> + Send;
 }
 
 /// The configured store.
 pub enum Store {
     File(FileStore),
+    Redis(RedisStore),
 }
 
 impl Store {
-    pub async fn resolve(&self, tenant: &str, subject: &str) -> Result<Arc<Resolved>, GrantsError> {
+    pub async fn resolve(
+        &self,
+        policy: &Policy,
+        tenant: &str,
+        subject: &str,
+        access: Access,
+    ) -> Result<Arc<Resolved>, GrantsError> {
         match self {
-            Store::File(store) => store.resolve(tenant, subject).await,
+            Store::File(store) => store.resolve(policy, tenant, subject, access).await,
+            Store::Redis(store) => store.resolve(policy, tenant, subject, access).await,
+        }
+    }
+
+    /// Readiness for `/readyz`: the file store always is; Redis when connected and subscribed
+    /// to invalidations (until then nothing is cached and every request asks Redis).
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Store::File(_) => true,
+            Store::Redis(store) => store.health().ready(),
+        }
+    }
+
+    /// The Redis store, for API keys, health and counters.
+    pub fn redis(&self) -> Option<&RedisStore> {
+        match self {
+            Store::File(_) => None,
+            Store::Redis(store) => Some(store),
         }
     }
 }

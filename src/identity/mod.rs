@@ -17,6 +17,8 @@ pub mod jwt;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use jwt::{valid_subject, valid_tenant};
+
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;

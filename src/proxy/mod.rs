@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use crate::audit::{AuditLog, AuditSetupError};
 use crate::config::{Snapshot, StoreSettings};
-use crate::grants::{FileStore, Store};
+use crate::grants::redis::RedisSetupError;
+use crate::grants::{FileStore, RedisStore, Store};
 
 pub use pipeline::{ConnInfo, Evaluation, Gateway};
 
@@ -22,16 +23,20 @@ pub enum StartError {
     Audit(#[from] AuditSetupError),
     #[error(transparent)]
     Upstream(#[from] forward::ForwardError),
-    #[error("grants.store = \"redis\" is not implemented yet; use store = \"file\"")]
-    RedisUnsupported,
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
 }
 
 impl Gateway {
-    /// Assemble the runtime (store, upstream pools, audit writer) from a snapshot.
+    /// Assemble the runtime (store, upstream pools, audit writer) from a snapshot. With Redis
+    /// this must run inside a Tokio runtime; it returns at once (the store connects in the
+    /// background and answers 503 until Redis is reachable).
     pub fn build(snapshot: Snapshot) -> Result<Gateway, StartError> {
         let store = match &snapshot.grants.store {
             StoreSettings::File(data) => Store::File(FileStore::build(&snapshot.policy, data).0),
-            StoreSettings::Redis { .. } => return Err(StartError::RedisUnsupported),
+            StoreSettings::Redis(redis) => {
+                Store::Redis(RedisStore::start(redis, &snapshot.grants)?)
+            }
         };
         let upstreams = forward::Upstreams::build(&snapshot.upstreams)?;
         let audit = AuditLog::start(&snapshot.audit)?;

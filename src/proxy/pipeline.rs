@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{RouteEntry, Snapshot};
-use crate::grants::{GrantsError, Resolved, Store};
+use crate::grants::{Access, GrantsError, Resolved, Store};
 use crate::identity::{Authenticator, AuthnError, Principal};
 use crate::policy::{self, Caller, Outcome, Reason, Verdict};
 use crate::route::{self, PathError};
@@ -108,7 +108,12 @@ impl Gateway {
         };
         let resolved = match self
             .store
-            .resolve(&principal.tenant, &principal.subject)
+            .resolve(
+                &snap.policy,
+                &principal.tenant,
+                &principal.subject,
+                Access::of(method),
+            )
             .await
         {
             Ok(resolved) => resolved,
@@ -148,6 +153,83 @@ impl Gateway {
             verdict,
         })
     }
+}
+
+/// Longest API key accepted, in bytes.
+const MAX_API_KEY_LEN: usize = 512;
+
+impl Gateway {
+    /// Who is calling, as `[identity] kinds` allows: an API key (header, or
+    /// `Authorization: ApiKey <key>`; looked up in Redis) or a JWT bearer token. Presenting both
+    /// is refused as ambiguous. `Err` only when an API key cannot be looked up (503).
+    pub async fn identify(
+        &self,
+        headers: &HeaderMap,
+        method: &Method,
+        now: u64,
+    ) -> Result<Result<Principal, AuthnError>, GrantsError> {
+        let kinds = &self.snapshot.identity;
+        let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        let (header_key, authorization_key) = match &kinds.api_key {
+            Some(settings) => (
+                headers.get(&settings.header).map(|v| v.as_bytes()),
+                authorization.and_then(api_key_scheme),
+            ),
+            None => (None, None),
+        };
+        // Two credentials (bearer + key, or key in both places) are ambiguous: refuse.
+        if header_key.is_some() && authorization.is_some() {
+            return Ok(Err(AuthnError::InvalidToken));
+        }
+        if let Some(key) = header_key.or(authorization_key) {
+            return self.identify_api_key(key, method, now).await;
+        }
+        Ok(match authorization {
+            _ if kinds.jwt => self.authenticator.authenticate(
+                authorization,
+                self.authenticator
+                    .tenant_header()
+                    .and_then(|name| headers.get(name))
+                    .map(|v| v.as_bytes()),
+                now,
+            ),
+            None => Err(AuthnError::MissingToken),
+            Some(_) => Err(AuthnError::InvalidToken),
+        })
+    }
+
+    async fn identify_api_key(
+        &self,
+        key: &[u8],
+        method: &Method,
+        now: u64,
+    ) -> Result<Result<Principal, AuthnError>, GrantsError> {
+        if key.is_empty() || key.len() > MAX_API_KEY_LEN || !key.iter().all(u8::is_ascii_graphic) {
+            return Ok(Err(AuthnError::InvalidToken));
+        }
+        // `config` allows API keys only with the Redis store.
+        let Some(store) = self.store.redis() else {
+            return Ok(Err(AuthnError::InvalidToken));
+        };
+        Ok(match store.api_key(key, Access::of(method)).await? {
+            None => Err(AuthnError::InvalidToken),
+            Some(record) if record.expires.is_some_and(|e| now >= e) => {
+                Err(AuthnError::TokenExpired)
+            }
+            Some(record) => Ok(Principal {
+                tenant: record.tenant.clone(),
+                subject: record.subject.clone(),
+                mfa: false,
+                expires_at: record.expires.unwrap_or(u64::MAX),
+            }),
+        })
+    }
+}
+
+/// `ApiKey <key>` (scheme case-insensitive): the key.
+fn api_key_scheme(authorization: &[u8]) -> Option<&[u8]> {
+    let scheme = authorization.get(..7)?;
+    (scheme.eq_ignore_ascii_case(b"ApiKey ")).then(|| authorization.get(7..).unwrap_or_default())
 }
 
 fn reason_of(err: AuthnError) -> Reason {
@@ -295,6 +377,11 @@ fn preflight(request: &Request<Incoming>, gw: &Gateway) -> Result<(), Refusal> {
     {
         return Err(Refusal::BadRequest(BadRequest::DuplicateHeader));
     }
+    if let Some(api_key) = &gw.snapshot.identity.api_key
+        && headers.get_all(&api_key.header).iter().count() > 1
+    {
+        return Err(Refusal::BadRequest(BadRequest::DuplicateHeader));
+    }
     // WSGI/CGI frameworks read `X_User` as `X-User`: an underscore name could smuggle a
     // header past the strip list.
     if headers.keys().any(|name| name.as_str().contains('_')) {
@@ -324,18 +411,12 @@ async fn handle_inner(
         .into_owned();
     ctx.path.clone_from(&canonical);
 
-    // Identity before the store: an unauthenticated request never costs a Redis round trip.
-    let identity = gw.authenticator.authenticate(
-        request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes()),
-        gw.authenticator
-            .tenant_header()
-            .and_then(|name| request.headers().get(name))
-            .map(|v| v.as_bytes()),
-        unix_now(),
-    );
+    // Identity before the store: a request without valid credentials never costs a grants
+    // round trip (an API key costs one lookup, cached like grants).
+    let identity = gw
+        .identify(request.headers(), request.method(), unix_now())
+        .await
+        .map_err(|_| Refusal::AuthorizationUnavailable)?;
     let eval = gw
         .evaluate(request.method(), &canonical, identity)
         .await
@@ -366,7 +447,18 @@ async fn handle_inner(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
+    let api_key_auth = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| api_key_scheme(v.as_bytes()).is_some());
     let mut out = headers::sanitize_request(std::mem::take(&mut parts.headers), &snap.headers);
+    // A gateway credential never reaches the upstream (a JWT does: upstreams may verify it).
+    if let Some(api_key) = &snap.identity.api_key {
+        out.remove(&api_key.header);
+        if api_key_auth {
+            out.remove(header::AUTHORIZATION);
+        }
+    }
     // The upstream sees the client's Host, as behind Envoy (h2 requests carry it as :authority).
     if let Some(host) = &client_host
         && !out.contains_key(header::HOST)
