@@ -19,6 +19,7 @@ use crate::proxy::{Gateway, server};
 use crate::route;
 
 mod demo;
+pub mod explain;
 
 /// Portcullis: an authorization enforcement gateway.
 #[derive(Debug, Parser)]
@@ -71,6 +72,10 @@ pub enum Command {
         /// Extra token claims as JSON, e.g. '{"amr":["mfa"]}'.
         #[arg(long)]
         claims: Option<String>,
+        /// `text` (the trace, default on a terminal) or `json` (default otherwise; `--batch`
+        /// always answers JSON lines).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
     },
     /// Mint an HS256 development token from the configured secret.
     Token {
@@ -86,6 +91,25 @@ pub enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+}
+
+/// Output format of the commands that have two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+impl Format {
+    /// Text on a terminal, JSON when piped (scripts keep working unchanged).
+    fn or_default(format: Option<Format>) -> Format {
+        use std::io::IsTerminal;
+        format.unwrap_or(if std::io::stdout().is_terminal() {
+            Format::Text
+        } else {
+            Format::Json
+        })
+    }
 }
 
 /// Run a command; the returned code is the process exit code.
@@ -124,6 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             method,
             path,
             claims,
+            format,
         } => {
             let gateway = Gateway::build(load_or_print(&config)?)?;
             if let Some(store) = gateway.store.redis()
@@ -151,9 +176,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                         path,
                         claims,
                     };
-                    let answer = explain_one(&gateway, &query).await;
-                    println!("{}", serde_json::to_string(&answer)?);
-                    Ok(if answer.decision == "allow" { 0 } else { 2 })
+                    let explanation = explain::explain_request(&gateway, &query).await;
+                    match Format::or_default(format) {
+                        Format::Json => println!("{}", serde_json::to_string(&explanation)?),
+                        Format::Text => print!("{}", explain::render_text(&explanation)),
+                    }
+                    Ok(if explanation.answer.decision == "allow" {
+                        0
+                    } else {
+                        2
+                    })
                 }
             }
         }
@@ -312,24 +344,12 @@ async fn explain_batch(gateway: &Gateway, source: &str) -> anyhow::Result<i32> {
 
 /// Decide one synthetic request exactly as the live pipeline would.
 pub async fn explain_one(gateway: &Gateway, query: &ExplainQuery) -> ExplainAnswer {
-    let mode = gateway.snapshot.mode.as_str().to_owned();
-    let deny = |status: u16, reason: &str| ExplainAnswer {
-        decision: "deny".into(),
-        status,
-        reason: Some(reason.into()),
-        required_permission: None,
-        route: None,
-        scope: None,
-        mode: mode.clone(),
-    };
-    let Ok(method) = query.method.parse::<http::Method>() else {
-        return deny(400, "invalid_method");
-    };
-    let raw_path = query.path.split('?').next().unwrap_or_default();
-    let Ok(path) = route::canonicalize(raw_path) else {
-        return deny(400, "ambiguous_path");
-    };
-    let identity = match (&query.subject, &query.tenant) {
+    evaluate_query(gateway, query).await.0
+}
+
+/// The principal a query stands for, as the authenticator would have produced it.
+fn query_identity(query: &ExplainQuery) -> Result<Principal, AuthnError> {
+    match (&query.subject, &query.tenant) {
         (None, _) => Err(AuthnError::MissingToken),
         (Some(_), None) => Err(AuthnError::MissingTenant),
         (Some(subject), Some(tenant)) => Ok(Principal {
@@ -342,11 +362,44 @@ pub async fn explain_one(gateway: &Gateway, query: &ExplainQuery) -> ExplainAnsw
                 .is_some_and(|a| a.iter().any(|v| v == "mfa")),
             expires_at: u64::MAX,
         }),
+    }
+}
+
+/// Run one query through `Gateway::evaluate`: the answer enforce mode gives, plus the
+/// canonical path and evaluation when the request got that far (for traces).
+pub(crate) async fn evaluate_query(
+    gateway: &Gateway,
+    query: &ExplainQuery,
+) -> (ExplainAnswer, Option<(String, crate::proxy::Evaluation)>) {
+    let mode = gateway.snapshot.mode.as_str().to_owned();
+    let deny = |status: u16, reason: &str| ExplainAnswer {
+        decision: "deny".into(),
+        status,
+        reason: Some(reason.into()),
+        required_permission: None,
+        route: None,
+        scope: None,
+        mode: mode.clone(),
     };
-    let eval = match gateway.evaluate(&method, &path, identity).await {
+    let Ok(method) = query.method.parse::<http::Method>() else {
+        return (deny(400, "invalid_method"), None);
+    };
+    let raw_path = query.path.split('?').next().unwrap_or_default();
+    let Ok(path) = route::canonicalize(raw_path) else {
+        return (deny(400, "ambiguous_path"), None);
+    };
+    let eval = match gateway
+        .evaluate(&method, &path, query_identity(query))
+        .await
+    {
         Ok(eval) => eval,
-        Err(_) => return deny(503, "authorization_unavailable"),
+        Err(_) => return (deny(503, "authorization_unavailable"), None),
     };
+    let answer = answer_for(gateway, &eval);
+    (answer, Some((path.into_owned(), eval)))
+}
+
+fn answer_for(gateway: &Gateway, eval: &crate::proxy::Evaluation) -> ExplainAnswer {
     let snap = &gateway.snapshot;
     let entry = eval.route.and_then(|id| gateway.route_entry(id));
     let mode = entry.map_or(snap.mode, |e| e.rule.mode).as_str().to_owned();
@@ -365,7 +418,7 @@ pub async fn explain_one(gateway: &Gateway, query: &ExplainQuery) -> ExplainAnsw
             mode,
         },
         Outcome::Deny(denial) => {
-            let status = refusal_for(snap, &eval).map_or(403, |r| r.status());
+            let status = refusal_for(snap, eval).map_or(403, |r| r.status());
             ExplainAnswer {
                 decision: "deny".into(),
                 status,

@@ -1,0 +1,233 @@
+//! Operator tooling: `explain` traces, `portcullis test`, `routes`, `/.well-known/portcullis/me`,
+//! `roles` against a real Redis and `review` snapshots.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use portcullis::cli::ExplainQuery;
+use portcullis::cli::explain::{explain_request, render_text};
+use portcullis::proxy::Gateway;
+use support::*;
+
+const E2E: &str = include_str!("fixtures/e2e.toml");
+
+fn gateway(config: &str) -> Gateway {
+    let snap = portcullis::config::load_str_with_secret(
+        &config.replace("{UPSTREAM}", "127.0.0.1:9"),
+        Path::new("tests/inline.toml"),
+        Some(SECRET),
+    )
+    .unwrap();
+    Gateway::build(snap).unwrap()
+}
+
+fn query(tenant: &str, subject: &str, method: &str, path: &str, mfa: bool) -> ExplainQuery {
+    ExplainQuery {
+        tenant: Some(tenant.into()),
+        subject: Some(subject.into()),
+        method: method.into(),
+        path: path.into(),
+        claims: if mfa {
+            serde_json::json!({"amr": ["mfa"]})
+        } else {
+            serde_json::Value::Null
+        },
+    }
+}
+
+fn portcullis(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+// === explain ===
+
+#[tokio::test]
+async fn explain_trace_outcome_equals_the_gateway_decision_everywhere() {
+    let gw = gateway(E2E);
+    let subjects = [
+        ("acme", "alice"),
+        ("acme", "vic"),
+        ("acme", "ed"),
+        ("acme", "mia"),
+        ("acme", "olga"),
+        ("acme", "dee"),
+        ("acme", "gus"),
+        ("acme", "rev"),
+        ("big", "emma"),
+        ("startup", "emma"),
+        ("acme", "aud"),
+        ("acme", "nobody"),
+    ];
+    let requests = [
+        ("GET", "/api/campaigns/42"),
+        ("DELETE", "/api/campaigns/42"),
+        ("POST", "/api/content/7/approve"),
+        ("POST", "/api/email/campaigns/1/send"),
+        ("GET", "/api/quality/scores"),
+        ("GET", "/api/billing/invoices"),
+        ("PUT", "/api/users/ed/profile"),
+        ("PUT", "/api/users/vic/profile"),
+        ("GET", "/api/notes"),
+        ("GET", "/api/brands/brand-1/reports"),
+        ("GET", "/api/brands/brand-2/reports"),
+        ("GET", "/api/any"),
+        ("GET", "/api/all"),
+        ("GET", "/api/audit/logs/export"),
+    ];
+    let mut traced = 0;
+    for (tenant, subject) in subjects {
+        for mfa in [false, true] {
+            for (method, path) in requests {
+                let e = explain_request(&gw, &query(tenant, subject, method, path, mfa)).await;
+                let Some(trace) = &e.trace else { continue };
+                traced += 1;
+                let what = format!("{subject}@{tenant} {method} {path} mfa={mfa}");
+                assert_eq!(trace.outcome.decision, e.answer.decision, "{what}");
+                assert_eq!(
+                    trace.outcome.reason.map(str::to_owned),
+                    e.answer.reason,
+                    "{what}"
+                );
+                assert_eq!(
+                    trace.outcome.permission, e.answer.required_permission,
+                    "{what}"
+                );
+                // The per-permission results explain the outcome: a deny names a failing check.
+                if let Some(reason) = &e.answer.reason {
+                    assert!(
+                        trace.checks.iter().any(|c| c.result == reason.as_str()),
+                        "{what}: no check gives {reason}: {:?}",
+                        trace.checks
+                    );
+                } else if trace.requirement != "public" {
+                    assert!(trace.checks.iter().any(|c| c.result == "pass"), "{what}");
+                }
+            }
+        }
+    }
+    assert!(traced > 300, "only {traced} traces");
+}
+
+#[tokio::test]
+async fn explain_trace_names_the_inheritance_chain_override_and_entitlements() {
+    let gw = gateway(E2E);
+    // mia: manager -> member (alias of editor) -> viewer grants `*.view`.
+    let e = explain_request(&gw, &query("acme", "mia", "GET", "/api/campaigns/1", false)).await;
+    let t = e.trace.as_ref().unwrap();
+    let check = &t.checks[0];
+    assert_eq!(check.permission, "campaigns.view");
+    assert_eq!(check.held, "full");
+    let src = &check.sources[0];
+    assert_eq!(
+        src.via,
+        ["manager", "member", "editor", "viewer"],
+        "{:?}",
+        check.sources
+    );
+    assert_eq!(src.pattern, "*.view");
+    let rendered = render_text(&e);
+    assert!(
+        rendered.contains("manager → member → editor → viewer: `*.view` (full)"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("decision   ALLOW (200)"), "{rendered}");
+
+    // dee: the deny override that beat the `deleter` role.
+    let e = explain_request(
+        &gw,
+        &query("acme", "dee", "DELETE", "/api/campaigns/1", false),
+    )
+    .await;
+    let check = &e.trace.as_ref().unwrap().checks[0];
+    assert_eq!(check.denied_by, ["campaigns.delete"]);
+    assert_eq!(check.sources[0].via, ["deleter"]);
+    assert_eq!(check.result, "denied_by_override");
+    assert!(render_text(&e).contains("override campaigns.delete matches"));
+
+    // gus: a per-user grant.
+    let e = explain_request(
+        &gw,
+        &query("acme", "gus", "POST", "/api/content/7/approve", false),
+    )
+    .await;
+    let check = &e.trace.as_ref().unwrap().checks[0];
+    assert_eq!(check.sources.last().unwrap().via, ["grant"]);
+    assert_eq!(e.answer.decision, "allow");
+
+    // emma at startup: tier gate, with the pattern that requires it.
+    let e = explain_request(
+        &gw,
+        &query(
+            "startup",
+            "emma",
+            "POST",
+            "/api/email/campaigns/1/send",
+            false,
+        ),
+    )
+    .await;
+    let check = &e.trace.as_ref().unwrap().checks[0];
+    let tier = check.tier.as_ref().unwrap();
+    assert!(!tier.ok);
+    assert_eq!(e.answer.reason.as_deref(), Some("tier_required"));
+    assert!(
+        render_text(&e).contains("needs tier"),
+        "{}",
+        render_text(&e)
+    );
+
+    // mia, brand scoping: in scope and out of scope.
+    let e = explain_request(
+        &gw,
+        &query("acme", "mia", "GET", "/api/brands/brand-2/reports", false),
+    )
+    .await;
+    let check = &e.trace.as_ref().unwrap().checks[0];
+    let scope = check.scope.as_ref().unwrap();
+    assert_eq!((scope.value.as_deref(), scope.ok), (Some("brand-2"), false));
+    assert_eq!(check.result, "scope_denied");
+}
+
+#[test]
+fn explain_prints_a_human_trace_with_format_text_and_json_when_piped() {
+    let env = [("PORTCULLIS_DEMO_SECRET", "s3cret")];
+    let args = [
+        "explain",
+        "--config",
+        "config/demo.toml",
+        "--tenant",
+        "acme",
+        "--subject",
+        "carol",
+        "--method",
+        "POST",
+        "--path",
+        "/api/email/campaigns/1/send",
+    ];
+    let mut with_text = args.to_vec();
+    with_text.extend(["--format", "text"]);
+    let out = portcullis(&with_text, &env);
+    let shown = text(&out.stdout);
+    assert!(shown.contains("member (alias of editor)"), "{shown}");
+    assert!(
+        shown.contains("growth required (email.* -> growth)"),
+        "{shown}"
+    );
+    assert!(shown.contains("scopes     brand-1"), "{shown}");
+    assert!(shown.contains("decision   ALLOW (200)"), "{shown}");
+    // Piped without --format: JSON, flat answer fields first, trace alongside.
+    let out = portcullis(&args, &env);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["decision"], "allow");
+    assert_eq!(json["trace"]["checks"][0]["sources"][0]["via"][1], "editor");
+}
