@@ -18,6 +18,7 @@ use crate::proxy::pipeline::refusal_for;
 use crate::proxy::{Gateway, server};
 use crate::route;
 
+pub mod cases;
 mod demo;
 pub mod explain;
 
@@ -76,6 +77,14 @@ pub enum Command {
         /// always answers JSON lines).
         #[arg(long, value_enum)]
         format: Option<Format>,
+    },
+    /// Run decision tables (`[[cases]]`: tenant, subject, claims, method, path, expect,
+    /// reason, status) against the config; exit 1 on any mismatch. Policy under CI.
+    Test {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The cases file (TOML).
+        cases: PathBuf,
     },
     /// Mint an HS256 development token from the configured secret.
     Token {
@@ -150,13 +159,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             claims,
             format,
         } => {
-            let gateway = Gateway::build(load_or_print(&config)?)?;
-            if let Some(store) = gateway.store.redis()
-                && !store.wait_ready(Duration::from_secs(3)).await
-            {
-                // Still answers: every decision then reports 503, as the gateway would.
-                eprintln!("warning: Redis is not reachable; decisions report 503");
-            }
+            let gateway = build_for_queries(&config).await?;
             match batch {
                 Some(source) => explain_batch(&gateway, &source).await,
                 None => {
@@ -189,6 +192,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
         }
+        Command::Test { config, cases } => {
+            let file = cases::load(&cases)?;
+            let gateway = build_for_queries(&config).await?;
+            let report = cases::run(&gateway, &config, &file).await?;
+            print!("{}", report.text);
+            Ok(i32::from(report.failed > 0 || report.total == 0))
+        }
         Command::Token {
             config,
             sub,
@@ -202,6 +212,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// A gateway for synthetic queries (`explain`, `test`): waits briefly for Redis.
+async fn build_for_queries(config: &Path) -> anyhow::Result<Gateway> {
+    let gateway = Gateway::build(load_or_print(config)?)?;
+    if let Some(store) = gateway.store.redis()
+        && !store.wait_ready(Duration::from_secs(3)).await
+    {
+        // Still answers: every decision then reports 503, as the gateway would.
+        eprintln!("warning: Redis is not reachable; decisions report 503");
+    }
+    Ok(gateway)
 }
 
 fn print_errors(errors: &config::ConfigErrors) {

@@ -231,3 +231,95 @@ fn explain_prints_a_human_trace_with_format_text_and_json_when_piped() {
     assert_eq!(json["decision"], "allow");
     assert_eq!(json["trace"]["checks"][0]["sources"][0]["via"][1], "editor");
 }
+
+// === portcullis test ===
+
+#[test]
+fn test_command_reports_each_mismatch_as_a_diff_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.toml");
+    std::fs::write(
+        &cases,
+        r#"
+[defaults]
+tenant = "acme"
+
+[[cases]]
+subject = "bob"
+method = "GET"
+path = "/api/campaigns/1"
+expect = "allow"
+
+[[cases]]
+name = "viewer cannot delete (wrongly expected allow)"
+subject = "bob"
+method = "DELETE"
+path = "/api/campaigns/1"
+expect = "allow"
+status = 200
+
+[[cases]]
+name = "wrong reason"
+subject = "bob"
+method = "DELETE"
+path = "/api/campaigns/1"
+expect = "deny"
+reason = "not_owner"
+"#,
+    )
+    .unwrap();
+    let env = [("PORTCULLIS_DEMO_SECRET", "s3cret")];
+    let out = portcullis(
+        &[
+            "test",
+            "--config",
+            "config/demo.toml",
+            cases.to_str().unwrap(),
+        ],
+        &env,
+    );
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("3 cases: 1 passed, 2 failed"), "{report}");
+    assert!(
+        report.contains("FAIL  case 2: viewer cannot delete (wrongly expected allow)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("      - decision: allow\n      + decision: deny"),
+        "{report}"
+    );
+    assert!(
+        report.contains("      - status: 200\n      + status: 403"),
+        "{report}"
+    );
+    assert!(
+        report.contains("      - reason: not_owner\n      + reason: missing_permission"),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "gateway: deny 403 missing_permission (campaigns.delete) on route /api/campaigns/{id}"
+        ),
+        "{report}"
+    );
+    assert!(report.contains("why:     portcullis explain --config config/demo.toml --tenant acme --subject bob --method DELETE"), "{report}");
+
+    // An unknown key in a case is an error, not a silently ignored expectation.
+    std::fs::write(
+        &cases,
+        "[[cases]]\nsubject = \"bob\"\npath = \"/\"\nexpect = \"deny\"\nreasn = \"x\"\n",
+    )
+    .unwrap();
+    let out = portcullis(
+        &[
+            "test",
+            "--config",
+            "config/demo.toml",
+            cases.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("reasn"), "{}", text(&out.stderr));
+}
