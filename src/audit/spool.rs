@@ -566,8 +566,8 @@ impl SpoolReader {
                     None => break,
                 }
             }
-            let want = (max_bytes - bytes).max(64 * 1024) as u64;
-            let to = seg.len.min(offset + want);
+            let want = (max_bytes - bytes).clamp(64 * 1024, 4 << 20) as u64;
+            let to = seg.len.min(offset.saturating_add(want));
             let mut buf = self.spool.read_segment(first, offset, to)?;
             let mut at = 0usize;
             let mut progressed = false;
