@@ -181,16 +181,27 @@ impl Writer {
                 if !full {
                     tracing::error!(error = %err, "Audit spool append failed.");
                 }
-                let n = jobs.len() as u64;
                 let drop_ok = self.on_full == OnFull::Drop;
-                self.counters.dropped.fetch_add(n, Ordering::Relaxed);
-                if drop_ok {
-                    // Serve and count; a loss record follows once the spool has room.
-                    let losses = jobs.iter().filter(|(e, _, _)| !matches!(e.body, EventBody::Loss(_))).count() as u64;
-                    self.counters.loss_pending.fetch_add(losses, Ordering::Relaxed);
-                } else {
-                    self.counters.refused.fetch_add(n, Ordering::Relaxed);
+                // Loss records are bookkeeping about other events: never counted themselves.
+                let mut lost = 0u64;
+                let mut refused = 0u64;
+                for (event, done, sync) in jobs.iter() {
+                    if matches!(event.body, EventBody::Loss(_)) {
+                        continue;
+                    }
+                    let refuses = done.is_some()
+                        && (!drop_ok || *sync || matches!(event.body, EventBody::RoleChange(_)));
+                    if refuses {
+                        refused += 1;
+                    } else {
+                        lost += 1;
+                    }
                 }
+                self.counters.dropped.fetch_add(lost + refused, Ordering::Relaxed);
+                self.counters.refused.fetch_add(refused, Ordering::Relaxed);
+                // Served (or never waited for) without being written: a loss record follows
+                // once the spool has room.
+                self.counters.loss_pending.fetch_add(lost, Ordering::Relaxed);
                 self.counters.full.store(full, Ordering::Relaxed);
                 for (event, done, sync) in jobs.drain(..) {
                     if let Some(done) = done {

@@ -124,7 +124,7 @@ impl HttpSink {
             _ => return Err(err("not an HTTP sink".into())),
         };
         let uri: http::Uri = url.parse().map_err(|_| err(format!("invalid url `{url}`")))?;
-        let config = tls_config(tls, true).map_err(err)?;
+        let config = tls_config(tls, false).map_err(err)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
