@@ -17,7 +17,10 @@ fn spawn(config: &std::path::Path, listen: SocketAddr) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["run", "--config"])
         .arg(config)
-        .env("PORTCULLIS_TEST_SECRET", std::str::from_utf8(SECRET).unwrap())
+        .env(
+            "PORTCULLIS_TEST_SECRET",
+            std::str::from_utf8(SECRET).unwrap(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -25,7 +28,10 @@ fn spawn(config: &std::path::Path, listen: SocketAddr) -> Child {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect(listen).is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start listening on {listen}");
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not start listening on {listen}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child
@@ -40,7 +46,10 @@ async fn kill_9_with_a_full_spool_then_restart_delivers_everything() {
     let hec = HttpReceiver::stopped(Protocol::Hec(HEC_TOKEN.into()), free_port());
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let config = CONFIG
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{listen}\""))
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{listen}\""),
+        )
         .replace("{UPSTREAM}", &up.addr.to_string())
         + &format!(
             "\n[audit]\ngateway = \"gw-crash\"\n[audit.spool]\ndir = \"spool\"\nfsync = \"never\"\n[[audit.sinks]]\ntype = \"splunk_hec\"\nname = \"hec\"\nurl = \"{}\"\ntoken_file = \"hec.token\"\nbatch_wait = \"10ms\"\nretry_initial = \"10ms\"\nretry_max = \"50ms\"\n",
@@ -56,25 +65,43 @@ async fn kill_9_with_a_full_spool_then_restart_delivers_everything() {
     for i in 0..n {
         let method = if i % 2 == 0 { "GET" } else { "DELETE" };
         // Spooled durability: this response leaves only once its event is in the spool.
-        let r = request(listen, method, &format!("/api/campaigns/{i}"), Some(&t), &[]).await;
+        let r = request(
+            listen,
+            method,
+            &format!("/api/campaigns/{i}"),
+            Some(&t),
+            &[],
+        )
+        .await;
         assert!(r.status == 200 || r.status == 403, "{}", r.raw);
         request_ids.push(r.header("x-request-id").unwrap().to_owned());
     }
     first.kill().unwrap(); // SIGKILL: no shutdown code runs
     first.wait().unwrap();
-    assert_eq!(hec.docs().len(), 0, "nothing was delivered before the crash");
+    assert_eq!(
+        hec.docs().len(),
+        0,
+        "nothing was delivered before the crash"
+    );
 
     hec.resume().await;
     let mut second = spawn(&config_path, listen);
     wait_for("every decision of the killed run delivered", 20, || {
         let docs = hec.docs();
-        request_ids.iter().all(|rid| docs.iter().any(|d| d["request_id"] == rid.as_str()))
+        request_ids
+            .iter()
+            .all(|rid| docs.iter().any(|d| d["request_id"] == rid.as_str()))
     })
     .await;
     // One more request in the new run: seq continues and the chain links across the restart.
     let r = request(listen, "GET", "/api/campaigns/after", Some(&t), &[]).await;
     let after_rid = r.header("x-request-id").unwrap().to_owned();
-    wait_for("the new run's event delivered", 20, || hec.docs().iter().any(|d| d["request_id"] == after_rid.as_str())).await;
+    wait_for("the new run's event delivered", 20, || {
+        hec.docs()
+            .iter()
+            .any(|d| d["request_id"] == after_rid.as_str())
+    })
+    .await;
     second.kill().unwrap();
     second.wait().unwrap();
 
@@ -85,8 +112,15 @@ async fn kill_9_with_a_full_spool_then_restart_delivers_everything() {
     let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
     assert_eq!(seqs, expected, "no gap in seq across kill -9 and restart");
     for pair in docs.windows(2) {
-        assert_eq!(pair[1]["prev"], pair[0]["hash"], "chain links seq {} -> {}", pair[0]["seq"], pair[1]["seq"]);
+        assert_eq!(
+            pair[1]["prev"], pair[0]["hash"],
+            "chain links seq {} -> {}",
+            pair[0]["seq"], pair[1]["seq"]
+        );
     }
-    let after = docs.iter().find(|d| d["request_id"] == after_rid.as_str()).unwrap();
+    let after = docs
+        .iter()
+        .find(|d| d["request_id"] == after_rid.as_str())
+        .unwrap();
     assert!(after["seq"].as_u64().unwrap() > n as u64);
 }

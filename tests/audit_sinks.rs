@@ -14,7 +14,8 @@ const CONFIG: &str = include_str!("fixtures/e2e.toml");
 const HEC_TOKEN: &str = "5f0c1c9e-0000-4000-8000-000000000001";
 
 /// Fast retries so fault tests finish quickly.
-const FAST: &str = "batch_size = 7\nbatch_wait = \"20ms\"\nretry_initial = \"10ms\"\nretry_max = \"40ms\"\n";
+const FAST: &str =
+    "batch_size = 7\nbatch_wait = \"20ms\"\nretry_initial = \"10ms\"\nretry_max = \"40ms\"\n";
 
 fn hec_sink(url: &str, token_file: &std::path::Path, extra: &str) -> String {
     format!(
@@ -38,7 +39,11 @@ async fn traffic(gw: std::net::SocketAddr, n: usize) -> Vec<u16> {
 
 fn decision_ids(docs: &[serde_json::Value]) -> Vec<String> {
     docs.iter()
-        .filter(|d| d["type"] == "authz.decision" || d["portcullis"]["type"] == "authz.decision" || d["unmapped"]["type"] == "authz.decision")
+        .filter(|d| {
+            d["type"] == "authz.decision"
+                || d["portcullis"]["type"] == "authz.decision"
+                || d["unmapped"]["type"] == "authz.decision"
+        })
         .map(|d| id_and_seq(d).0)
         .collect()
 }
@@ -80,7 +85,10 @@ async fn http_sinks_deliver_everything_in_order_through_faults() {
             .map(|d| d["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    wait_for("the file sink has every decision", 10, || expected().len() == n).await;
+    wait_for("the file sink has every decision", 10, || {
+        expected().len() == n
+    })
+    .await;
     let ids = expected();
     for (name, r) in [("hec", &hec), ("ndjson", &ndjson), ("bulk", &bulk)] {
         wait_for(&format!("{name} has every decision"), 20, || {
@@ -94,24 +102,51 @@ async fn http_sinks_deliver_everything_in_order_through_faults() {
     }
     // The renderings are what each sink was configured for.
     let ocsf = &ndjson.docs()[0];
-    assert!(ocsf["class_uid"] == 6003 || ocsf["class_uid"] == 6002, "{ocsf}");
-    let ecs_doc = bulk.docs().into_iter().find(|d| d["portcullis"]["type"] == "authz.decision").unwrap();
+    assert!(
+        ocsf["class_uid"] == 6003 || ocsf["class_uid"] == 6002,
+        "{ocsf}"
+    );
+    let ecs_doc = bulk
+        .docs()
+        .into_iter()
+        .find(|d| d["portcullis"]["type"] == "authz.decision")
+        .unwrap();
     assert_eq!(ecs_doc["event"]["category"], serde_json::json!(["api"]));
     let stats = gw.gateway.audit.stats();
     let by = |name: &str| stats.sinks.iter().find(|s| s.name == name).unwrap().clone();
-    assert!(by("hec").retries >= 3, "503, 503 and a 200 with code 9 were retried: {stats:?}");
+    assert!(
+        by("hec").retries >= 3,
+        "503, 503 and a 200 with code 9 were retried: {stats:?}"
+    );
     assert!(by("vector").retries >= 2, "{stats:?}");
-    assert!(by("es").retries >= 1, "the item 429 made the batch retry: {stats:?}");
+    assert!(
+        by("es").retries >= 1,
+        "the item 429 made the batch retry: {stats:?}"
+    );
     assert_eq!(by("es").dead_lettered, 0);
     // A sink failure is itself audited (once per outage, not per retry).
-    let failures: Vec<_> = hec.docs().into_iter().filter(|d| d["type"] == "audit.sink_failure").collect();
-    assert!(!failures.is_empty(), "audit.sink_failure events are delivered too");
+    let failures: Vec<_> = hec
+        .docs()
+        .into_iter()
+        .filter(|d| d["type"] == "audit.sink_failure")
+        .collect();
+    assert!(
+        !failures.is_empty(),
+        "audit.sink_failure events are delivered too"
+    );
     // Batching: far fewer requests than events.
-    assert!(hec.requests() < n, "HEC got {} requests for {n} events", hec.requests());
+    assert!(
+        hec.requests() < n,
+        "HEC got {} requests for {n} events",
+        hec.requests()
+    );
     // Credentials never appear in any event.
     for r in [&hec, &ndjson, &bulk] {
         let all = serde_json::to_string(&r.docs()).unwrap();
-        assert!(!all.contains("Bearer") && !all.contains(HEC_TOKEN) && !all.contains("eyJ"), "credential leaked");
+        assert!(
+            !all.contains("Bearer") && !all.contains(HEC_TOKEN) && !all.contains("eyJ"),
+            "credential leaked"
+        );
     }
 }
 
@@ -132,23 +167,46 @@ async fn outage_then_recovery_loses_nothing() {
     let gw = start_gateway(&config, &up).await;
     // Warm up: connections are pooled, so the outage must cut live connections too.
     traffic(gw.addr, 2).await;
-    wait_for("warm-up delivered", 10, || decision_ids(&hec.docs()).len() == 2 && decision_ids(&bulk.docs()).len() == 2).await;
+    wait_for("warm-up delivered", 10, || {
+        decision_ids(&hec.docs()).len() == 2 && decision_ids(&bulk.docs()).len() == 2
+    })
+    .await;
     hec.stop();
     bulk.stop();
     let n = 40;
     let statuses = traffic(gw.addr, n).await;
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 403), "a SIEM outage never touches requests: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 403),
+        "a SIEM outage never touches requests: {statuses:?}"
+    );
     let head = gw.gateway.audit.stats().head;
     let lag = |name: &str| {
         let s = gw.gateway.audit.stats();
         head - s.sinks.iter().find(|x| x.name == name).unwrap().cursor
     };
-    assert!(lag("hec") >= n as u64 && lag("es") >= n as u64, "the spool holds the outage");
+    assert!(
+        lag("hec") >= n as u64 && lag("es") >= n as u64,
+        "the spool holds the outage"
+    );
     hec.resume().await;
     bulk.resume().await;
     let all_ids = |r: &HttpReceiver| decision_ids(&r.docs());
-    wait_for("hec caught up", 20, || all_ids(&hec).iter().collect::<std::collections::HashSet<_>>().len() == n + 2).await;
-    wait_for("es caught up", 20, || all_ids(&bulk).iter().collect::<std::collections::HashSet<_>>().len() == n + 2).await;
+    wait_for("hec caught up", 20, || {
+        all_ids(&hec)
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == n + 2
+    })
+    .await;
+    wait_for("es caught up", 20, || {
+        all_ids(&bulk)
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == n + 2
+    })
+    .await;
     let ids: Vec<String> = {
         let mut v = Vec::new();
         for id in all_ids(&hec) {
@@ -183,11 +241,17 @@ async fn hec_invalid_data_is_dead_lettered_and_delivery_goes_on() {
     );
     let gw = start_gateway(&config, &up).await;
     traffic(gw.addr, 1).await;
-    wait_for("dead-lettered", 10, || gw.gateway.audit.stats().sinks[0].dead_lettered == 1).await;
+    wait_for("dead-lettered", 10, || {
+        gw.gateway.audit.stats().sinks[0].dead_lettered == 1
+    })
+    .await;
     let dead = std::fs::read_to_string(spool.join("dead-letter/hec.jsonl")).unwrap();
     assert_eq!(dead.lines().count(), 1, "the refused event is kept: {dead}");
     traffic(gw.addr, 3).await;
-    wait_for("later events delivered", 10, || decision_ids(&hec.docs()).len() == 3).await;
+    wait_for("later events delivered", 10, || {
+        decision_ids(&hec.docs()).len() == 3
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +268,14 @@ async fn spool_full_with_block_answers_503_and_never_forwards() {
     let t = token("vic", "acme");
     let mut refused = None;
     for i in 0..200 {
-        let r = request(gw.addr, "GET", &format!("/api/campaigns/{i}"), Some(&t), &[]).await;
+        let r = request(
+            gw.addr,
+            "GET",
+            &format!("/api/campaigns/{i}"),
+            Some(&t),
+            &[],
+        )
+        .await;
         if r.status == 503 {
             refused = Some(r);
             break;
@@ -218,13 +289,24 @@ async fn spool_full_with_block_answers_503_and_never_forwards() {
     let served = up.count();
     let r = request(gw.addr, "GET", "/api/campaigns/x", Some(&t), &[]).await;
     assert_eq!(r.status, 503);
-    assert_eq!(up.count(), served, "a request that cannot be audited never reaches the upstream");
+    assert_eq!(
+        up.count(),
+        served,
+        "a request that cannot be audited never reaches the upstream"
+    );
     // The SIEM comes back: the spool drains and requests are served again.
     ndjson.resume().await;
-    wait_for("the spool drains", 20, || gw.gateway.audit.stats().spool_bytes < 16 * 1024).await;
+    wait_for("the spool drains", 20, || {
+        gw.gateway.audit.stats().spool_bytes < 16 * 1024
+    })
+    .await;
     let mut ok = false;
     for _ in 0..100 {
-        if request(gw.addr, "GET", "/api/campaigns/y", Some(&t), &[]).await.status == 200 {
+        if request(gw.addr, "GET", "/api/campaigns/y", Some(&t), &[])
+            .await
+            .status
+            == 200
+        {
             ok = true;
             break;
         }
@@ -245,7 +327,10 @@ async fn spool_full_with_drop_serves_counts_and_records_the_loss() {
     );
     let gw = start_gateway(&config, &up).await;
     let statuses = traffic(gw.addr, 80).await;
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 403), "drop keeps serving: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 403),
+        "drop keeps serving: {statuses:?}"
+    );
     let dropped = gw.gateway.audit.dropped();
     assert!(dropped > 0, "the spool filled up");
     ndjson.resume().await;
@@ -255,7 +340,12 @@ async fn spool_full_with_drop_serves_counts_and_records_the_loss() {
     .await;
     // Further traffic keeps flowing; the loss records add up to what was dropped.
     wait_for("loss counted", 20, || {
-        let counted: u64 = ndjson.docs().iter().filter(|d| d["type"] == "audit.loss").map(|d| d["count"].as_u64().unwrap()).sum();
+        let counted: u64 = ndjson
+            .docs()
+            .iter()
+            .filter(|d| d["type"] == "audit.loss")
+            .map(|d| d["count"].as_u64().unwrap())
+            .sum();
         counted == gw.gateway.audit.dropped()
     })
     .await;

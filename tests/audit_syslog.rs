@@ -33,12 +33,13 @@ fn by_input(rsyslog: &Rsyslog, input: &str) -> HashMap<String, Value> {
         .into_iter()
         .filter(|m| m["input"] == input)
         .filter_map(|m| {
-            let id = sd_param(m["structured_data"].as_str().unwrap_or(""), "eid").or_else(|| {
-                m["msg"]
-                    .as_str()
-                    .and_then(|msg| msg.split("externalId=").nth(1))
-                    .map(|s| s.split(' ').next().unwrap_or("").to_owned())
-            })?;
+            let id =
+                sd_param(m["structured_data"].as_str().unwrap_or(""), "eid").or_else(|| {
+                    m["msg"]
+                        .as_str()
+                        .and_then(|msg| msg.split("externalId=").nth(1))
+                        .map(|s| s.split(' ').next().unwrap_or("").to_owned())
+                })?;
             Some((id, m))
         })
         .collect()
@@ -52,7 +53,8 @@ async fn rsyslog_receives_every_event_over_tcp_tls_and_udp() {
     let pki = TestPki::generate(&pki_dir);
     let mut rsyslog = Rsyslog::start(&dir.path().join("rsyslog"), &pki);
     let file = dir.path().join("audit.jsonl");
-    let fast = "batch_size = 5\nbatch_wait = \"20ms\"\nretry_initial = \"20ms\"\nretry_max = \"100ms\"\n";
+    let fast =
+        "batch_size = 5\nbatch_wait = \"20ms\"\nretry_initial = \"20ms\"\nretry_max = \"100ms\"\n";
     let up = Upstream::start().await;
     let config = format!(
         "{CONFIG}\n[audit]\ngateway = \"gw-syslog\"\n[audit.spool]\ndir = \"{spool}\"\n\
@@ -74,7 +76,14 @@ async fn rsyslog_receives_every_event_over_tcp_tls_and_udp() {
     let n = 12;
     for i in 0..n {
         let method = if i % 3 == 0 { "DELETE" } else { "GET" };
-        request(gw.addr, method, &format!("/api/campaigns/{i}"), Some(&t), &[("User-Agent", "ua \"quoted\" ]x")]).await;
+        request(
+            gw.addr,
+            method,
+            &format!("/api/campaigns/{i}"),
+            Some(&t),
+            &[("User-Agent", "ua \"quoted\" ]x")],
+        )
+        .await;
     }
     let events = || -> Vec<Value> {
         std::fs::read_to_string(&file)
@@ -85,10 +94,14 @@ async fn rsyslog_receives_every_event_over_tcp_tls_and_udp() {
     };
     wait_for("file sink", 10, || events().len() >= n).await;
     let expected: Vec<Value> = events();
-    let ids: Vec<String> = expected.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = expected
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
     wait_for("rsyslog got every event on tcp and tls", 20, || {
         let (tcp, tls) = (by_input(&rsyslog, "tcp"), by_input(&rsyslog, "tls"));
-        ids.iter().all(|id| tcp.contains_key(id) && tls.contains_key(id))
+        ids.iter()
+            .all(|id| tcp.contains_key(id) && tls.contains_key(id))
     })
     .await;
     let (tcp, tls) = (by_input(&rsyslog, "tcp"), by_input(&rsyslog, "tls"));
@@ -97,7 +110,8 @@ async fn rsyslog_receives_every_event_over_tcp_tls_and_udp() {
         for (name, msgs) in [("tcp", &tcp), ("tls", &tls)] {
             let m = &msgs[id];
             // MSG is the canonical event, byte for byte what the file sink has.
-            let msg: Value = serde_json::from_str(m["msg"].as_str().unwrap()).unwrap_or_else(|e| panic!("{name}: msg is not JSON ({e}): {m}"));
+            let msg: Value = serde_json::from_str(m["msg"].as_str().unwrap())
+                .unwrap_or_else(|e| panic!("{name}: msg is not JSON ({e}): {m}"));
             assert_eq!(&msg, event, "{name}");
             assert_eq!(m["msgid"], event["type"], "{name}");
             assert_eq!(m["hostname"], "gw-syslog");
@@ -105,25 +119,45 @@ async fn rsyslog_receives_every_event_over_tcp_tls_and_udp() {
             let sd = m["structured_data"].as_str().unwrap();
             assert!(sd.starts_with("[portcullis@32473 "), "{sd}");
             assert_eq!(sd_param(sd, "seq").unwrap(), event["seq"].to_string());
-            assert_eq!(sd_param(sd, "hash").unwrap(), event["hash"].as_str().unwrap());
+            assert_eq!(
+                sd_param(sd, "hash").unwrap(),
+                event["hash"].as_str().unwrap()
+            );
             if event["type"] == "authz.decision" {
-                assert_eq!(sd_param(sd, "decision").unwrap(), event["decision"].as_str().unwrap());
-                assert_eq!(sd_param(sd, "path").unwrap(), event["path"].as_str().unwrap());
+                assert_eq!(
+                    sd_param(sd, "decision").unwrap(),
+                    event["decision"].as_str().unwrap()
+                );
+                assert_eq!(
+                    sd_param(sd, "path").unwrap(),
+                    event["path"].as_str().unwrap()
+                );
                 // authpriv (10): warning for a deny, informational for an allow.
-                let pri = if event["decision"] == "deny" { "84" } else { "86" };
+                let pri = if event["decision"] == "deny" {
+                    "84"
+                } else {
+                    "86"
+                };
                 assert_eq!(m["pri"], pri, "{name}: {m}");
             }
         }
     }
     // UDP is lossy by nature; on loopback every datagram arrives. CEF inside RFC 5424.
-    wait_for("rsyslog got the udp events", 10, || by_input(&rsyslog, "udp").len() >= ids.len()).await;
+    wait_for("rsyslog got the udp events", 10, || {
+        by_input(&rsyslog, "udp").len() >= ids.len()
+    })
+    .await;
     let udp = by_input(&rsyslog, "udp");
     for event in &expected {
         let m = &udp[event["id"].as_str().unwrap()];
         let msg = m["msg"].as_str().unwrap();
         assert!(msg.starts_with("CEF:0|Portcullis|Portcullis|"), "{msg}");
         assert!(msg.contains(&format!("cn2={}", event["seq"])), "{msg}");
-        assert_eq!(m["pri"].as_str().unwrap().parse::<u16>().unwrap() / 8, 20, "local4");
+        assert_eq!(
+            m["pri"].as_str().unwrap().parse::<u16>().unwrap() / 8,
+            20,
+            "local4"
+        );
     }
 
     // Outage: the receiver stops while requests flow, then comes back: nothing is lost on
@@ -131,18 +165,39 @@ async fn rsyslog_receives_every_event_over_tcp_tls_and_udp() {
     rsyslog.stop();
     let m = 10;
     for i in 0..m {
-        let r = request(gw.addr, "GET", &format!("/api/campaigns/o{i}"), Some(&t), &[]).await;
+        let r = request(
+            gw.addr,
+            "GET",
+            &format!("/api/campaigns/o{i}"),
+            Some(&t),
+            &[],
+        )
+        .await;
         assert_eq!(r.status, 200, "a SIEM outage never touches requests");
     }
-    wait_for("file sink has the outage events", 10, || events().iter().filter(|e| e["type"] == "authz.decision").count() >= n + m).await;
+    wait_for("file sink has the outage events", 10, || {
+        events()
+            .iter()
+            .filter(|e| e["type"] == "authz.decision")
+            .count()
+            >= n + m
+    })
+    .await;
     rsyslog.resume();
     let all_ids: Vec<(String, u64)> = events()
         .iter()
-        .map(|e| (e["id"].as_str().unwrap().to_owned(), e["seq"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_owned(),
+                e["seq"].as_u64().unwrap(),
+            )
+        })
         .collect();
     wait_for("every event after the outage on tcp and tls", 30, || {
         let (tcp, tls) = (by_input(&rsyslog, "tcp"), by_input(&rsyslog, "tls"));
-        all_ids.iter().all(|(id, _)| tcp.contains_key(id) && tls.contains_key(id))
+        all_ids
+            .iter()
+            .all(|(id, _)| tcp.contains_key(id) && tls.contains_key(id))
     })
     .await;
     // In order per sink: first arrivals are in seq order.
@@ -152,7 +207,11 @@ async fn rsyslog_receives_every_event_over_tcp_tls_and_udp() {
             .messages()
             .iter()
             .filter(|msg| msg["input"] == input)
-            .filter_map(|msg| sd_param(msg["structured_data"].as_str()?, "seq")?.parse().ok())
+            .filter_map(|msg| {
+                sd_param(msg["structured_data"].as_str()?, "seq")?
+                    .parse()
+                    .ok()
+            })
             .filter(|s| seen.insert(*s))
             .collect();
         let mut sorted = seqs.clone();

@@ -17,7 +17,10 @@ fn verify(path: &std::path::Path, extra: &[&str]) -> (i32, String) {
         .args(extra)
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,20 +39,34 @@ async fn verify_detects_deleted_altered_and_reordered_events() {
     let t = token("vic", "acme");
     for i in 0..6 {
         let method = if i % 2 == 0 { "GET" } else { "DELETE" };
-        request(gw.addr, method, &format!("/api/campaigns/{i}"), Some(&t), &[]).await;
+        request(
+            gw.addr,
+            method,
+            &format!("/api/campaigns/{i}"),
+            Some(&t),
+            &[],
+        )
+        .await;
     }
     let read = || std::fs::read_to_string(&file).unwrap_or_default();
     wait_for("six events", 10, || read().lines().count() == 6).await;
     let text = read();
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].contains("\"hash\":\"hmac-sha256:"), "HMAC-sealed: {}", lines[0]);
+    assert!(
+        lines[0].contains("\"hash\":\"hmac-sha256:"),
+        "HMAC-sealed: {}",
+        lines[0]
+    );
     let key_arg = ["--hmac-key-file", key.to_str().unwrap()];
 
     let (code, out) = verify(&file, &key_arg);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("6 events, 0 duplicates, 0 problems"), "{out}");
     let (code, out) = verify(&file, &[]);
-    assert_eq!(code, 1, "without the key HMAC events cannot be checked: {out}");
+    assert_eq!(
+        code, 1,
+        "without the key HMAC events cannot be checked: {out}"
+    );
     assert!(out.contains("pass the key"), "{out}");
     let (code, out) = verify(&file, &["--hmac-key-file", file.to_str().unwrap()]);
     assert_eq!(code, 1, "a wrong key fails every event: {out}");
@@ -60,7 +77,12 @@ async fn verify_detects_deleted_altered_and_reordered_events() {
         p
     };
     // Deleted: seq 3 removed.
-    let deleted: Vec<&str> = lines.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, l)| *l).collect();
+    let deleted: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, l)| *l)
+        .collect();
     let (code, out) = verify(&write("deleted.jsonl", &deleted), &key_arg);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("event seq 3 is missing"), "{out}");

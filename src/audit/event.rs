@@ -179,7 +179,11 @@ impl Chain {
 
     /// Serialize `event` with `prev` set, hash it and append the `hash` member. Advances the
     /// chain only on success.
-    pub fn seal(&mut self, event: &mut AuditEvent, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    pub fn seal(
+        &mut self,
+        event: &mut AuditEvent,
+        out: &mut Vec<u8>,
+    ) -> Result<(), serde_json::Error> {
         event.prev.clone_from(&self.prev);
         let start = out.len();
         serde_json::to_writer(&mut *out, event)?;
@@ -230,7 +234,13 @@ mod tests {
     #[test]
     fn sealed_line_verifies_and_detects_edits() {
         let mut chain = Chain::new(GENESIS.into(), None);
-        let mut event = AuditEvent::new("gw".into(), EventBody::Loss(Loss { count: 3, cause: "spool_full" }));
+        let mut event = AuditEvent::new(
+            "gw".into(),
+            EventBody::Loss(Loss {
+                count: 3,
+                cause: "spool_full",
+            }),
+        );
         event.seq = 7;
         let mut out = Vec::new();
         chain.seal(&mut event, &mut out).unwrap();

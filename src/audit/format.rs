@@ -65,7 +65,11 @@ fn n(e: &Map<String, Value>, k: &str) -> u64 {
 fn strings(e: &Map<String, Value>, k: &str) -> Vec<String> {
     e.get(k)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -151,9 +155,18 @@ pub fn ecs(e: &Map<String, Value>) -> Value {
             json!(["configuration"]),
             json!(["change"]),
             "config-reload".to_owned(),
-            if s(e, "outcome") == "applied" { "success" } else { "failure" },
+            if s(e, "outcome") == "applied" {
+                "success"
+            } else {
+                "failure"
+            },
         ),
-        other => (json!(["configuration"]), json!(["info"]), other.replace('.', "-"), "unknown"),
+        other => (
+            json!(["configuration"]),
+            json!(["info"]),
+            other.replace('.', "-"),
+            "unknown",
+        ),
     };
     let mut out = json!({
         "@timestamp": s(e, "time"),
@@ -172,7 +185,9 @@ pub fn ecs(e: &Map<String, Value>) -> Value {
         "observer": {"hostname": s(e, "gateway"), "vendor": VENDOR, "product": PRODUCT, "version": VERSION, "type": "api-gateway"},
         "portcullis": Value::Object(e.clone()),
     });
-    let Some(obj) = out.as_object_mut() else { return out };
+    let Some(obj) = out.as_object_mut() else {
+        return out;
+    };
     if let Some(reason) = e.get("reason").and_then(Value::as_str)
         && let Some(ev) = obj.get_mut("event").and_then(Value::as_object_mut)
     {
@@ -240,7 +255,10 @@ pub fn ocsf(e: &Map<String, Value>) -> Value {
             let decision = s(e, "decision");
             let allowed = decision == "allow";
             let required = strings(e, "required");
-            let route = e.get("route").and_then(Value::as_str).unwrap_or(s(e, "path"));
+            let route = e
+                .get("route")
+                .and_then(Value::as_str)
+                .unwrap_or(s(e, "path"));
             let mut v = json!({
                 "category_uid": 6, "category_name": "Application Activity",
                 "class_uid": 6003, "class_name": "API Activity",
@@ -286,7 +304,10 @@ pub fn ocsf(e: &Map<String, Value>) -> Value {
                 "revoke" | "deny" => (2, "Revoke Privileges"),
                 _ => (99, "Other"),
             };
-            let mut privileges: Vec<String> = strings(e, "roles").iter().map(|r| format!("role:{r}")).collect();
+            let mut privileges: Vec<String> = strings(e, "roles")
+                .iter()
+                .map(|r| format!("role:{r}"))
+                .collect();
             privileges.extend(strings(e, "permissions"));
             json!({
                 "category_uid": 3, "category_name": "Identity & Access Management",
@@ -302,7 +323,11 @@ pub fn ocsf(e: &Map<String, Value>) -> Value {
             })
         }
         kind => {
-            let (activity_id, activity) = if kind == "config.reload" { (8, "Update") } else { (99, "Other") };
+            let (activity_id, activity) = if kind == "config.reload" {
+                (8, "Update")
+            } else {
+                (99, "Other")
+            };
             json!({
                 "category_uid": 6, "category_name": "Application Activity",
                 "class_uid": 6002, "class_name": "Application Lifecycle",
@@ -364,7 +389,12 @@ pub fn cef(e: &Map<String, Value>) -> String {
             ext.push(("act".into(), decision.into()));
             ext.push((
                 "outcome".into(),
-                if decision == "allow" { "success" } else { "failure" }.into(),
+                if decision == "allow" {
+                    "success"
+                } else {
+                    "failure"
+                }
+                .into(),
             ));
             if let Some(r) = e.get("reason").and_then(Value::as_str) {
                 ext.push(("reason".into(), r.into()));
@@ -500,8 +530,16 @@ pub fn sd_escape(v: &str) -> String {
 
 /// Printable US-ASCII only (RFC 5424 header fields), at most `max` bytes, `-` when empty.
 fn header_field(v: &str, max: usize) -> String {
-    let cleaned: String = v.chars().filter(|c| c.is_ascii_graphic()).take(max).collect();
-    if cleaned.is_empty() { "-".into() } else { cleaned }
+    let cleaned: String = v
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(max)
+        .collect();
+    if cleaned.is_empty() {
+        "-".into()
+    } else {
+        cleaned
+    }
 }
 
 /// What a syslog frame needs besides the event.
@@ -530,7 +568,10 @@ pub fn rfc5424(h: &SyslogHeader, e: &Map<String, Value>, msg: &[u8]) -> Vec<u8> 
     };
     param("eid", s(e, "id"));
     param("seq", &n(e, "seq").to_string());
-    for k in ["decision", "reason", "tenant", "subject", "method", "path", "route", "actor", "change", "sink"] {
+    for k in [
+        "decision", "reason", "tenant", "subject", "method", "path", "route", "actor", "change",
+        "sink",
+    ] {
         if let Some(v) = e.get(k).and_then(Value::as_str) {
             param(k, v);
         }

@@ -170,7 +170,8 @@ impl AuditLog {
         let (prev, next_seq) = match &recovered.last {
             Some(record) => {
                 let text = String::from_utf8_lossy(&record.payload);
-                let prev = event::unseal(&text).map_or_else(|| event::GENESIS.to_owned(), |(_, h)| h.to_owned());
+                let prev = event::unseal(&text)
+                    .map_or_else(|| event::GENESIS.to_owned(), |(_, h)| h.to_owned());
                 (prev, record.seq + 1)
             }
             None => (event::GENESIS.to_owned(), 1),
@@ -283,7 +284,10 @@ impl AuditLog {
 
     /// Record an event. Resolves once it is in the spool (`spooled`), or at once (`buffered`).
     /// Never waits for a sink.
-    pub fn record(&self, body: EventBody) -> impl Future<Output = Result<(), AuditUnavailable>> + Send + 'static {
+    pub fn record(
+        &self,
+        body: EventBody,
+    ) -> impl Future<Output = Result<(), AuditUnavailable>> + Send + 'static {
         let wait = self.durability == Durability::Spooled;
         self.submit(body, wait, false)
     }

@@ -57,7 +57,11 @@ pub fn encode_record(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) {
 /// What decoding found at one offset.
 #[derive(Debug, PartialEq, Eq)]
 enum Decoded {
-    Record { seq: u64, payload_at: usize, len: usize },
+    Record {
+        seq: u64,
+        payload_at: usize,
+        len: usize,
+    },
     /// Not enough bytes for the header or the payload.
     Short,
     Corrupt,
@@ -230,7 +234,9 @@ impl Spool {
     fn lock(&self) -> MutexGuard<'_, Index> {
         // A panicking holder cannot leave the index half-updated in a way that matters more
         // than losing audit entirely; keep going with its data.
-        self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -271,14 +277,22 @@ impl Spool {
             let buf = self.read_segment(*first, 0, len)?;
             let mut at = 0;
             let mut last = None;
-            while let Decoded::Record { seq, payload_at, len } = decode_at(&buf, at) {
+            while let Decoded::Record {
+                seq,
+                payload_at,
+                len,
+            } = decode_at(&buf, at)
+            {
                 last = Some((seq, payload_at, len));
                 at = payload_at + len;
             }
             if n == 0 && at < buf.len() {
                 // The newest segment ends in a torn or corrupt record: a crash mid-append.
                 let path = Self::segment_path(dir, *first);
-                let file = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
                 file.set_len(at as u64).map_err(io_err(&path))?;
                 file.sync_all().map_err(io_err(&path))?;
                 tracing::warn!(segment = %path.display(), kept = at, dropped = buf.len() - at, "Truncated a torn spool tail.");
@@ -287,7 +301,10 @@ impl Spool {
                 }
             }
             if let Some((seq, payload_at, len)) = last {
-                let payload = buf.get(payload_at..payload_at + len).unwrap_or_default().to_vec();
+                let payload = buf
+                    .get(payload_at..payload_at + len)
+                    .unwrap_or_default()
+                    .to_vec();
                 return Ok(Some(Record { seq, payload }));
             }
         }
@@ -494,7 +511,9 @@ impl SpoolWriter {
         if !self.dirty {
             return Ok(());
         }
-        if let (Some(file), Storage::Disk(dir), Some(seg)) = (&self.file, &self.spool.storage, self.active) {
+        if let (Some(file), Storage::Disk(dir), Some(seg)) =
+            (&self.file, &self.spool.storage, self.active)
+        {
             file.sync_data()
                 .map_err(io_err(&Spool::segment_path(dir, seg.first)))?;
         }
@@ -573,7 +592,11 @@ impl SpoolReader {
             let mut progressed = false;
             loop {
                 match decode_at(&buf, at) {
-                    Decoded::Record { seq, payload_at, len } => {
+                    Decoded::Record {
+                        seq,
+                        payload_at,
+                        len,
+                    } => {
                         let end = payload_at + len;
                         if seq > self.after && seq <= head {
                             let payload = buf.get(payload_at..end).unwrap_or_default().to_vec();
@@ -601,7 +624,11 @@ impl SpoolReader {
                     Decoded::Short => break,
                     Decoded::Corrupt => {
                         self.spool.corrupt_skipped.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(segment = first, offset = offset + at as u64, "Skipped a corrupt spool record; the rest of the segment is unreadable.");
+                        tracing::error!(
+                            segment = first,
+                            offset = offset + at as u64,
+                            "Skipped a corrupt spool record; the rest of the segment is unreadable."
+                        );
                         at = usize::try_from(seg.len - offset).unwrap_or(usize::MAX);
                         progressed = true;
                         break;

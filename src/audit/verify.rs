@@ -14,29 +14,78 @@ use super::event::{digest, unseal};
 /// One finding, with the 1-based line it refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
-    Unreadable { line: usize, reason: String },
-    Altered { line: usize, seq: u64 },
-    Reordered { line: usize, seq: u64, after: u64 },
-    Gap { gateway: String, from: u64, to: u64 },
-    ChainBroken { line: usize, seq: u64 },
-    Conflict { line: usize, seq: u64 },
-    Loss { line: usize, count: u64 },
+    Unreadable {
+        line: usize,
+        reason: String,
+    },
+    Altered {
+        line: usize,
+        seq: u64,
+    },
+    Reordered {
+        line: usize,
+        seq: u64,
+        after: u64,
+    },
+    Gap {
+        gateway: String,
+        from: u64,
+        to: u64,
+    },
+    ChainBroken {
+        line: usize,
+        seq: u64,
+    },
+    Conflict {
+        line: usize,
+        seq: u64,
+    },
+    Loss {
+        line: usize,
+        count: u64,
+    },
     /// HMAC-sealed events without a key to check them.
-    Unverifiable { line: usize, seq: u64 },
+    Unverifiable {
+        line: usize,
+        seq: u64,
+    },
 }
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Finding::Unreadable { line, reason } => write!(f, "line {line}: not a sealed audit event ({reason})"),
-            Finding::Altered { line, seq } => write!(f, "line {line}: event seq {seq} was altered (hash does not match its content)"),
-            Finding::Reordered { line, seq, after } => write!(f, "line {line}: event seq {seq} is out of order (after seq {after})"),
-            Finding::Gap { gateway, from, to } if from == to => write!(f, "gateway {gateway}: event seq {from} is missing"),
-            Finding::Gap { gateway, from, to } => write!(f, "gateway {gateway}: events seq {from}..={to} are missing"),
-            Finding::ChainBroken { line, seq } => write!(f, "line {line}: event seq {seq} does not chain to the event before it (prev differs)"),
-            Finding::Conflict { line, seq } => write!(f, "line {line}: two different events claim seq {seq}"),
-            Finding::Loss { line, count } => write!(f, "line {line}: the gateway recorded {count} dropped events (audit.loss)"),
-            Finding::Unverifiable { line, seq } => write!(f, "line {line}: event seq {seq} is HMAC-sealed; pass the key to verify it"),
+            Finding::Unreadable { line, reason } => {
+                write!(f, "line {line}: not a sealed audit event ({reason})")
+            }
+            Finding::Altered { line, seq } => write!(
+                f,
+                "line {line}: event seq {seq} was altered (hash does not match its content)"
+            ),
+            Finding::Reordered { line, seq, after } => write!(
+                f,
+                "line {line}: event seq {seq} is out of order (after seq {after})"
+            ),
+            Finding::Gap { gateway, from, to } if from == to => {
+                write!(f, "gateway {gateway}: event seq {from} is missing")
+            }
+            Finding::Gap { gateway, from, to } => {
+                write!(f, "gateway {gateway}: events seq {from}..={to} are missing")
+            }
+            Finding::ChainBroken { line, seq } => write!(
+                f,
+                "line {line}: event seq {seq} does not chain to the event before it (prev differs)"
+            ),
+            Finding::Conflict { line, seq } => {
+                write!(f, "line {line}: two different events claim seq {seq}")
+            }
+            Finding::Loss { line, count } => write!(
+                f,
+                "line {line}: the gateway recorded {count} dropped events (audit.loss)"
+            ),
+            Finding::Unverifiable { line, seq } => write!(
+                f,
+                "line {line}: event seq {seq} is HMAC-sealed; pass the key to verify it"
+            ),
         }
     }
 }
@@ -76,7 +125,10 @@ pub fn verify(text: &str, key: Option<&[u8]>) -> Report {
         let value: Value = match serde_json::from_str(line) {
             Ok(v) => v,
             Err(err) => {
-                report.findings.push(Finding::Unreadable { line: n, reason: err.to_string() });
+                report.findings.push(Finding::Unreadable {
+                    line: n,
+                    reason: err.to_string(),
+                });
                 continue;
             }
         };
@@ -85,11 +137,17 @@ pub fn verify(text: &str, key: Option<&[u8]>) -> Report {
             value.get("gateway").and_then(Value::as_str),
             value.get("prev").and_then(Value::as_str),
         ) else {
-            report.findings.push(Finding::Unreadable { line: n, reason: "no seq, gateway or prev".into() });
+            report.findings.push(Finding::Unreadable {
+                line: n,
+                reason: "no seq, gateway or prev".into(),
+            });
             continue;
         };
         let Some((hashed, stated)) = unseal(line) else {
-            report.findings.push(Finding::Unreadable { line: n, reason: "no trailing hash".into() });
+            report.findings.push(Finding::Unreadable {
+                line: n,
+                reason: "no trailing hash".into(),
+            });
             continue;
         };
         report.events += 1;
@@ -122,7 +180,11 @@ pub fn verify(text: &str, key: Option<&[u8]>) -> Report {
         }
         let max = max_seen.entry(gateway.to_owned()).or_insert(0);
         if seq < *max {
-            report.findings.push(Finding::Reordered { line: n, seq, after: *max });
+            report.findings.push(Finding::Reordered {
+                line: n,
+                seq,
+                after: *max,
+            });
         }
         *max = (*max).max(seq);
         stream.insert(
@@ -145,7 +207,10 @@ pub fn verify(text: &str, key: Option<&[u8]>) -> Report {
                         to: seq - 1,
                     });
                 } else if seen.prev != prev_seen.hash {
-                    report.findings.push(Finding::ChainBroken { line: seen.line, seq: *seq });
+                    report.findings.push(Finding::ChainBroken {
+                        line: seen.line,
+                        seq: *seq,
+                    });
                 }
             }
             before = Some((*seq, seen));

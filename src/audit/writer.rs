@@ -20,12 +20,17 @@ use crate::config::{FsyncPolicy, OnFull};
 /// Events sealed per group commit at most.
 const MAX_BATCH: usize = 4096;
 
+/// The sender completed once an event is in the spool.
+pub(crate) type Done = oneshot::Sender<Result<(), AuditUnavailable>>;
+/// An event waiting in the writer: (event, waiter, fsync before completing).
+type Pending = (Box<AuditEvent>, Option<Done>, bool);
+
 /// A request to the writer.
 pub(crate) enum Job {
     Event {
         event: Box<AuditEvent>,
         /// Completed once the event is in the spool (spooled durability, role changes).
-        done: Option<oneshot::Sender<Result<(), AuditUnavailable>>>,
+        done: Option<Done>,
         /// fsync before completing (role changes).
         sync: bool,
     },
@@ -54,13 +59,15 @@ impl Writer {
         let mut last_checkpoint = Instant::now();
         let mut since_checkpoint = 0u64;
         let mut dropped_at_checkpoint = self.counters.dropped.load(Ordering::Relaxed);
-        let mut jobs: Vec<(Box<AuditEvent>, Option<oneshot::Sender<Result<(), AuditUnavailable>>>, bool)> = Vec::new();
+        let mut jobs: Vec<Pending> = Vec::new();
         let mut stop = false;
         let mut buf = Vec::with_capacity(256 * 1024);
         let mut records = Vec::with_capacity(256 * 1024);
         while !stop {
             let now = Instant::now();
-            let mut wait = self.checkpoint_interval.saturating_sub(now - last_checkpoint);
+            let mut wait = self
+                .checkpoint_interval
+                .saturating_sub(now - last_checkpoint);
             if self.fsync == FsyncPolicy::Interval {
                 wait = wait.min(self.fsync_interval.saturating_sub(now - last_sync));
             }
@@ -114,7 +121,9 @@ impl Writer {
                     since_checkpoint += n;
                 } else if pending_loss > 0 {
                     // The loss record itself could not be written: keep it pending.
-                    self.counters.loss_pending.fetch_add(pending_loss, Ordering::Relaxed);
+                    self.counters
+                        .loss_pending
+                        .fetch_add(pending_loss, Ordering::Relaxed);
                 }
             }
             let sync_due = match self.fsync {
@@ -134,7 +143,7 @@ impl Writer {
     /// Seal and append `jobs`, complete their waiters; returns whether they were written.
     fn commit(
         &mut self,
-        jobs: &mut Vec<(Box<AuditEvent>, Option<oneshot::Sender<Result<(), AuditUnavailable>>>, bool)>,
+        jobs: &mut Vec<Pending>,
         buf: &mut Vec<u8>,
         records: &mut Vec<u8>,
     ) -> bool {
@@ -165,7 +174,9 @@ impl Writer {
         let written = match result {
             Ok(()) => {
                 self.next_seq = seq;
-                self.counters.written.fetch_add(seq - first, Ordering::Relaxed);
+                self.counters
+                    .written
+                    .fetch_add(seq - first, Ordering::Relaxed);
                 self.head.send_replace(last);
                 for (_, done, _) in jobs.drain(..) {
                     if let Some(done) = done {
@@ -197,16 +208,23 @@ impl Writer {
                         lost += 1;
                     }
                 }
-                self.counters.dropped.fetch_add(lost + refused, Ordering::Relaxed);
+                self.counters
+                    .dropped
+                    .fetch_add(lost + refused, Ordering::Relaxed);
                 self.counters.refused.fetch_add(refused, Ordering::Relaxed);
                 // Served (or never waited for) without being written: a loss record follows
                 // once the spool has room.
-                self.counters.loss_pending.fetch_add(lost, Ordering::Relaxed);
+                self.counters
+                    .loss_pending
+                    .fetch_add(lost, Ordering::Relaxed);
                 self.counters.full.store(full, Ordering::Relaxed);
                 for (event, done, sync) in jobs.drain(..) {
                     if let Some(done) = done {
                         // Role changes never proceed unaudited, whatever `on_full` says.
-                        let outcome = if drop_ok && !sync && !matches!(event.body, EventBody::RoleChange(_)) {
+                        let outcome = if drop_ok
+                            && !sync
+                            && !matches!(event.body, EventBody::RoleChange(_))
+                        {
                             Ok(())
                         } else {
                             Err(AuditUnavailable)

@@ -128,7 +128,10 @@ pub enum AuditFormat {
 impl AuditFormat {
     /// Whether the rendering is a JSON object (HEC `event`, `_bulk` source, NDJSON line).
     pub fn is_json(self) -> bool {
-        matches!(self, AuditFormat::Json | AuditFormat::Ecs | AuditFormat::Ocsf)
+        matches!(
+            self,
+            AuditFormat::Json | AuditFormat::Ecs | AuditFormat::Ocsf
+        )
     }
 }
 

@@ -916,23 +916,45 @@ fn audit_sinks_and_formats() {
     let s = load_str(&text, &inline_path()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.audit.sinks.len(), 3);
     assert_eq!(s.audit.sinks[0].batch_size, 100);
-    assert!(matches!(&s.audit.sinks[0].kind, SinkKind::SplunkHec { url, token: SecretSource::Env(t), .. } if url == "https://splunk:8088" && t == "HEC_TOKEN"));
-    assert!(matches!(&s.audit.sinks[2].kind, SinkKind::Http { headers, .. } if headers == &[("X-Source".to_owned(), "gw".to_owned())]));
+    assert!(
+        matches!(&s.audit.sinks[0].kind, SinkKind::SplunkHec { url, token: SecretSource::Env(t), .. } if url == "https://splunk:8088" && t == "HEC_TOKEN")
+    );
+    assert!(
+        matches!(&s.audit.sinks[2].kind, SinkKind::Http { headers, .. } if headers == &[("X-Source".to_owned(), "gw".to_owned())])
+    );
 
-    let text = format!("{BASE}\n[[audit.sinks]]\ntype = \"splunk_hec\"\nurl = \"https://splunk:8088\"\n");
+    let text =
+        format!("{BASE}\n[[audit.sinks]]\ntype = \"splunk_hec\"\nurl = \"https://splunk:8088\"\n");
     assert_one(&text, "[[audit.sinks]]", "audit sink has no `token_env`");
-    let text = format!("{BASE}\n[[audit.sinks]]\ntype = \"elasticsearch\"\nurl = \"http://es:9200\"\nformat = \"cef\"\n");
+    let text = format!(
+        "{BASE}\n[[audit.sinks]]\ntype = \"elasticsearch\"\nurl = \"http://es:9200\"\nformat = \"cef\"\n"
+    );
     assert_one(&text, "cef", "`_bulk` documents must be JSON objects");
-    let text = format!("{BASE}\n[[audit.sinks]]\ntype = \"syslog\"\naddress = \"siem:6514\"\ntransport = \"udpp\"\n");
+    let text = format!(
+        "{BASE}\n[[audit.sinks]]\ntype = \"syslog\"\naddress = \"siem:6514\"\ntransport = \"udpp\"\n"
+    );
     let e = assert_one(&text, "udpp", "invalid `transport` value `udpp`");
     assert_eq!(e.help.as_deref(), Some("did you mean `udp`?"));
-    let text = format!("{BASE}\n[[audit.sinks]]\ntype = \"syslog\"\naddress = \"siem:6514\"\ntoken_env = \"X\"\n");
-    assert_one(&text, "token_env", "unknown field `token_env` for sink type `syslog`");
-    let text = format!("{BASE}\n[[audit.sinks]]\ntype = \"file\"\npath = \"a.log\"\nformat = \"cfe\"\n");
+    let text = format!(
+        "{BASE}\n[[audit.sinks]]\ntype = \"syslog\"\naddress = \"siem:6514\"\ntoken_env = \"X\"\n"
+    );
+    assert_one(
+        &text,
+        "token_env",
+        "unknown field `token_env` for sink type `syslog`",
+    );
+    let text =
+        format!("{BASE}\n[[audit.sinks]]\ntype = \"file\"\npath = \"a.log\"\nformat = \"cfe\"\n");
     let e = assert_one(&text, "cfe", "unknown audit format `cfe`");
     assert_eq!(e.help.as_deref(), Some("did you mean `cef`?"));
-    let text = format!("{BASE}\n[[audit.sinks]]\ntype = \"file\"\npath = \"a\"\nname = \"x\"\n[[audit.sinks]]\ntype = \"stdout\"\nname = \"x\"\n");
-    assert_one(&text, "[[audit.sinks]]\ntype = \"stdout\"", "two audit sinks are named `x`");
+    let text = format!(
+        "{BASE}\n[[audit.sinks]]\ntype = \"file\"\npath = \"a\"\nname = \"x\"\n[[audit.sinks]]\ntype = \"stdout\"\nname = \"x\"\n"
+    );
+    assert_one(
+        &text,
+        "[[audit.sinks]]\ntype = \"stdout\"",
+        "two audit sinks are named `x`",
+    );
     let text = format!("{BASE}\n[[audit.sinks]]\ntype = \"stdot\"\n");
     let e = assert_one(&text, "stdot", "unknown audit sink type `stdot`");
     assert_eq!(e.help.as_deref(), Some("did you mean `stdout`?"));

@@ -18,8 +18,8 @@ use http::{HeaderName, Method};
 use super::diagnostic::{FileId, Sources, backticked, did_you_mean, from_toml};
 use super::raw::{self, Map, S, StrList};
 use super::{
-    ConfigError, FileStoreData, GrantsSettings, HeaderNames, RouteEntry, ServerSettings,
-    Snapshot, StaleFor, StoreSettings, UpstreamSettings,
+    ConfigError, FileStoreData, GrantsSettings, HeaderNames, RouteEntry, ServerSettings, Snapshot,
+    StaleFor, StoreSettings, UpstreamSettings,
 };
 use crate::identity::{Authenticator, IdentitySetupError, JwtSettings, TenantSource};
 use crate::policy::{

@@ -159,8 +159,10 @@ impl Drop for HttpReceiver {
 fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = StatusCode::from_u16(status).unwrap();
-    r.headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -168,9 +170,17 @@ fn hec_error(status: u16, code: i64, text: &str) -> Response<Full<Bytes>> {
     reply(status, json!({"text": text, "code": code}))
 }
 
-async fn handle(req: Request<Incoming>, protocol: &Protocol, state: &Mutex<State>) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    protocol: &Protocol,
+    state: &Mutex<State>,
+) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let fault = {
         let mut s = state.lock().unwrap();
         s.requests += 1;
@@ -178,12 +188,23 @@ async fn handle(req: Request<Incoming>, protocol: &Protocol, state: &Mutex<State
     };
     match protocol {
         Protocol::Hec(token) => {
-            if parts.uri.path() != "/services/collector/event" && parts.uri.path() != "/services/collector" {
-                return reply(404, json!({"text": "The requested URL was not found on this server.", "code": 404}));
+            if parts.uri.path() != "/services/collector/event"
+                && parts.uri.path() != "/services/collector"
+            {
+                return reply(
+                    404,
+                    json!({"text": "The requested URL was not found on this server.", "code": 404}),
+                );
             }
-            match parts.headers.get("authorization").and_then(|v| v.to_str().ok()) {
+            match parts
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+            {
                 None => return hec_error(401, 2, "Token is required"),
-                Some(v) if v != format!("Splunk {token}") => return hec_error(403, 4, "Invalid token"),
+                Some(v) if v != format!("Splunk {token}") => {
+                    return hec_error(403, 4, "Invalid token");
+                }
                 Some(_) => {}
             }
             match fault {
@@ -191,7 +212,10 @@ async fn handle(req: Request<Incoming>, protocol: &Protocol, state: &Mutex<State
                 Some(Fault::Status(s)) => return hec_error(s, 8, "Internal server error"),
                 Some(Fault::HecOkWithCode(code)) => return hec_error(200, code, "Server is busy"),
                 Some(Fault::HecInvalidData) => {
-                    return reply(400, json!({"text": "Invalid data format", "code": 6, "invalid-event-number": 0}));
+                    return reply(
+                        400,
+                        json!({"text": "Invalid data format", "code": 6, "invalid-event-number": 0}),
+                    );
                 }
                 _ => {}
             }
@@ -199,13 +223,19 @@ async fn handle(req: Request<Incoming>, protocol: &Protocol, state: &Mutex<State
             let mut events = Vec::new();
             for envelope in serde_json::Deserializer::from_slice(&body).into_iter::<Value>() {
                 let Ok(envelope) = envelope else {
-                    return reply(400, json!({"text": "Invalid data format", "code": 6, "invalid-event-number": events.len()}));
+                    return reply(
+                        400,
+                        json!({"text": "Invalid data format", "code": 6, "invalid-event-number": events.len()}),
+                    );
                 };
                 let Some(event) = envelope.get("event") else {
                     return hec_error(400, 12, "Event field is required");
                 };
                 if envelope.get("time").is_some_and(|t| !t.is_number()) {
-                    return reply(400, json!({"text": "Invalid data format", "code": 6, "invalid-event-number": events.len()}));
+                    return reply(
+                        400,
+                        json!({"text": "Invalid data format", "code": 6, "invalid-event-number": events.len()}),
+                    );
                 }
                 events.push(event.clone());
             }
@@ -233,14 +263,27 @@ async fn handle(req: Request<Incoming>, protocol: &Protocol, state: &Mutex<State
             if let Some(Fault::Status(s)) = fault {
                 return reply(s, json!({"error": {"type": "injected"}, "status": s}));
             }
-            let ct = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let ct = parts
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if !ct.starts_with("application/x-ndjson") && !ct.starts_with("application/json") {
-                return reply(406, json!({"error": "Content-Type header is not supported", "status": 406}));
+                return reply(
+                    406,
+                    json!({"error": "Content-Type header is not supported", "status": 406}),
+                );
             }
             if !body.ends_with(b"\n") {
-                return reply(400, json!({"error": {"type": "illegal_argument_exception", "reason": "The bulk request must be terminated by a newline [\\n]"}, "status": 400}));
+                return reply(
+                    400,
+                    json!({"error": {"type": "illegal_argument_exception", "reason": "The bulk request must be terminated by a newline [\\n]"}, "status": 400}),
+                );
             }
-            let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+            let lines: Vec<&[u8]> = body
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .collect();
             let mut items = Vec::new();
             let mut errors = false;
             let mut s = state.lock().unwrap();
@@ -248,7 +291,10 @@ async fn handle(req: Request<Incoming>, protocol: &Protocol, state: &Mutex<State
             for pair in lines.chunks(2) {
                 let action: Value = serde_json::from_slice(pair[0]).unwrap_or(Value::Null);
                 let Some(create) = action.get("create") else {
-                    return reply(400, json!({"error": "only create is expected", "status": 400}));
+                    return reply(
+                        400,
+                        json!({"error": "only create is expected", "status": 400}),
+                    );
                 };
                 let id = create["_id"].as_str().unwrap_or_default().to_owned();
                 let index = create["_index"].clone();
@@ -263,7 +309,10 @@ async fn handle(req: Request<Incoming>, protocol: &Protocol, state: &Mutex<State
                     items.push(json!({"create": {"_index": index, "_id": id, "status": 409, "error": {"type": "version_conflict_engine_exception"}}}));
                     continue;
                 }
-                let Some(doc) = pair.get(1).and_then(|d| serde_json::from_slice::<Value>(d).ok()) else {
+                let Some(doc) = pair
+                    .get(1)
+                    .and_then(|d| serde_json::from_slice::<Value>(d).ok())
+                else {
                     errors = true;
                     items.push(json!({"create": {"_index": index, "_id": id, "status": 400, "error": {"type": "mapper_parsing_exception"}}}));
                     continue;
@@ -306,7 +355,10 @@ pub fn assert_complete(docs: &[Value], expected: &[String], what: &str, ordered:
     for doc in docs {
         let (id, seq) = id_and_seq(doc);
         match by_id.get(&id) {
-            Some(prev) => assert_eq!(prev, doc, "{what}: id {id} arrived twice with different content"),
+            Some(prev) => assert_eq!(
+                prev, doc,
+                "{what}: id {id} arrived twice with different content"
+            ),
             None => {
                 by_id.insert(id.clone(), doc.clone());
                 first_seen.push((id, seq));
@@ -342,19 +394,84 @@ pub struct TestPki {
 impl TestPki {
     pub fn generate(dir: &Path) -> TestPki {
         let run = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl CLI is installed");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl CLI is installed");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
-        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-sha256", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=portcullis-test-ca", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-sha256",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=portcullis-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
         for (name, cn, ext) in [
-            ("server", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n"),
-            ("client", "portcullis-gateway", "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n"),
+            (
+                "server",
+                "localhost",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n",
+            ),
+            (
+                "client",
+                "portcullis-gateway",
+                "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n",
+            ),
         ] {
             std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-            run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={cn}")]);
-            run(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-sha256", "-out", &format!("{name}.pem"), "-extfile", &format!("{name}.ext")]);
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-sha256",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ]);
         }
-        TestPki { dir: dir.to_path_buf() }
+        TestPki {
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn path(&self, name: &str) -> String {
@@ -376,10 +493,18 @@ pub struct Rsyslog {
 impl Rsyslog {
     pub fn start(dir: &Path, pki: &TestPki) -> Rsyslog {
         assert!(
-            Command::new("rsyslogd").arg("-v").stdout(Stdio::null()).status().is_ok_and(|s| s.success()),
+            Command::new("rsyslogd")
+                .arg("-v")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
             "rsyslogd is not installed (.ci/run installs the `rsyslog` and `rsyslog-openssl` packages)"
         );
-        let udp_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut r = Rsyslog {
             dir: dir.to_path_buf(),
             out: dir.join("messages.jsonl"),
@@ -422,8 +547,16 @@ input(type="imudp" address="127.0.0.1" port="{udp}" ruleset="siem" name="udp")
             udp = r.udp_port,
         );
         std::fs::write(dir.join("rsyslog.conf"), conf).unwrap();
-        let check = Command::new("rsyslogd").args(["-N1", "-f"]).arg(dir.join("rsyslog.conf")).output().unwrap();
-        assert!(check.status.success(), "rsyslog config: {}", String::from_utf8_lossy(&check.stderr));
+        let check = Command::new("rsyslogd")
+            .args(["-N1", "-f"])
+            .arg(dir.join("rsyslog.conf"))
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "rsyslog config: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
         r.resume();
         r
     }
@@ -445,7 +578,11 @@ input(type="imudp" address="127.0.0.1" port="{udp}" ruleset="siem" name="udp")
         let deadline = Instant::now() + Duration::from_secs(10);
         for port in [self.tcp_port, self.tls_port] {
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "rsyslogd did not listen on {port}: {}", std::fs::read_to_string(self.dir.join("rsyslogd.log")).unwrap_or_default());
+                assert!(
+                    Instant::now() < deadline,
+                    "rsyslogd did not listen on {port}: {}",
+                    std::fs::read_to_string(self.dir.join("rsyslogd.log")).unwrap_or_default()
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -454,7 +591,10 @@ input(type="imudp" address="127.0.0.1" port="{udp}" ruleset="siem" name="udp")
     /// Stop the daemon (SIGTERM to our child only) and wait for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while child.try_wait().ok().flatten().is_none() {
                 if Instant::now() > deadline {

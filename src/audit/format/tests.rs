@@ -47,8 +47,15 @@ fn rfc5424_escapes_sd_values_and_counts_bytes() {
     assert!(text.ends_with(std::str::from_utf8(&canonical).unwrap()));
     let mut framed = Vec::new();
     octet_frame(&mut framed, &msg);
-    let (len, rest) = std::str::from_utf8(&framed).unwrap().split_once(' ').unwrap();
-    assert_eq!(len.parse::<usize>().unwrap(), rest.len(), "octets, not chars");
+    let (len, rest) = std::str::from_utf8(&framed)
+        .unwrap()
+        .split_once(' ')
+        .unwrap();
+    assert_eq!(
+        len.parse::<usize>().unwrap(),
+        rest.len(),
+        "octets, not chars"
+    );
     assert_ne!(rest.len(), rest.chars().count());
 }
 

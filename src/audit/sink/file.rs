@@ -34,7 +34,12 @@ pub(crate) struct FileSink {
 }
 
 impl FileSink {
-    pub fn open(path: &Path, max_size: Option<u64>, max_files: usize, format: AuditFormat) -> io::Result<FileSink> {
+    pub fn open(
+        path: &Path,
+        max_size: Option<u64>,
+        max_files: usize,
+        format: AuditFormat,
+    ) -> io::Result<FileSink> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
@@ -67,7 +72,10 @@ impl FileSink {
             }
         }
         std::fs::rename(&self.path, self.rotated(1))?;
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.size = 0;
         Ok(())
     }

@@ -55,12 +55,15 @@ impl HttpSink {
             sink: settings.name.clone(),
             reason,
         };
-        let header = |name: &str, value: &[u8]| -> Result<(HeaderName, HeaderValue), AuditSetupError> {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| err(format!("invalid header name `{name}`")))?;
-            let mut value = HeaderValue::from_bytes(value).map_err(|_| err(format!("invalid value for header `{name}`")))?;
-            value.set_sensitive(true);
-            Ok((name, value))
-        };
+        let header =
+            |name: &str, value: &[u8]| -> Result<(HeaderName, HeaderValue), AuditSetupError> {
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| err(format!("invalid header name `{name}`")))?;
+                let mut value = HeaderValue::from_bytes(value)
+                    .map_err(|_| err(format!("invalid value for header `{name}`")))?;
+                value.set_sensitive(true);
+                Ok((name, value))
+            };
         let (url, tls, protocol, headers) = match &settings.kind {
             SinkKind::SplunkHec {
                 url,
@@ -77,7 +80,10 @@ impl HttpSink {
                     header("authorization", &auth)?,
                     // One channel per sink instance: required with indexer acknowledgement,
                     // harmless without (research/siem.md §1.1).
-                    header("x-splunk-request-channel", uuid::Uuid::now_v7().to_string().as_bytes())?,
+                    header(
+                        "x-splunk-request-channel",
+                        uuid::Uuid::now_v7().to_string().as_bytes(),
+                    )?,
                 ];
                 (
                     format!("{url}/services/collector/event"),
@@ -101,7 +107,10 @@ impl HttpSink {
                     out.push(header(k, v.as_bytes())?);
                 }
                 for (k, env) in headers_env {
-                    let value = read_secret(&crate::config::SecretSource::Env(env.clone()), &format!("header `{k}` of sink `{}`", settings.name))?;
+                    let value = read_secret(
+                        &crate::config::SecretSource::Env(env.clone()),
+                        &format!("header `{k}` of sink `{}`", settings.name),
+                    )?;
                     out.push(header(k, &value)?);
                 }
                 (url.clone(), tls, Protocol::Ndjson, out)
@@ -119,11 +128,20 @@ impl HttpSink {
                     auth.extend_from_slice(&key);
                     out.push(header("authorization", &auth)?);
                 }
-                (format!("{url}/_bulk"), tls, Protocol::Bulk { index: index.clone() }, out)
+                (
+                    format!("{url}/_bulk"),
+                    tls,
+                    Protocol::Bulk {
+                        index: index.clone(),
+                    },
+                    out,
+                )
             }
             _ => return Err(err("not an HTTP sink".into())),
         };
-        let uri: http::Uri = url.parse().map_err(|_| err(format!("invalid url `{url}`")))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| err(format!("invalid url `{url}`")))?;
         let config = tls_config(tls, false).map_err(err)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -157,7 +175,11 @@ impl HttpSink {
                 Value::String(String::from_utf8_lossy(&rendered).into_owned())
             };
             match &self.protocol {
-                Protocol::Hec { index, source, sourcetype } => {
+                Protocol::Hec {
+                    index,
+                    source,
+                    sourcetype,
+                } => {
                     let millis = format::epoch_millis(&event);
                     let mut envelope = json!({
                         "time": format!("{}.{:03}", millis / 1000, millis % 1000).parse::<f64>().unwrap_or(0.0),
@@ -183,7 +205,10 @@ impl HttpSink {
                 }
                 Protocol::Bulk { index } => {
                     let id = event.get("id").and_then(Value::as_str).unwrap_or_default();
-                    let _ = serde_json::to_writer(&mut body, &json!({"create": {"_index": index, "_id": id}}));
+                    let _ = serde_json::to_writer(
+                        &mut body,
+                        &json!({"create": {"_index": index, "_id": id}}),
+                    );
                     body.push(b'\n');
                     body.extend_from_slice(&rendered);
                     body.push(b'\n');
@@ -223,11 +248,14 @@ impl HttpSink {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.min(300)));
-        let body = tokio::time::timeout(REQUEST_TIMEOUT, http_body_util::Limited::new(response.into_body(), MAX_RESPONSE).collect())
-            .await
-            .map_err(|_| SinkError::Timeout)?
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            http_body_util::Limited::new(response.into_body(), MAX_RESPONSE).collect(),
+        )
+        .await
+        .map_err(|_| SinkError::Timeout)?
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
         match &self.protocol {
             Protocol::Hec { .. } => classify_hec(status, &body, retry_after).map(|()| Vec::new()),
             Protocol::Ndjson => classify_status(status, &body, retry_after).map(|()| Vec::new()),
@@ -255,7 +283,11 @@ fn snippet(body: &[u8]) -> String {
 }
 
 /// Generic HTTP: any 2xx is delivered; 413 splits; the rest is classified by `SinkError`.
-fn classify_status(status: u16, body: &[u8], retry_after: Option<Duration>) -> Result<(), SinkError> {
+fn classify_status(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> Result<(), SinkError> {
     match status {
         200..=299 => Ok(()),
         413 => Err(SinkError::TooLarge),
@@ -269,9 +301,16 @@ fn classify_status(status: u16, body: &[u8], retry_after: Option<Duration>) -> R
 
 /// Splunk HEC: success only on 2xx with `code` 0 (or 24/25, "approaching capacity", which
 /// still accepted the data). A 200 with any other code is a failure.
-pub fn classify_hec(status: u16, body: &[u8], retry_after: Option<Duration>) -> Result<(), SinkError> {
+pub fn classify_hec(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> Result<(), SinkError> {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let code = parsed.as_ref().and_then(|v| v.get("code")).and_then(Value::as_i64);
+    let code = parsed
+        .as_ref()
+        .and_then(|v| v.get("code"))
+        .and_then(Value::as_i64);
     let text = parsed
         .as_ref()
         .and_then(|v| v.get("text"))
@@ -286,7 +325,11 @@ pub fn classify_hec(status: u16, body: &[u8], retry_after: Option<Duration>) -> 
             body: text,
             retry_after,
         }),
-        (_, None) => Err(SinkError::Hec { status, code: -1, text }),
+        (_, None) => Err(SinkError::Hec {
+            status,
+            code: -1,
+            text,
+        }),
     }
 }
 
@@ -302,11 +345,18 @@ fn classify_bulk(body: &[u8], expected: usize) -> Result<Rejected, SinkError> {
     if parsed.get("errors").and_then(Value::as_bool) == Some(false) {
         return Ok(Vec::new());
     }
-    let items = parsed.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+    let items = parsed
+        .get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if items.len() != expected {
         return Err(SinkError::Status {
             status: 200,
-            body: format!("_bulk answered {} items for {expected} documents", items.len()),
+            body: format!(
+                "_bulk answered {} items for {expected} documents",
+                items.len()
+            ),
             retry_after: None,
         });
     }
@@ -314,7 +364,10 @@ fn classify_bulk(body: &[u8], expected: usize) -> Result<Rejected, SinkError> {
     let mut retry = None;
     for (i, item) in items.iter().enumerate() {
         let result = item.get("create").or_else(|| item.get("index"));
-        let status = result.and_then(|r| r.get("status")).and_then(Value::as_u64).unwrap_or(0);
+        let status = result
+            .and_then(|r| r.get("status"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         match status {
             200 | 201 | 409 => {}
             429 | 500..=599 => retry = Some(status),
@@ -340,20 +393,33 @@ mod tests {
         assert!(classify_hec(200, br#"{"text":"Success","code":0}"#, None).is_ok());
         let err = classify_hec(200, br#"{"text":"Server is busy","code":9}"#, None).unwrap_err();
         assert!(err.is_retriable(), "{err}");
-        let err = classify_hec(400, br#"{"text":"Invalid data format","code":6,"invalid-event-number":0}"#, None).unwrap_err();
+        let err = classify_hec(
+            400,
+            br#"{"text":"Invalid data format","code":6,"invalid-event-number":0}"#,
+            None,
+        )
+        .unwrap_err();
         assert!(!err.is_retriable(), "bad data is dead-lettered: {err}");
         let err = classify_hec(503, b"", None).unwrap_err();
         assert!(err.is_retriable());
         let err = classify_hec(403, br#"{"text":"Invalid token","code":4}"#, None).unwrap_err();
-        assert!(err.is_retriable(), "a config error keeps the backlog until it is fixed");
+        assert!(
+            err.is_retriable(),
+            "a config error keeps the backlog until it is fixed"
+        );
     }
 
     #[test]
     fn bulk_items_are_walked() {
         let ok = br#"{"took":1,"errors":true,"items":[{"create":{"status":201}},{"create":{"status":409}},{"create":{"status":400}}]}"#;
         assert_eq!(classify_bulk(ok, 3).unwrap(), vec![2]);
-        let retry = br#"{"errors":true,"items":[{"create":{"status":201}},{"create":{"status":429}}]}"#;
+        let retry =
+            br#"{"errors":true,"items":[{"create":{"status":201}},{"create":{"status":429}}]}"#;
         assert!(classify_bulk(retry, 2).unwrap_err().is_retriable());
-        assert!(classify_bulk(br#"{"errors":false,"items":[]}"#, 2).unwrap().is_empty());
+        assert!(
+            classify_bulk(br#"{"errors":false,"items":[]}"#, 2)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

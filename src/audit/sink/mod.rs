@@ -46,7 +46,11 @@ pub enum SinkError {
     },
     /// Splunk HEC error body (also on HTTP 200).
     #[error("HEC answered {status} code {code}: {text}")]
-    Hec { status: u16, code: i64, text: String },
+    Hec {
+        status: u16,
+        code: i64,
+        text: String,
+    },
     /// The receiver refused the data itself; resending cannot help (dead-letter).
     #[error("receiver rejected the events: {0}")]
     Rejected(String),
@@ -153,12 +157,15 @@ impl Emitter {
 pub(crate) enum Sink {
     File(file::FileSink),
     Stdout(file::StdoutSink),
-    Syslog(syslog::SyslogSink),
-    Http(http::HttpSink),
+    Syslog(Box<syslog::SyslogSink>),
+    Http(Box<http::HttpSink>),
 }
 
 impl Sink {
-    pub fn build(settings: &SinkSettings, _spool_dir: Option<&Path>) -> Result<Sink, AuditSetupError> {
+    pub fn build(
+        settings: &SinkSettings,
+        _spool_dir: Option<&Path>,
+    ) -> Result<Sink, AuditSetupError> {
         let err = |reason: String| AuditSetupError::Sink {
             sink: settings.name.clone(),
             reason,
@@ -173,9 +180,11 @@ impl Sink {
                 file::FileSink::open(path, *max_size, *max_files, settings.format)
                     .map_err(|e| err(format!("cannot open `{}`: {e}", path.display())))?,
             ),
-            SinkKind::Syslog { .. } => Sink::Syslog(syslog::SyslogSink::new(settings).map_err(err)?),
+            SinkKind::Syslog { .. } => {
+                Sink::Syslog(Box::new(syslog::SyslogSink::new(settings).map_err(err)?))
+            }
             SinkKind::SplunkHec { .. } | SinkKind::Http { .. } | SinkKind::Elasticsearch { .. } => {
-                Sink::Http(http::HttpSink::new(settings)?)
+                Sink::Http(Box::new(http::HttpSink::new(settings)?))
             }
         })
     }
@@ -210,7 +219,10 @@ pub(crate) struct Worker {
 
 /// Run every worker on one current-thread runtime until the log is dropped.
 pub(crate) fn run_workers(workers: Vec<Worker>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             tracing::error!(error = %err, "Cannot start the audit sink runtime; events stay in the spool.");
@@ -312,7 +324,8 @@ impl Worker {
                             .delivered
                             .fetch_add((part.len() - rejected.len()) as u64, Ordering::Relaxed);
                         if !rejected.is_empty() {
-                            let refused: Vec<&Record> = rejected.iter().filter_map(|i| part.get(*i)).collect();
+                            let refused: Vec<&Record> =
+                                rejected.iter().filter_map(|i| part.get(*i)).collect();
                             self.dead_letter(&refused, "receiver rejected the event");
                         }
                         if reported {
@@ -338,11 +351,18 @@ impl Worker {
                                 sink: self.settings.name.clone(),
                                 error: err.to_string(),
                                 retriable: true,
-                                pending: self.spool.head().saturating_sub(self.spool.cursor(&self.settings.name)),
+                                pending: self
+                                    .spool
+                                    .head()
+                                    .saturating_sub(self.spool.cursor(&self.settings.name)),
                             }));
                         }
                         let wait = err.retry_after().unwrap_or_else(|| {
-                            backoff(self.settings.retry_initial, self.settings.retry_max, attempt)
+                            backoff(
+                                self.settings.retry_initial,
+                                self.settings.retry_max,
+                                attempt,
+                            )
                         });
                         attempt = attempt.saturating_add(1);
                         if self.pause(wait).await {
@@ -370,13 +390,18 @@ impl Worker {
 
     /// Keep refused events next to the spool (`dead-letter/<sink>.jsonl`) and count them.
     fn dead_letter(&self, records: &[&Record], why: &str) {
-        self.stats.dead_lettered.fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.stats
+            .dead_lettered
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         tracing::error!(sink = %self.settings.name, count = records.len(), reason = why, "Audit events dead-lettered.");
         let Some(dir) = &self.dead_letter else { return };
         let path = dir.join(format!("{}.jsonl", self.settings.name));
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
             for r in records {
                 f.write_all(&r.payload)?;
                 f.write_all(b"\n")?;
@@ -390,7 +415,10 @@ impl Worker {
 }
 
 /// A rustls client config: roots from `ca_file` or the system, optional client certificate.
-pub(crate) fn tls_config(tls: &TlsClientSettings, alpn_http1: bool) -> Result<rustls::ClientConfig, String> {
+pub(crate) fn tls_config(
+    tls: &TlsClientSettings,
+    alpn_http1: bool,
+) -> Result<rustls::ClientConfig, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
@@ -399,7 +427,8 @@ pub(crate) fn tls_config(tls: &TlsClientSettings, alpn_http1: bool) -> Result<ru
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
             for cert in certs {
-                let cert = cert.map_err(|e| format!("bad certificate in `{}`: {e}", path.display()))?;
+                let cert =
+                    cert.map_err(|e| format!("bad certificate in `{}`: {e}", path.display()))?;
                 roots
                     .add(cert)
                     .map_err(|e| format!("bad CA certificate in `{}`: {e}", path.display()))?;

@@ -97,7 +97,8 @@ impl SyslogSink {
                     .trim_matches(['[', ']'])
                     .to_owned()
             });
-            let name = ServerName::try_from(host.clone()).map_err(|_| format!("invalid TLS server name `{host}`"))?;
+            let name = ServerName::try_from(host.clone())
+                .map_err(|_| format!("invalid TLS server name `{host}`"))?;
             Some((TlsConnector::from(Arc::new(config)), name))
         } else {
             None
@@ -127,7 +128,12 @@ impl SyslogSink {
             }
             // Unreadable record: still deliver its bytes, with a minimal header.
             Err(_) => {
-                let mut m = format!("<{}>1 - - {} - - - ", u16::from(self.header.facility) * 8 + 3, self.header.app_name).into_bytes();
+                let mut m = format!(
+                    "<{}>1 - - {} - - - ",
+                    u16::from(self.header.facility) * 8 + 3,
+                    self.header.app_name
+                )
+                .into_bytes();
                 m.extend_from_slice(&record.payload);
                 m
             }
@@ -147,10 +153,11 @@ impl SyslogSink {
         match &self.tls {
             None => Ok(Conn::Tcp(tcp)),
             Some((connector, name)) => {
-                let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
-                    .await
-                    .map_err(|_| SinkError::Timeout)?
-                    .map_err(|e| connect_err(format!("TLS handshake: {e}")))?;
+                let tls =
+                    tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
+                        .await
+                        .map_err(|_| SinkError::Timeout)?
+                        .map_err(|e| connect_err(format!("TLS handshake: {e}")))?;
                 Ok(Conn::Tls(Box::new(tls)))
             }
         }
@@ -159,12 +166,19 @@ impl SyslogSink {
     pub async fn send(&mut self, batch: &[Record]) -> Result<(), SinkError> {
         if self.transport == SyslogTransport::Udp {
             if self.udp.is_none() {
-                let bind = if self.address.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
+                let bind = if self.address.starts_with('[') {
+                    "[::]:0"
+                } else {
+                    "0.0.0.0:0"
+                };
                 let socket = UdpSocket::bind(bind).await?;
-                socket.connect(&self.address).await.map_err(|e| SinkError::Connect {
-                    address: self.address.clone(),
-                    reason: e.to_string(),
-                })?;
+                socket
+                    .connect(&self.address)
+                    .await
+                    .map_err(|e| SinkError::Connect {
+                        address: self.address.clone(),
+                        reason: e.to_string(),
+                    })?;
                 self.udp = Some(socket);
             }
             for record in batch {

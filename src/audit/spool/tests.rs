@@ -160,7 +160,12 @@ fn bad_crc_in_the_tail_is_cut_and_the_writer_continues() {
     rec.writer.append(3, 3, &buf).unwrap();
     let mut r = rec.spool.reader("s");
     r.rewind(0);
-    let seqs: Vec<u64> = r.read(100, usize::MAX).unwrap().iter().map(|r| r.seq).collect();
+    let seqs: Vec<u64> = r
+        .read(100, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(seqs, [1, 2, 3]);
 }
 
@@ -182,10 +187,18 @@ fn corrupt_record_in_an_older_segment_is_skipped_and_counted() {
     fs::write(&older, &bytes).unwrap();
     let mut r = rec.spool.reader("s");
     r.rewind(0);
-    let seqs: Vec<u64> = r.read(1000, usize::MAX).unwrap().iter().map(|r| r.seq).collect();
+    let seqs: Vec<u64> = r
+        .read(1000, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(seqs.first(), Some(&1));
     assert!(!seqs.contains(&2), "the corrupt record is not handed out");
-    assert!(seqs.contains(&firsts[1]), "reading resumes at the next segment");
+    assert!(
+        seqs.contains(&firsts[1]),
+        "reading resumes at the next segment"
+    );
     assert_eq!(rec.spool.corrupt_skipped(), 1);
 }
 
@@ -211,7 +224,11 @@ fn full_spool_refuses_and_acks_free_space() {
     assert!(rec.spool.used() <= 1000);
     let before = rec.spool.segment_count();
     rec.spool.ack("s", seq - 1).unwrap();
-    assert_eq!(rec.spool.segment_count(), 1, "all but the newest segment deleted (was {before})");
+    assert_eq!(
+        rec.spool.segment_count(),
+        1,
+        "all but the newest segment deleted (was {before})"
+    );
     let mut buf = Vec::new();
     encode_record(&mut buf, seq, b"fits again");
     rec.writer.append(seq, seq, &buf).unwrap();

@@ -16,7 +16,14 @@ use super::super::{
 };
 use super::{Ctx, parse_size};
 
-const SINK_TYPES: &[&str] = &["stdout", "file", "syslog", "splunk_hec", "http", "elasticsearch"];
+const SINK_TYPES: &[&str] = &[
+    "stdout",
+    "file",
+    "syslog",
+    "splunk_hec",
+    "http",
+    "elasticsearch",
+];
 const FORMATS: &[&str] = &["json", "ecs", "ocsf", "cef", "leef"];
 /// Keys every sink accepts.
 const COMMON_KEYS: &[&str] = &[
@@ -65,7 +72,11 @@ impl SinkTable<'_> {
 }
 
 impl Ctx<'_> {
-    pub(super) fn check_audit(&mut self, main: FileId, audit: Option<S<raw::Audit>>) -> AuditSettings {
+    pub(super) fn check_audit(
+        &mut self,
+        main: FileId,
+        audit: Option<S<raw::Audit>>,
+    ) -> AuditSettings {
         let mut settings = AuditSettings {
             allow_events: AllowEvents::All,
             sinks: Vec::new(),
@@ -170,12 +181,24 @@ impl Ctx<'_> {
                 None
             }
             (Some(e), None) if e.get_ref().is_empty() => {
-                self.err(main, e.span(), "audit.hmac_key_env", "`hmac_key_env` is empty", None);
+                self.err(
+                    main,
+                    e.span(),
+                    "audit.hmac_key_env",
+                    "`hmac_key_env` is empty",
+                    None,
+                );
                 None
             }
             (Some(e), None) => Some(SecretSource::Env(e.into_inner())),
             (None, Some(f)) if f.get_ref().is_empty() => {
-                self.err(main, f.span(), "audit.hmac_key_file", "`hmac_key_file` is empty", None);
+                self.err(
+                    main,
+                    f.span(),
+                    "audit.hmac_key_file",
+                    "`hmac_key_file` is empty",
+                    None,
+                );
                 None
             }
             (None, Some(f)) => Some(SecretSource::File(self.base.join(f.get_ref()))),
@@ -191,7 +214,10 @@ impl Ctx<'_> {
                         sink.span(),
                         &format!("audit.sinks[{i}].name"),
                         format!("two audit sinks are named `{}` (first at {at})", s.name),
-                        Some("each sink keeps its own delivery cursor; give it a unique `name`".into()),
+                        Some(
+                            "each sink keeps its own delivery cursor; give it a unique `name`"
+                                .into(),
+                        ),
                     );
                     continue;
                 }
@@ -272,7 +298,13 @@ impl Ctx<'_> {
     }
 
     /// A positive size like `64MiB`; `None` (with an error pushed) when invalid.
-    fn size(&mut self, main: FileId, v: &Option<S<String>>, key: &str, default: u64) -> Option<u64> {
+    fn size(
+        &mut self,
+        main: FileId,
+        v: &Option<S<String>>,
+        key: &str,
+        default: u64,
+    ) -> Option<u64> {
         let Some(v) = v else { return Some(default) };
         match parse_size(v.get_ref()) {
             Some(0) | None => {
@@ -316,7 +348,13 @@ impl Ctx<'_> {
             return None;
         };
         let Some(kind_str) = kind.get_ref().as_str() else {
-            self.err(main, kind.span(), &format!("{key}.type"), "sink `type` must be a string", None);
+            self.err(
+                main,
+                kind.span(),
+                &format!("{key}.type"),
+                "sink `type` must be a string",
+                None,
+            );
             return None;
         };
         let specific: &[&str] = match kind_str {
@@ -345,7 +383,15 @@ impl Ctx<'_> {
                 "key_file",
                 "server_name",
             ],
-            "http" => &["url", "headers", "headers_env", "ca_file", "cert_file", "key_file", "server_name"],
+            "http" => &[
+                "url",
+                "headers",
+                "headers_env",
+                "ca_file",
+                "cert_file",
+                "key_file",
+                "server_name",
+            ],
             "elasticsearch" => &[
                 "url",
                 "index",
@@ -400,7 +446,13 @@ impl Ctx<'_> {
                     let help = did_you_mean(other, FORMATS.iter().copied()).unwrap_or_else(|| {
                         format!("formats: {}", backticked(FORMATS.iter().copied()))
                     });
-                    self.err(main, span, &format!("{key}.format"), format!("unknown audit format `{other}`"), Some(help));
+                    self.err(
+                        main,
+                        span,
+                        &format!("{key}.format"),
+                        format!("unknown audit format `{other}`"),
+                        Some(help),
+                    );
                     None
                 }
             },
@@ -430,13 +482,17 @@ impl Ctx<'_> {
                         span,
                         &format!("{key}.name"),
                         format!("invalid sink name `{n}`"),
-                        Some("use letters, digits, `-`, `_` and `.` (it names a file in the spool)".into()),
+                        Some(
+                            "use letters, digits, `-`, `_` and `.` (it names a file in the spool)"
+                                .into(),
+                        ),
                     );
                 }
                 n
             }
         };
-        let mut settings = SinkSettings::new(&name, format.unwrap_or(AuditFormat::Json), SinkKind::Stdout);
+        let mut settings =
+            SinkSettings::new(&name, format.unwrap_or(AuditFormat::Json), SinkKind::Stdout);
         if let Some(n) = self.sink_int(&t, "batch_size", 1, 100_000) {
             settings.batch_size = n;
         }
@@ -452,11 +508,21 @@ impl Ctx<'_> {
         let kind = match kind_str {
             "stdout" => Some(SinkKind::Stdout),
             "file" => {
-                let path = self.sink_required(&t, "path", "add `path = \"/var/log/portcullis/audit.jsonl\"`");
+                let path = self.sink_required(
+                    &t,
+                    "path",
+                    "add `path = \"/var/log/portcullis/audit.jsonl\"`",
+                );
                 let max_size = self.sink_str(&t, "max_file_size").and_then(|(s, span)| {
                     let size = parse_size(&s).filter(|n| *n > 0);
                     if size.is_none() {
-                        self.err(main, span, &format!("{key}.max_file_size"), format!("invalid size `{s}`"), Some("write e.g. `100MiB`".into()));
+                        self.err(
+                            main,
+                            span,
+                            &format!("{key}.max_file_size"),
+                            format!("invalid size `{s}`"),
+                            Some("write e.g. `100MiB`".into()),
+                        );
                     }
                     size
                 });
@@ -468,11 +534,19 @@ impl Ctx<'_> {
                 })
             }
             "syslog" => {
-                let address = self.sink_required(&t, "address", "add `address = \"siem.example:6514\"`");
+                let address =
+                    self.sink_required(&t, "address", "add `address = \"siem.example:6514\"`");
                 if let (Some(a), Some(v)) = (&address, t.get("address"))
-                    && a.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err())
+                    && a.rsplit_once(':')
+                        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
                 {
-                    self.err(main, v.span(), &format!("{key}.address"), format!("syslog address `{a}` is not `host:port`"), Some("write e.g. `siem.example:6514`".into()));
+                    self.err(
+                        main,
+                        v.span(),
+                        &format!("{key}.address"),
+                        format!("syslog address `{a}` is not `host:port`"),
+                        Some("write e.g. `siem.example:6514`".into()),
+                    );
                 }
                 let transport = match self.sink_str(&t, "transport") {
                     None => Some(SyslogTransport::Tls),
@@ -481,7 +555,13 @@ impl Ctx<'_> {
                         "tls" => Some(SyslogTransport::Tls),
                         "udp" => Some(SyslogTransport::Udp),
                         other => {
-                            self.one_of(main, span, &format!("{key}.transport"), other, &["tls", "tcp", "udp"]);
+                            self.one_of(
+                                main,
+                                span,
+                                &format!("{key}.transport"),
+                                other,
+                                &["tls", "tcp", "udp"],
+                            );
                             None
                         }
                     },
@@ -497,8 +577,12 @@ impl Ctx<'_> {
                         }
                     },
                 };
-                let app_name = self.sink_printable(&t, "app_name", 48).unwrap_or_else(|| "portcullis".into());
-                let sd_id = self.sink_printable(&t, "sd_id", 32).unwrap_or_else(|| "portcullis@32473".into());
+                let app_name = self
+                    .sink_printable(&t, "app_name", 48)
+                    .unwrap_or_else(|| "portcullis".into());
+                let sd_id = self
+                    .sink_printable(&t, "sd_id", 32)
+                    .unwrap_or_else(|| "portcullis@32473".into());
                 let tls = self.sink_tls(&t);
                 match (address, transport, facility) {
                     (Some(address), Some(transport), Some(facility)) => Some(SinkKind::Syslog {
@@ -516,7 +600,9 @@ impl Ctx<'_> {
                 let url = self.sink_url(&t);
                 let token = self.sink_secret(&t, "token_env", "token_file", true);
                 let index = self.sink_str(&t, "index").map(|(s, _)| s);
-                let source = self.sink_str(&t, "source").map_or_else(|| "portcullis".into(), |(s, _)| s);
+                let source = self
+                    .sink_str(&t, "source")
+                    .map_or_else(|| "portcullis".into(), |(s, _)| s);
                 let sourcetype = self
                     .sink_str(&t, "sourcetype")
                     .map_or_else(|| "portcullis:audit".into(), |(s, _)| s);
@@ -547,7 +633,9 @@ impl Ctx<'_> {
             }
             _ => {
                 let url = self.sink_url(&t);
-                let index = self.sink_str(&t, "index").map_or_else(|| "portcullis-audit".into(), |(s, _)| s);
+                let index = self
+                    .sink_str(&t, "index")
+                    .map_or_else(|| "portcullis-audit".into(), |(s, _)| s);
                 let api_key = self.sink_secret(&t, "api_key_env", "api_key_file", false);
                 let tls = self.sink_tls(&t);
                 url.map(|url| SinkKind::Elasticsearch {
@@ -571,7 +659,10 @@ impl Ctx<'_> {
             main,
             span,
             key,
-            format!("invalid `{leaf}` value `{value}`; expected {}", backticked(valid.iter().copied())),
+            format!(
+                "invalid `{leaf}` value `{value}`; expected {}",
+                backticked(valid.iter().copied())
+            ),
             Some(help),
         );
     }
@@ -582,7 +673,13 @@ impl Ctx<'_> {
         match v.get_ref().as_str() {
             Some(s) => Some((s.to_owned(), v.span())),
             None => {
-                self.err(t.main, v.span(), &format!("{}.{k}", t.key), format!("`{k}` must be a string"), None);
+                self.err(
+                    t.main,
+                    v.span(),
+                    &format!("{}.{k}", t.key),
+                    format!("`{k}` must be a string"),
+                    None,
+                );
                 None
             }
         }
@@ -592,7 +689,13 @@ impl Ctx<'_> {
         match self.sink_str(t, k) {
             Some((s, _)) if !s.is_empty() => Some(s),
             Some((_, span)) => {
-                self.err(t.main, span, &format!("{}.{k}", t.key), format!("`{k}` is empty"), Some(help.into()));
+                self.err(
+                    t.main,
+                    span,
+                    &format!("{}.{k}", t.key),
+                    format!("`{k}` is empty"),
+                    Some(help.into()),
+                );
                 None
             }
             None if t.get(k).is_none() => {
@@ -612,7 +715,11 @@ impl Ctx<'_> {
     /// RFC 5424 header fields: printable US-ASCII, bounded length.
     fn sink_printable(&mut self, t: &SinkTable<'_>, k: &str, max: usize) -> Option<String> {
         let (s, span) = self.sink_str(t, k)?;
-        if s.is_empty() || s.len() > max || !s.bytes().all(|b| (33..=126).contains(&b)) || s.contains(['=', ']', '"']) {
+        if s.is_empty()
+            || s.len() > max
+            || !s.bytes().all(|b| (33..=126).contains(&b))
+            || s.contains(['=', ']', '"'])
+        {
             self.err(
                 t.main,
                 span,
@@ -628,7 +735,9 @@ impl Ctx<'_> {
     fn sink_url(&mut self, t: &SinkTable<'_>) -> Option<String> {
         let url = self.sink_required(t, "url", "add e.g. `url = \"https://siem.example:8088\"`")?;
         match url.parse::<http::Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() =>
+            {
                 Some(url.trim_end_matches('/').to_owned())
             }
             _ => {
@@ -679,18 +788,38 @@ impl Ctx<'_> {
         }
     }
 
-    fn sink_secret(&mut self, t: &SinkTable<'_>, env: &str, file: &str, required: bool) -> Option<SecretSource> {
+    fn sink_secret(
+        &mut self,
+        t: &SinkTable<'_>,
+        env: &str,
+        file: &str,
+        required: bool,
+    ) -> Option<SecretSource> {
         let e = self.sink_str(t, env);
         let f = self.sink_str(t, file);
         match (e, f) {
             (Some(_), Some((_, span))) => {
-                self.err(t.main, span, &format!("{}.{file}", t.key), format!("`{env}` and `{file}` are both set"), Some("keep one of them".into()));
+                self.err(
+                    t.main,
+                    span,
+                    &format!("{}.{file}", t.key),
+                    format!("`{env}` and `{file}` are both set"),
+                    Some("keep one of them".into()),
+                );
                 None
             }
             (Some((name, _)), None) if !name.is_empty() => Some(SecretSource::Env(name)),
-            (None, Some((path, _))) if !path.is_empty() => Some(SecretSource::File(self.base.join(path))),
+            (None, Some((path, _))) if !path.is_empty() => {
+                Some(SecretSource::File(self.base.join(path)))
+            }
             (Some((_, span)), None) | (None, Some((_, span))) => {
-                self.err(t.main, span, &format!("{}.{env}", t.key), "the credential source is empty", None);
+                self.err(
+                    t.main,
+                    span,
+                    &format!("{}.{env}", t.key),
+                    "the credential source is empty",
+                    None,
+                );
                 None
             }
             (None, None) => {
@@ -713,7 +842,13 @@ impl Ctx<'_> {
         for k in TLS_KEYS {
             if let Some((v, span)) = self.sink_str(t, k) {
                 if v.is_empty() {
-                    self.err(t.main, span, &format!("{}.{k}", t.key), format!("`{k}` is empty"), None);
+                    self.err(
+                        t.main,
+                        span,
+                        &format!("{}.{k}", t.key),
+                        format!("`{k}` is empty"),
+                        None,
+                    );
                     continue;
                 }
                 match *k {
@@ -740,7 +875,13 @@ impl Ctx<'_> {
     fn sink_headers(&mut self, t: &SinkTable<'_>, k: &str) -> Vec<(String, String)> {
         let Some(v) = t.get(k) else { return Vec::new() };
         let Some(table) = v.get_ref().as_table() else {
-            self.err(t.main, v.span(), &format!("{}.{k}", t.key), format!("`{k}` must be a table of strings"), Some("write e.g. `headers = { \"X-Source\" = \"portcullis\" }`".into()));
+            self.err(
+                t.main,
+                v.span(),
+                &format!("{}.{k}", t.key),
+                format!("`{k}` must be a table of strings"),
+                Some("write e.g. `headers = { \"X-Source\" = \"portcullis\" }`".into()),
+            );
             return Vec::new();
         };
         let mut out = Vec::new();
