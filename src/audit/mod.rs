@@ -388,3 +388,6 @@ impl Drop for AuditLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
