@@ -366,9 +366,15 @@ impl Spool {
     /// and delete segments no sink needs any more.
     pub fn ack(&self, sink: &str, seq: u64) -> Result<(), SpoolError> {
         self.write_cursor(sink, seq)?;
+        self.lock().cursors.insert(sink.to_owned(), seq);
+        self.release()
+    }
+
+    /// Delete segments every cursor is past. With no sinks at all nothing will ever read the
+    /// spool, so everything but the newest segment (the chain head) goes.
+    pub fn release(&self) -> Result<(), SpoolError> {
         let removable: Vec<u64> = {
-            let mut index = self.lock();
-            index.cursors.insert(sink.to_owned(), seq);
+            let index = self.lock();
             let min = index.cursors.values().copied().min().unwrap_or(index.head);
             let firsts: Vec<u64> = index.segments.keys().copied().collect();
             // A segment is done when the next one starts at or below min + 1.
@@ -398,6 +404,11 @@ impl Spool {
             }
         }
         Ok(())
+    }
+
+    /// Whether any sink reads this spool.
+    pub fn has_readers(&self) -> bool {
+        !self.lock().cursors.is_empty()
     }
 
     /// A reader for `sink`, starting after its cursor.

@@ -178,6 +178,11 @@ impl Writer {
                     .written
                     .fetch_add(seq - first, Ordering::Relaxed);
                 self.head.send_replace(last);
+                if !self.spool.spool().has_readers()
+                    && let Err(err) = self.spool.spool().release()
+                {
+                    tracing::error!(error = %err, "Cannot trim the audit spool.");
+                }
                 for (_, done, _) in jobs.drain(..) {
                     if let Some(done) = done {
                         let _ = done.send(Ok(()));

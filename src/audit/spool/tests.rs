@@ -255,3 +255,21 @@ fn memory_spool_works_without_a_directory() {
     rec.spool.ack("s", 50).unwrap();
     assert_eq!(rec.spool.segment_count(), 1);
 }
+
+#[test]
+fn without_sinks_the_spool_keeps_only_its_head_segment() {
+    let opts = SpoolOptions {
+        dir: None,
+        max_size: 4096,
+        segment_size: 512,
+    };
+    let mut rec = Spool::open(&opts, &[]).unwrap();
+    for seq in 1..=500u64 {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, seq, &payload(seq, 40));
+        rec.writer.append(seq, seq, &buf).unwrap();
+        rec.spool.release().unwrap();
+    }
+    assert_eq!(rec.spool.segment_count(), 1);
+    assert!(rec.spool.used() <= 512 + 56);
+}
