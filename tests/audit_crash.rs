@@ -13,8 +13,12 @@ use support::{SECRET, Upstream, request, token};
 const CONFIG: &str = include_str!("fixtures/e2e.toml");
 const HEC_TOKEN: &str = "crash-test-token";
 
-fn spawn(config: &std::path::Path, listen: SocketAddr) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+/// Start the binary; `Err(log)` when it exits before listening (e.g. the port was taken by
+/// another test between `free_port` and the bind).
+fn try_spawn(config: &std::path::Path, listen: SocketAddr) -> Result<Child, String> {
+    let log_path = config.with_extension("log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["run", "--config"])
         .arg(config)
         .env(
@@ -23,18 +27,41 @@ fn spawn(config: &std::path::Path, listen: SocketAddr) -> Child {
         )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(listen).is_err() {
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "gateway exited ({status}) before listening on {listen}:\n{}",
+                log()
+            );
+        }
         assert!(
             Instant::now() < deadline,
-            "gateway did not start listening on {listen}"
+            "gateway did not start listening on {listen}:\n{}",
+            log()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
+    Ok(child)
+}
+
+/// Write the config for `listen` and start; retry on a fresh port if the bind lost a race.
+fn spawn(dir: &std::path::Path, base: &str, listen: &mut SocketAddr) -> Child {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, base.replace("{LISTEN}", &listen.to_string())).unwrap();
+        match try_spawn(&path, *listen) {
+            Ok(child) => return child,
+            Err(log) => last = log,
+        }
+        *listen = ([127, 0, 0, 1], free_port()).into();
+    }
+    panic!("{last}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,21 +71,15 @@ async fn kill_9_with_a_full_spool_then_restart_delivers_everything() {
     let up = Upstream::start().await;
     // The SIEM is down during the first run: its port is reserved but nothing listens.
     let hec = HttpReceiver::stopped(Protocol::Hec(HEC_TOKEN.into()), free_port());
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let config = CONFIG
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"{listen}\""),
-        )
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"{LISTEN}\"")
         .replace("{UPSTREAM}", &up.addr.to_string())
         + &format!(
             "\n[audit]\ngateway = \"gw-crash\"\n[audit.spool]\ndir = \"spool\"\nfsync = \"never\"\n[[audit.sinks]]\ntype = \"splunk_hec\"\nname = \"hec\"\nurl = \"{}\"\ntoken_file = \"hec.token\"\nbatch_wait = \"10ms\"\nretry_initial = \"10ms\"\nretry_max = \"50ms\"\n",
             hec.url()
         );
-    let config_path = dir.path().join("gateway.toml");
-    std::fs::write(&config_path, config).unwrap();
-
-    let mut first = spawn(&config_path, listen);
+    let mut first = spawn(dir.path(), &config, &mut listen);
     let t = token("vic", "acme");
     let n = 25;
     let mut request_ids = Vec::new();
@@ -85,7 +106,7 @@ async fn kill_9_with_a_full_spool_then_restart_delivers_everything() {
     );
 
     hec.resume().await;
-    let mut second = spawn(&config_path, listen);
+    let mut second = spawn(dir.path(), &config, &mut listen);
     wait_for("every decision of the killed run delivered", 20, || {
         let docs = hec.docs();
         request_ids
