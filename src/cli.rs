@@ -145,7 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             path,
             claims,
         } => {
-            let gateway = Gateway::build(load_or_print(&config)?)?;
+            let gateway = Gateway::build_offline(load_or_print(&config)?)?;
             if let Some(store) = gateway.store.redis()
                 && !store.wait_ready(Duration::from_secs(3)).await
             {
