@@ -1,4 +1,4 @@
-//! Command line (DESIGN.md §7b): `run`, `demo`, `check`, `explain`, `token`.
+//! Command line (DESIGN.md §7b): `run`, `demo`, `check`, `explain`, `token`, `audit verify`.
 //!
 //! `anyhow` lives here and in `main.rs` only; the library below returns typed errors.
 
@@ -99,6 +99,26 @@ pub enum Command {
         amr: Vec<String>,
         #[arg(long, default_value = "1h")]
         ttl: String,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify an audit file's hash chain and sequence (JSON lines, e.g. a file sink's
+    /// output); report gaps, reorderings and altered events; exit 1 on any finding.
+    Verify {
+        file: PathBuf,
+        /// Environment variable holding the HMAC key (`[audit] hmac_key_env`).
+        #[arg(long, conflicts_with = "hmac_key_file")]
+        hmac_key_env: Option<String>,
+        /// File holding the HMAC key (`[audit] hmac_key_file`).
+        #[arg(long)]
+        hmac_key_file: Option<PathBuf>,
     },
 }
 
@@ -211,12 +231,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", mint_token(&snapshot, &sub, &tenant, &amr, ttl)?);
             Ok(0)
         }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    file,
+                    hmac_key_env,
+                    hmac_key_file,
+                },
+        } => audit_verify(&file, hmac_key_env, hmac_key_file),
     }
 }
 
 /// A gateway for synthetic queries (`explain`, `test`): waits briefly for Redis.
 async fn build_for_queries(config: &Path) -> anyhow::Result<Gateway> {
-    let gateway = Gateway::build(load_or_print(config)?)?;
+    let gateway = Gateway::build_offline(load_or_print(config)?)?;
     if let Some(store) = gateway.store.redis()
         && !store.wait_ready(Duration::from_secs(3)).await
     {
@@ -224,6 +252,37 @@ async fn build_for_queries(config: &Path) -> anyhow::Result<Gateway> {
         eprintln!("warning: Redis is not reachable; decisions report 503");
     }
     Ok(gateway)
+}
+
+fn audit_verify(
+    file: &Path,
+    key_env: Option<String>,
+    key_file: Option<PathBuf>,
+) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read `{}`", file.display()))?;
+    let source = match (key_env, key_file) {
+        (Some(name), _) => Some(config::SecretSource::Env(name)),
+        (None, Some(path)) => Some(config::SecretSource::File(path)),
+        (None, None) => None,
+    };
+    let key = source
+        .map(|s| crate::audit::read_secret(&s, "HMAC key"))
+        .transpose()?;
+    let report = crate::audit::verify::verify(&text, key.as_deref());
+    let mut out = std::io::stdout().lock();
+    for finding in &report.findings {
+        writeln!(out, "{}: {finding}", file.display())?;
+    }
+    writeln!(
+        out,
+        "{}: {} events, {} duplicates, {} problems",
+        file.display(),
+        report.events,
+        report.duplicates,
+        report.findings.len()
+    )?;
+    Ok(if report.ok() { 0 } else { 1 })
 }
 
 fn print_errors(errors: &config::ConfigErrors) {

@@ -1,146 +1,256 @@
-//! Audit events: one per decision, written off the request path.
+//! Audit pipeline (DESIGN.md §6): request path → writer (seq, hash chain, group commit) →
+//! spool on disk → one worker per sink (batch, render, send, retry, advance cursor).
 //!
-//! The request path builds an `AuditEvent` and hands it to `AuditLog::emit`, which never
-//! blocks: a bounded queue feeds a writer thread that numbers events (`seq`), encodes them as
-//! JSON lines and writes each batch to every sink with one write and one flush. A full queue
-//! drops the event and counts it (`dropped()`); the SIEM pipeline issue replaces this with a
-//! durable spool.
+//! The request path never awaits a sink. With `durability = "spooled"` it awaits only the
+//! group-commit append of its own event (`AuditLog::record`); with `"buffered"` it awaits
+//! nothing. When the spool cannot take an event, `on_full = "block"` answers
+//! `AuditUnavailable` (the pipeline turns it into a 503) and `"drop"` serves, counts and
+//! writes an `audit.loss` record as soon as there is room again.
+//!
+//! Sinks run on their own thread and runtime, so a slow SIEM cannot take worker time from
+//! requests either.
 
-use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::SystemTime;
+pub mod event;
+pub mod format;
+pub mod sink;
+pub mod spool;
+pub mod verify;
+mod writer;
 
-use serde::Serialize;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
-use crate::config::{AllowEvents, AuditSettings, SinkSettings};
+use tokio::sync::{oneshot, watch};
 
-/// Events waiting for the writer; beyond this the request path drops and counts.
+pub use event::{
+    AuditEvent, Checkpoint, ConfigReload, Decision, EventBody, Loss, RoleChange, SinkFailure,
+};
+pub use sink::SinkStats;
+
+use crate::config::{AllowEvents, AuditSettings, Durability, FsyncPolicy, OnFull, SecretSource};
+use spool::{Spool, SpoolError, SpoolOptions};
+use writer::{Job, Writer};
+
+/// Events waiting for the writer; beyond this the queue counts as full.
 const QUEUE_CAPACITY: usize = 65_536;
-/// Events encoded per write.
-const BATCH: usize = 1024;
+/// Without `[audit.spool]`: an in-memory spool of this size.
+const MEMORY_SPOOL: u64 = 64 << 20;
+/// The spool counts as full when less than this is free (about ten events).
+const FULL_MARGIN: u64 = 8 * 1024;
 
-/// The canonical decision event (DESIGN.md §6). `seq` is assigned by the writer.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditEvent {
-    pub id: String,
-    pub seq: u64,
-    pub time: String,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// `allow`, `deny` or `error` (the gateway could not decide: 400, 503, 502, ...).
-    pub decision: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
-    pub required: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    pub roles: Vec<String>,
-    pub method: String,
-    pub path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub route: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<String>,
-    pub status: u16,
-    pub client_ip: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
-    pub request_id: String,
-    pub latency_us: u64,
-    pub mode: &'static str,
-    pub gateway: Arc<str>,
-}
+/// The audit pipeline cannot take an event: the spool is full or failing (`on_full =
+/// "block"`), or the writer has stopped. The request must not be served unaudited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the audit spool cannot record the event")]
+pub struct AuditUnavailable;
 
-impl AuditEvent {
-    /// A fresh `authz.decision` event with id and time set; the pipeline fills the rest.
-    pub fn decision(gateway: Arc<str>) -> AuditEvent {
-        AuditEvent {
-            id: uuid::Uuid::now_v7().to_string(),
-            seq: 0,
-            time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            kind: "authz.decision",
-            decision: "deny",
-            reason: None,
-            required: Vec::new(),
-            tenant: None,
-            subject: None,
-            roles: Vec::new(),
-            method: String::new(),
-            path: String::new(),
-            route: None,
-            upstream: None,
-            status: 0,
-            client_ip: String::new(),
-            user_agent: None,
-            request_id: String::new(),
-            latency_us: 0,
-            mode: "enforce",
-            gateway,
-        }
-    }
-}
-
-/// Could not open a sink at startup.
+/// Could not start the audit pipeline.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open audit file `{path}`: {source}")]
-pub struct AuditSetupError {
-    path: String,
-    #[source]
-    source: std::io::Error,
+pub enum AuditSetupError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("cannot read the {what}: {reason}")]
+    Secret { what: String, reason: String },
+    #[error("audit sink `{sink}`: {reason}")]
+    Sink { sink: String, reason: String },
+    #[error("cannot start the audit {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters shared by the request path, the writer and the sinks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Events appended to the spool.
+    pub written: AtomicU64,
+    /// Events that never reached the spool (full queue or spool).
+    pub dropped: AtomicU64,
+    /// Of those, the ones whose request was refused (503).
+    pub refused: AtomicU64,
+    /// Dropped events not yet covered by an `audit.loss` record.
+    pub loss_pending: AtomicU64,
+    /// The spool has no room: `admit` refuses before the request is forwarded.
+    pub full: AtomicBool,
+}
+
+pub(crate) fn refresh_full(spool: &Spool, counters: &Counters) {
+    let full = spool.used().saturating_add(FULL_MARGIN) > spool.max_size();
+    counters.full.store(full, Ordering::Relaxed);
+}
+
+/// A point-in-time view of the pipeline, for tests, metrics and benchmarks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditStats {
+    pub written: u64,
+    pub dropped: u64,
+    pub refused: u64,
+    /// Last seq in the spool.
+    pub head: u64,
+    pub spool_bytes: u64,
+    pub corrupt_skipped: u64,
+    pub sinks: Vec<sink::SinkSnapshot>,
 }
 
 /// Handle used by the request path.
 pub struct AuditLog {
-    tx: Option<SyncSender<AuditEvent>>,
+    tx: SyncSender<Job>,
+    durability: Durability,
+    on_full: OnFull,
     allow_events: AllowEvents,
     allow_counter: AtomicU64,
-    dropped: AtomicU64,
     gateway: Arc<str>,
+    counters: Arc<Counters>,
+    spool: Arc<Spool>,
+    sinks: Vec<Arc<SinkStats>>,
+    stop: watch::Sender<bool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Read a credential; its value is never logged or put in an error.
+pub fn read_secret(source: &SecretSource, what: &str) -> Result<Vec<u8>, AuditSetupError> {
+    let value = match source {
+        SecretSource::Env(name) => std::env::var(name).map_err(|_| AuditSetupError::Secret {
+            what: what.to_owned(),
+            reason: format!("environment variable `{name}` is not set"),
+        })?,
+        SecretSource::File(path) => {
+            std::fs::read_to_string(path).map_err(|err| AuditSetupError::Secret {
+                what: what.to_owned(),
+                reason: format!("`{}`: {err}", path.display()),
+            })?
+        }
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(AuditSetupError::Secret {
+            what: what.to_owned(),
+            reason: "it is empty".into(),
+        });
+    }
+    Ok(value.as_bytes().to_vec())
 }
 
 impl AuditLog {
-    /// Open the sinks and start the writer thread. With no sinks, events are discarded.
+    /// Open the spool (recovering `seq` and the chain head), start the writer and the sinks.
     pub fn start(settings: &AuditSettings) -> Result<AuditLog, AuditSetupError> {
-        let mut sinks: Vec<Box<dyn Write + Send>> = Vec::new();
-        for sink in &settings.sinks {
-            match sink {
-                SinkSettings::Stdout { .. } => sinks.push(Box::new(std::io::stdout())),
-                SinkSettings::File { path, .. } => {
-                    let file = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .map_err(|source| AuditSetupError {
-                            path: path.display().to_string(),
-                            source,
-                        })?;
-                    sinks.push(Box::new(file));
-                }
-            }
-        }
-        let tx = if sinks.is_empty() {
-            None
-        } else {
-            let (tx, rx) = sync_channel(QUEUE_CAPACITY);
-            std::thread::Builder::new()
-                .name("portcullis-audit".into())
-                .spawn(move || write_loop(rx, sinks))
-                .map_err(|source| AuditSetupError {
-                    path: "<writer thread>".into(),
-                    source,
-                })?;
-            Some(tx)
+        let names: Vec<String> = settings.sinks.iter().map(|s| s.name.clone()).collect();
+        let (options, on_full, fsync) = match &settings.spool {
+            Some(s) => (
+                SpoolOptions {
+                    dir: Some(s.dir.clone()),
+                    max_size: s.max_size,
+                    segment_size: s.segment_size,
+                },
+                s.on_full,
+                s.fsync,
+            ),
+            None => (
+                SpoolOptions {
+                    dir: None,
+                    max_size: MEMORY_SPOOL,
+                    segment_size: 4 << 20,
+                },
+                OnFull::Block,
+                FsyncPolicy::Never,
+            ),
         };
+        let key = settings
+            .hmac_key
+            .as_ref()
+            .map(|k| read_secret(k, "audit HMAC key"))
+            .transpose()?;
+        let recovered = Spool::open(&options, &names)?;
+        let spool = recovered.spool.clone();
+        let (prev, next_seq) = match &recovered.last {
+            Some(record) => {
+                let text = String::from_utf8_lossy(&record.payload);
+                let prev = event::unseal(&text)
+                    .map_or_else(|| event::GENESIS.to_owned(), |(_, h)| h.to_owned());
+                (prev, record.seq + 1)
+            }
+            None => (event::GENESIS.to_owned(), 1),
+        };
+        let gateway: Arc<str> = settings.gateway_name.as_str().into();
+        let counters = Arc::new(Counters::default());
+        refresh_full(&spool, &counters);
+        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
+        let (head_tx, head_rx) = watch::channel(next_seq - 1);
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let mut workers = Vec::new();
+        let mut stats = Vec::new();
+        for s in &settings.sinks {
+            let sink = sink::Sink::build(s, options.dir.as_deref())?;
+            let st = Arc::new(SinkStats::new(&s.name, spool.cursor(&s.name)));
+            stats.push(st.clone());
+            workers.push(sink::Worker {
+                sink,
+                settings: s.clone(),
+                spool: spool.clone(),
+                head: head_rx.clone(),
+                stop: stop_rx.clone(),
+                stats: st,
+                emitter: sink::Emitter {
+                    tx: tx.clone(),
+                    gateway: gateway.clone(),
+                },
+                counters: counters.clone(),
+                dead_letter: options.dir.as_ref().map(|d| d.join("dead-letter")),
+            });
+        }
+
+        let writer = Writer {
+            rx,
+            spool: recovered.writer,
+            chain: event::Chain::new(prev, key),
+            next_seq,
+            on_full,
+            fsync,
+            fsync_interval: settings.fsync_interval,
+            checkpoint_interval: settings.checkpoint_interval,
+            gateway: gateway.clone(),
+            counters: counters.clone(),
+            head: head_tx,
+        };
+        let mut threads = Vec::new();
+        threads.push(
+            std::thread::Builder::new()
+                .name("portcullis-audit-writer".into())
+                .spawn(move || writer.run())
+                .map_err(|source| AuditSetupError::Thread {
+                    what: "writer",
+                    source,
+                })?,
+        );
+        if !workers.is_empty() {
+            threads.push(
+                std::thread::Builder::new()
+                    .name("portcullis-audit-sinks".into())
+                    .spawn(move || sink::run_workers(workers))
+                    .map_err(|source| AuditSetupError::Thread {
+                        what: "sink",
+                        source,
+                    })?,
+            );
+        }
         Ok(AuditLog {
             tx,
+            durability: settings.durability,
+            on_full,
             allow_events: settings.allow_events,
             allow_counter: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            gateway: settings.gateway_name.as_str().into(),
+            gateway,
+            counters,
+            spool,
+            sinks: stats,
+            stop: stop_tx,
+            threads: Mutex::new(threads),
         })
     }
 
@@ -161,45 +271,123 @@ impl AuditLog {
         }
     }
 
-    /// Queue an event; never blocks. A full queue drops and counts it.
-    pub fn emit(&self, event: AuditEvent) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(event) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Before forwarding: refuse when the spool is known to be full and `on_full = "block"`,
+    /// so the upstream never sees a request whose event could not be written.
+    pub fn admit(&self) -> Result<(), AuditUnavailable> {
+        if self.on_full == OnFull::Block && self.counters.full.load(Ordering::Relaxed) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(AuditUnavailable);
+        }
+        Ok(())
+    }
+
+    /// Record an event. Resolves once it is in the spool (`spooled`), or at once (`buffered`).
+    /// Never waits for a sink.
+    pub fn record(
+        &self,
+        body: EventBody,
+    ) -> impl Future<Output = Result<(), AuditUnavailable>> + Send + 'static {
+        let wait = self.durability == Durability::Spooled;
+        self.submit(body, wait, false)
+    }
+
+    /// Record a role change: always waits for the append and an fsync, and fails whatever
+    /// `on_full` says, so a grant change never commits unaudited.
+    pub fn record_role_change(
+        &self,
+        change: RoleChange,
+    ) -> impl Future<Output = Result<(), AuditUnavailable>> + Send + 'static {
+        self.submit(EventBody::RoleChange(change), true, true)
+    }
+
+    /// Record a configuration load or reload.
+    pub fn record_config_reload(
+        &self,
+        source: &str,
+        text: &str,
+        applied: bool,
+        errors: usize,
+    ) -> impl Future<Output = Result<(), AuditUnavailable>> + Send + 'static {
+        use sha2::Digest;
+        self.record(EventBody::ConfigReload(ConfigReload {
+            source: source.to_owned(),
+            sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
+            outcome: if applied { "applied" } else { "rejected" },
+            errors,
+        }))
+    }
+
+    fn submit(
+        &self,
+        body: EventBody,
+        wait: bool,
+        sync: bool,
+    ) -> impl Future<Output = Result<(), AuditUnavailable>> + Send + 'static {
+        let critical = sync;
+        let event = Box::new(AuditEvent::new(self.gateway.clone(), body));
+        let (done, rx) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let immediate = match self.tx.try_send(Job::Event { event, done, sync }) {
+            Ok(()) => None,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                if self.on_full == OnFull::Drop && !critical {
+                    self.counters.loss_pending.fetch_add(1, Ordering::Relaxed);
+                    Some(Ok(()))
+                } else {
+                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    Some(Err(AuditUnavailable))
+                }
+            }
+        };
+        async move {
+            if let Some(outcome) = immediate {
+                return outcome;
+            }
+            match rx {
+                Some(rx) => rx.await.unwrap_or(Err(AuditUnavailable)),
+                None => Ok(()),
             }
         }
     }
 
-    /// Events dropped because the queue was full or the writer had stopped.
+    /// Events that never reached the spool.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> AuditStats {
+        AuditStats {
+            written: self.counters.written.load(Ordering::Relaxed),
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
+            refused: self.counters.refused.load(Ordering::Relaxed),
+            head: self.spool.head(),
+            spool_bytes: self.spool.used(),
+            corrupt_skipped: self.spool.corrupt_skipped(),
+            sinks: self.sinks.iter().map(|s| s.snapshot()).collect(),
+        }
     }
 }
 
-fn write_loop(rx: Receiver<AuditEvent>, mut sinks: Vec<Box<dyn Write + Send>>) {
-    let mut seq: u64 = 0;
-    let mut buf = Vec::with_capacity(64 * 1024);
-    while let Ok(first) = rx.recv() {
-        buf.clear();
-        let mut next = Some(first);
-        let mut n = 0;
-        while let Some(mut event) = next.take() {
-            seq += 1;
-            event.seq = seq;
-            if serde_json::to_writer(&mut buf, &event).is_ok() {
-                buf.push(b'\n');
-            }
-            n += 1;
-            if n < BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        for sink in &mut sinks {
-            if let Err(err) = sink.write_all(&buf).and_then(|()| sink.flush()) {
-                tracing::error!(error = %err, "Audit sink write failed.");
-            }
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        // A full queue cannot take the message; the writer then stops once the sinks'
+        // senders are gone too.
+        let _ = self.tx.try_send(Job::Shutdown);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        // Join the writer only (it stops within one poll and fsyncs what it holds); the sink
+        // thread may be mid-request and is left to finish on its own.
+        if let Some(writer) = threads.into_iter().next() {
+            let _ = writer.join();
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -177,16 +177,136 @@ pub struct GrantsSettings {
     pub stale_for: StaleFor,
 }
 
-/// Audit sink formats available so far.
+/// How a sink renders events (DESIGN.md §6: every format is a mapping of the native JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditFormat {
+    /// The canonical event, byte for byte as hashed (the only format `audit verify` can check).
     Json,
+    /// Elastic Common Schema.
+    Ecs,
+    /// OCSF API Activity (6003) with the security_control profile.
+    Ocsf,
+    /// ArcSight CEF.
+    Cef,
+    /// IBM QRadar LEEF 2.0.
+    Leef,
 }
 
+impl AuditFormat {
+    /// Whether the rendering is a JSON object (HEC `event`, `_bulk` source, NDJSON line).
+    pub fn is_json(self) -> bool {
+        matches!(
+            self,
+            AuditFormat::Json | AuditFormat::Ecs | AuditFormat::Ocsf
+        )
+    }
+}
+
+/// Where a credential comes from; resolved when the audit pipeline starts, never logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+/// Client-side TLS for a sink (RFC 5425 syslog, https sinks).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsClientSettings {
+    /// PEM roots; the system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Name to verify the server certificate against; the address's host when absent.
+    pub server_name: Option<String>,
+}
+
+/// Syslog transport: TCP with RFC 6587 octet counting, TLS per RFC 5425, or UDP (RFC 5426).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogTransport {
+    Tcp,
+    Tls,
+    Udp,
+}
+
+/// What kind of sink, with its own settings.
 #[derive(Debug, Clone, PartialEq)]
-pub enum SinkSettings {
-    Stdout { format: AuditFormat },
-    File { path: PathBuf, format: AuditFormat },
+pub enum SinkKind {
+    Stdout,
+    File {
+        path: PathBuf,
+        /// Rotate when the file would grow past this many bytes.
+        max_size: Option<u64>,
+        /// Rotated files kept (`path.1` .. `path.N`).
+        max_files: usize,
+    },
+    Syslog {
+        /// `host:port`.
+        address: String,
+        transport: SyslogTransport,
+        tls: TlsClientSettings,
+        /// RFC 5424 facility code (default 10, authpriv).
+        facility: u8,
+        app_name: String,
+        /// SD-ID of the structured data element (`name@PEN`).
+        sd_id: String,
+    },
+    SplunkHec {
+        /// Base URL, e.g. `https://splunk:8088`; the sink posts to `/services/collector/event`.
+        url: String,
+        token: SecretSource,
+        index: Option<String>,
+        source: String,
+        sourcetype: String,
+        tls: TlsClientSettings,
+    },
+    Http {
+        url: String,
+        /// Sent as is on every request.
+        headers: Vec<(String, String)>,
+        /// Header name -> environment variable holding its value (for credentials).
+        headers_env: Vec<(String, String)>,
+        tls: TlsClientSettings,
+    },
+    Elasticsearch {
+        /// Base URL; the sink posts to `/_bulk`.
+        url: String,
+        index: String,
+        /// `Authorization: ApiKey <value>`.
+        api_key: Option<SecretSource>,
+        tls: TlsClientSettings,
+    },
+}
+
+/// One `[[audit.sinks]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkSettings {
+    /// Unique; names the sink's cursor file in the spool.
+    pub name: String,
+    pub format: AuditFormat,
+    /// Events per request/write.
+    pub batch_size: usize,
+    /// How long a partial batch waits for more events.
+    pub batch_wait: Duration,
+    /// Exponential backoff with full jitter between these bounds.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub kind: SinkKind,
+}
+
+impl SinkSettings {
+    /// Defaults for a sink of `kind` (used by validation and tests).
+    pub fn new(name: &str, format: AuditFormat, kind: SinkKind) -> SinkSettings {
+        SinkSettings {
+            name: name.to_owned(),
+            format,
+            batch_size: 500,
+            batch_wait: Duration::from_millis(200),
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            kind,
+        }
+    }
 }
 
 /// `allow_events`: denies are always audited.
@@ -218,6 +338,18 @@ pub enum OnFull {
     Drop,
 }
 
+/// When the spool is fsynced (`[audit.spool] fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// After every group-commit batch.
+    Always,
+    /// At most every `fsync_interval` (a machine crash loses at most that window).
+    #[default]
+    Interval,
+    /// Leave it to the OS (a process crash still loses nothing: the data is in the page cache).
+    Never,
+}
+
 /// `[audit.spool]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolSettings {
@@ -226,6 +358,9 @@ pub struct SpoolSettings {
     /// Bytes (default 1 GiB).
     pub max_size: u64,
     pub on_full: OnFull,
+    /// Bytes per segment file (default 64 MiB).
+    pub segment_size: u64,
+    pub fsync: FsyncPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -238,8 +373,12 @@ pub struct AuditSettings {
     pub durability: Durability,
     /// `[audit] fsync_interval` (default 1 s).
     pub fsync_interval: Duration,
-    /// `[audit.spool]`, absent when not configured.
+    /// `[audit.spool]`; absent: an in-memory spool (nothing survives a restart).
     pub spool: Option<SpoolSettings>,
+    /// `hmac_key_env` / `hmac_key_file`: chain hashes become HMAC-SHA256 with this key.
+    pub hmac_key: Option<SecretSource>,
+    /// `checkpoint_interval` (default 5 min): period of `audit.checkpoint` events.
+    pub checkpoint_interval: Duration,
 }
 
 /// One route of the route map, compiled.

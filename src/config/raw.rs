@@ -259,9 +259,12 @@ pub(crate) struct Audit {
     pub gateway: Option<S<String>>,
     pub durability: Option<S<String>>,
     pub fsync_interval: Option<S<String>>,
+    pub hmac_key_env: Option<S<String>>,
+    pub hmac_key_file: Option<S<String>>,
+    pub checkpoint_interval: Option<S<String>>,
     /// Sinks are kept as spanned key/value pairs rather than a `tag = "type"` enum: serde's
-    /// internally tagged enums buffer their content and lose every span, and an unsupported
-    /// sink type deserves "not supported yet", not "unknown field `address`".
+    /// internally tagged enums buffer their content and lose every span. Each sink type's keys
+    /// are checked as strictly as `deny_unknown_fields` in `validate/audit.rs`.
     #[serde(default)]
     pub sinks: Vec<S<Map<S<toml::Value>>>>,
     pub spool: Option<S<Spool>>,
@@ -273,4 +276,6 @@ pub(crate) struct Spool {
     pub dir: Option<S<String>>,
     pub max_size: Option<S<String>>,
     pub on_full: Option<S<String>>,
+    pub segment_size: Option<S<String>>,
+    pub fsync: Option<S<String>>,
 }

@@ -147,13 +147,16 @@ fn full_example_loads() {
     assert_eq!(
         s.audit.sinks,
         vec![
-            SinkSettings::Stdout {
-                format: AuditFormat::Json
-            },
-            SinkSettings::File {
-                path: PathBuf::from("/var/log/portcullis/audit.jsonl"),
-                format: AuditFormat::Json
-            }
+            SinkSettings::new("stdout-0", AuditFormat::Json, SinkKind::Stdout),
+            SinkSettings::new(
+                "file-1",
+                AuditFormat::Json,
+                SinkKind::File {
+                    path: PathBuf::from("/var/log/portcullis/audit.jsonl"),
+                    max_size: None,
+                    max_files: 5,
+                }
+            )
         ]
     );
     let spool = s.audit.spool.as_ref().unwrap();
@@ -995,27 +998,78 @@ fn upstream_targets() {
 
 #[test]
 fn audit_sinks_and_formats() {
-    let text = format!("{BASE}\n[[audit.sinks]]\ntype = \"syslog\"\naddress = \"siem:6514\"\n");
-    let e = assert_one(
-        &text,
-        "syslog",
-        "audit sink type `syslog` is not supported yet",
+    let text = format!(
+        "{BASE}\n[[audit.sinks]]\ntype = \"syslog\"\naddress = \"siem:6514\"\ntransport = \"tcp\"\nformat = \"cef\"\nfacility = \"local3\"\n"
     );
-    assert_eq!(
-        e.help.as_deref(),
-        Some("supported sink types: `stdout`, `file`")
+    let s = load_str(&text, &inline_path()).unwrap_or_else(|e| panic!("{e}"));
+    let sink = &s.audit.sinks[0];
+    assert_eq!(sink.name, "syslog-0");
+    assert_eq!(sink.format, AuditFormat::Cef);
+    let SinkKind::Syslog {
+        transport,
+        facility,
+        sd_id,
+        ..
+    } = &sink.kind
+    else {
+        panic!("{sink:?}")
+    };
+    assert_eq!((*transport, *facility), (SyslogTransport::Tcp, 19));
+    assert_eq!(sd_id, "portcullis@32473");
+    let text = format!(
+        "{BASE}\n[[audit.sinks]]\ntype = \"splunk_hec\"\nname = \"splunk\"\nurl = \"https://splunk:8088/\"\ntoken_env = \"HEC_TOKEN\"\nbatch_size = 100\nbatch_wait = \"1s\"\n\n[[audit.sinks]]\ntype = \"elasticsearch\"\nurl = \"http://es:9200\"\nformat = \"ecs\"\n\n[[audit.sinks]]\ntype = \"http\"\nurl = \"http://vector:8080/audit\"\nheaders = {{ \"X-Source\" = \"gw\" }}\nformat = \"ocsf\"\n"
+    );
+    let s = load_str(&text, &inline_path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.audit.sinks.len(), 3);
+    assert_eq!(s.audit.sinks[0].batch_size, 100);
+    assert!(
+        matches!(&s.audit.sinks[0].kind, SinkKind::SplunkHec { url, token: SecretSource::Env(t), .. } if url == "https://splunk:8088" && t == "HEC_TOKEN")
+    );
+    assert!(
+        matches!(&s.audit.sinks[2].kind, SinkKind::Http { headers, .. } if headers == &[("X-Source".to_owned(), "gw".to_owned())])
+    );
+
+    let text =
+        format!("{BASE}\n[[audit.sinks]]\ntype = \"splunk_hec\"\nurl = \"https://splunk:8088\"\n");
+    assert_one(&text, "[[audit.sinks]]", "audit sink has no `token_env`");
+    let text = format!(
+        "{BASE}\n[[audit.sinks]]\ntype = \"elasticsearch\"\nurl = \"http://es:9200\"\nformat = \"cef\"\n"
+    );
+    assert_one(&text, "cef", "`_bulk` documents must be JSON objects");
+    let text = format!(
+        "{BASE}\n[[audit.sinks]]\ntype = \"syslog\"\naddress = \"siem:6514\"\ntransport = \"udpp\"\n"
+    );
+    let e = assert_one(&text, "udpp", "invalid `transport` value `udpp`");
+    assert_eq!(e.help.as_deref(), Some("did you mean `udp`?"));
+    let text = format!(
+        "{BASE}\n[[audit.sinks]]\ntype = \"syslog\"\naddress = \"siem:6514\"\ntoken_env = \"X\"\n"
+    );
+    assert_one(
+        &text,
+        "token_env",
+        "unknown field `token_env` for sink type `syslog`",
     );
     let text =
-        format!("{BASE}\n[[audit.sinks]]\ntype = \"file\"\npath = \"a.log\"\nformat = \"cef\"\n");
-    let e = assert_one(&text, "cef", "audit format `cef` is not supported yet");
-    assert_eq!(e.help.as_deref(), Some("supported formats: `json`"));
+        format!("{BASE}\n[[audit.sinks]]\ntype = \"file\"\npath = \"a.log\"\nformat = \"cfe\"\n");
+    let e = assert_one(&text, "cfe", "unknown audit format `cfe`");
+    assert_eq!(e.help.as_deref(), Some("did you mean `cef`?"));
+    let text = format!(
+        "{BASE}\n[[audit.sinks]]\ntype = \"file\"\npath = \"a\"\nname = \"x\"\n[[audit.sinks]]\ntype = \"stdout\"\nname = \"x\"\n"
+    );
+    assert_one(
+        &text,
+        "[[audit.sinks]]\ntype = \"stdout\"",
+        "two audit sinks are named `x`",
+    );
     let text = format!("{BASE}\n[[audit.sinks]]\ntype = \"stdot\"\n");
     let e = assert_one(&text, "stdot", "unknown audit sink type `stdot`");
     assert_eq!(e.help.as_deref(), Some("did you mean `stdout`?"));
     let text = format!("{BASE}\n[[audit.sinks]]\ntype = \"file\"\n");
-    assert_one(&text, "[[audit.sinks]]", "file sink has no `path`");
+    assert_one(&text, "[[audit.sinks]]", "audit sink has no `path`");
     let text = format!("{BASE}\n[audit]\nallow_events = \"sample:2\"\n");
     assert_one(&text, "allow_events", "invalid sample rate in `sample:2`");
+    let text = format!("{BASE}\n[audit.spool]\ndir = \"s\"\nfsync = \"sometimes\"\n");
+    assert_one(&text, "sometimes", "invalid `fsync` value `sometimes`");
 }
 
 #[test]

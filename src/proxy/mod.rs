@@ -49,6 +49,15 @@ impl Gateway {
         })
     }
 
+    /// A gateway for offline decisions (`explain`, policy tests): the same decision path, but
+    /// audit goes nowhere, so it never opens the spool a running gateway owns nor contacts a SIEM.
+    pub fn build_offline(mut snapshot: Snapshot) -> Result<Gateway, StartError> {
+        snapshot.audit.sinks.clear();
+        snapshot.audit.spool = None;
+        snapshot.audit.hmac_key = None;
+        Self::build(snapshot)
+    }
+
     pub fn into_shared(self) -> Arc<Gateway> {
         Arc::new(self)
     }

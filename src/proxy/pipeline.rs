@@ -15,7 +15,7 @@ use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::{AuditLog, AuditUnavailable, Decision, EventBody};
 use crate::config::{RouteEntry, Snapshot};
 use crate::grants::{Access, GrantsError, Resolved, Store};
 use crate::identity::{Authenticator, AuthnError, Principal};
@@ -302,6 +302,12 @@ pub async fn handle(
         required: Vec::new(),
         mode: gw.snapshot.mode,
     };
+    // Fail closed before forwarding when the spool is known to be full (`on_full = "block"`):
+    // the upstream never sees a request whose event cannot be written.
+    if gw.audit.admit().is_err() {
+        tracing::error!("Audit spool full; refusing the request.");
+        return Refusal::AuditUnavailable.into_response(&request_id, request_id_name);
+    }
     let (response, refusal_reason) = match handle_inner(&gw, &mut ctx, request, conn).await {
         Ok(response) => (response, None),
         Err(refusal) => {
@@ -312,11 +318,24 @@ pub async fn handle(
             )
         }
     };
-    audit(&gw, &ctx, response.status().as_u16(), refusal_reason);
-    response
+    // Spooled durability: the response leaves only after its event is in the spool.
+    match audit(&gw, &ctx, response.status().as_u16(), refusal_reason).await {
+        Ok(()) => response,
+        Err(AuditUnavailable) => {
+            tracing::error!("Audit event could not be spooled; answering 503.");
+            Refusal::AuditUnavailable.into_response(&request_id, request_id_name)
+        }
+    }
 }
 
-fn audit(gw: &Gateway, ctx: &RequestCtx, status: u16, refusal_reason: Option<&'static str>) {
+/// Build the request's one event from `ctx` and record it; resolves when the audit log has
+/// it (see `AuditLog::record`), never waiting for a sink.
+async fn audit(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    status: u16,
+    refusal_reason: Option<&'static str>,
+) -> Result<(), AuditUnavailable> {
     let (decision, reason) = match &ctx.outcome {
         Some(Outcome::Allow { .. }) => {
             if refusal_reason.is_some() {
@@ -324,7 +343,7 @@ fn audit(gw: &Gateway, ctx: &RequestCtx, status: u16, refusal_reason: Option<&'s
                 ("allow", refusal_reason)
             } else {
                 if !gw.audit.wants_allow() {
-                    return;
+                    return Ok(());
                 }
                 ("allow", None)
             }
@@ -333,26 +352,27 @@ fn audit(gw: &Gateway, ctx: &RequestCtx, status: u16, refusal_reason: Option<&'s
         None => ("error", refusal_reason),
     };
     let entry = ctx.route.and_then(|id| gw.route_entry(id));
-    let mut event = AuditEvent::decision(gw.audit.gateway());
-    event.decision = decision;
-    event.reason = reason;
-    event.required = ctx.required.clone();
-    event.tenant = ctx.principal.as_ref().map(|p| p.tenant.clone());
-    event.subject = ctx.principal.as_ref().map(|p| p.subject.clone());
-    event.roles = ctx.roles.clone();
-    event.method = ctx.method.to_string();
-    event.path = ctx.path.clone();
-    event.route = entry.map(|e| e.path.clone());
-    event.upstream = entry
-        .and_then(|e| gw.upstreams.name(e.upstream))
-        .map(str::to_owned);
-    event.status = status;
-    event.client_ip = ctx.client_ip.ip().to_string();
-    event.user_agent = ctx.user_agent.clone();
-    event.request_id = ctx.request_id.to_str().unwrap_or_default().to_owned();
-    event.latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    event.mode = ctx.mode.as_str();
-    gw.audit.emit(event);
+    let event = Decision {
+        decision,
+        reason,
+        required: ctx.required.clone(),
+        tenant: ctx.principal.as_ref().map(|p| p.tenant.clone()),
+        subject: ctx.principal.as_ref().map(|p| p.subject.clone()),
+        roles: ctx.roles.clone(),
+        method: ctx.method.to_string(),
+        path: ctx.path.clone(),
+        route: entry.map(|e| e.path.clone()),
+        upstream: entry
+            .and_then(|e| gw.upstreams.name(e.upstream))
+            .map(str::to_owned),
+        status,
+        client_ip: ctx.client_ip.ip().to_string(),
+        user_agent: ctx.user_agent.clone(),
+        request_id: ctx.request_id.to_str().unwrap_or_default().to_owned(),
+        latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        mode: ctx.mode.as_str(),
+    };
+    gw.audit.record(EventBody::Decision(event)).await
 }
 
 /// RFC 9112 checks hyper leaves to the application (R1), before anything is interpreted.

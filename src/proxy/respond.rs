@@ -56,6 +56,9 @@ pub enum Refusal {
     AuthorizationUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// The audit spool cannot record the event (`on_full = "block"`): fail closed rather
+    /// than serve an unaudited request.
+    AuditUnavailable,
 }
 
 #[derive(Serialize)]
@@ -89,6 +92,7 @@ impl Refusal {
             Refusal::AuthorizationUnavailable => 503,
             Refusal::UpstreamUnavailable => 502,
             Refusal::UpstreamTimeout => 504,
+            Refusal::AuditUnavailable => 503,
         }
     }
 
@@ -102,6 +106,7 @@ impl Refusal {
             Refusal::AuthorizationUnavailable => "authorization_unavailable",
             Refusal::UpstreamUnavailable => "upstream_unavailable",
             Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -164,6 +169,10 @@ impl Refusal {
             }
             Refusal::UpstreamUnavailable => plain("upstream_unavailable", None, rid),
             Refusal::UpstreamTimeout => plain("upstream_timeout", None, rid),
+            Refusal::AuditUnavailable => {
+                retry_after = true;
+                plain("audit_unavailable", None, rid)
+            }
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = Response::new(

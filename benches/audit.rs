@@ -1,0 +1,201 @@
+//! Audit pipeline throughput and per-event costs.
+//!
+//! - `pipeline/spool+file`: events/s from `AuditLog::record` (buffered) through the writer
+//!   (seq, SHA-256 chain, group commit to a disk spool) to the file sink (JSON lines,
+//!   fdatasync per batch) until the sink's cursor reaches the head. Goal: ≥ 100k events/s
+//!   on one core (`taskset -c 0 cargo bench --bench audit`).
+//! - `pipeline/spooled-64`: 64 concurrent requests each awaiting their own append (group
+//!   commit), on one current-thread runtime.
+//! - `encode/*`: per-event costs: the baseline `serde_json` of the decision alone, sealing
+//!   (serialize + hash), each rendering, and the request path's `record` (enqueue).
+//!
+//! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench audit`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use portcullis::audit::event::{AuditEvent, Chain, GENESIS};
+use portcullis::audit::{AuditLog, Decision, EventBody, format};
+use portcullis::config::{
+    AllowEvents, AuditFormat, AuditSettings, Durability, FsyncPolicy, OnFull, SinkKind,
+    SinkSettings, SpoolSettings,
+};
+
+fn decision(i: u64) -> Decision {
+    Decision {
+        decision: if i.is_multiple_of(2) { "allow" } else { "deny" },
+        reason: (!i.is_multiple_of(2)).then_some("missing_permission"),
+        required: vec!["campaigns.view".into()],
+        tenant: Some("acme".into()),
+        subject: Some(format!("user-{}", i % 1000)),
+        roles: vec!["viewer".into()],
+        method: "GET".into(),
+        path: format!("/api/campaigns/{i}"),
+        route: Some("/api/campaigns/{id}".into()),
+        upstream: Some("api".into()),
+        status: if i.is_multiple_of(2) { 200 } else { 403 },
+        client_ip: "203.0.113.9".into(),
+        user_agent: Some("curl/8.5.0".into()),
+        request_id: "0193b7a2-5c1e-7d3f-9a41-6e2b8c0d4f17".into(),
+        latency_us: 85,
+        mode: "enforce",
+    }
+}
+
+fn settings(dir: &std::path::Path, durability: Durability) -> AuditSettings {
+    AuditSettings {
+        allow_events: AllowEvents::All,
+        sinks: vec![SinkSettings::new(
+            "file",
+            AuditFormat::Json,
+            SinkKind::File {
+                path: dir.join("audit.jsonl"),
+                max_size: None,
+                max_files: 1,
+            },
+        )],
+        gateway_name: "gw-bench".into(),
+        durability,
+        fsync_interval: Duration::from_secs(1),
+        spool: Some(SpoolSettings {
+            dir: dir.join("spool"),
+            max_size: 8 << 30,
+            on_full: OnFull::Block,
+            segment_size: 64 << 20,
+            fsync: FsyncPolicy::Interval,
+        }),
+        hmac_key: None,
+        checkpoint_interval: Duration::from_secs(300),
+    }
+}
+
+fn wait_delivered(log: &AuditLog, head: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = log.stats();
+        if s.head >= head && s.sinks.iter().all(|k| k.cursor >= head) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bench events not delivered: {s:?}"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn pipeline(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pipeline");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(8));
+    let batch: u64 = 20_000;
+    group.throughput(Throughput::Elements(batch));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::start(&settings(dir.path(), Durability::Buffered)).unwrap();
+    let mut head = 0;
+    group.bench_function("spool+file", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                for i in 0..batch {
+                    let fut = log.record(EventBody::Decision(decision(i)));
+                    if rt.block_on(fut).is_err() {
+                        panic!("queue full: raise the queue or lower the batch");
+                    }
+                }
+                head += batch;
+                wait_delivered(&log, head);
+            }
+            start.elapsed()
+        });
+    });
+    drop(log);
+
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        std::sync::Arc::new(AuditLog::start(&settings(dir.path(), Durability::Spooled)).unwrap());
+    group.bench_function("spooled-64", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                rt.block_on(async {
+                    let mut set = tokio::task::JoinSet::new();
+                    for t in 0..64u64 {
+                        let log = log.clone();
+                        set.spawn(async move {
+                            for i in 0..batch / 64 {
+                                log.record(EventBody::Decision(decision(t * 1000 + i)))
+                                    .await
+                                    .unwrap();
+                            }
+                        });
+                    }
+                    while set.join_next().await.is_some() {}
+                });
+            }
+            start.elapsed()
+        });
+    });
+    group.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("baseline-serde_json", |b| {
+        let d = decision(7);
+        b.iter(|| black_box(serde_json::to_vec(black_box(&d)).unwrap()))
+    });
+    let mut chain = Chain::new(GENESIS.into(), None);
+    group.bench_function("seal", |b| {
+        let mut out = Vec::with_capacity(1024);
+        b.iter(|| {
+            let mut event = AuditEvent::new("gw".into(), EventBody::Decision(decision(7)));
+            out.clear();
+            chain.seal(&mut event, &mut out).unwrap();
+            black_box(out.len())
+        })
+    });
+    let mut sealed = Vec::new();
+    let mut event = AuditEvent::new("gw".into(), EventBody::Decision(decision(7)));
+    Chain::new(GENESIS.into(), None)
+        .seal(&mut event, &mut sealed)
+        .unwrap();
+    for (name, f) in [
+        ("json", AuditFormat::Json),
+        ("ecs", AuditFormat::Ecs),
+        ("ocsf", AuditFormat::Ocsf),
+        ("cef", AuditFormat::Cef),
+        ("leef", AuditFormat::Leef),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(format::render(f, black_box(&sealed)).unwrap()))
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::start(&settings(dir.path(), Durability::Buffered)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut n = 0u64;
+    group.bench_function("record-enqueue", |b| {
+        b.iter(|| {
+            n += 1;
+            // The request path's cost in buffered mode: build + enqueue (the writer drains).
+            let r = rt.block_on(log.record(EventBody::Decision(decision(n))));
+            if r.is_err() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline, encode);
+criterion_main!(benches);

@@ -1,0 +1,467 @@
+//! Sinks: one worker per sink reads the spool from its cursor, sends batches, retries with
+//! exponential backoff and full jitter, and advances the cursor only after the receiver
+//! acknowledged (what "acknowledged" means is per protocol; see each sink).
+//!
+//! The set of sinks is closed (`Sink` enum, like `Authenticator`): a match is clearer than
+//! `dyn` and maps one-to-one onto `[[audit.sinks]] type`.
+
+mod file;
+mod http;
+mod syslog;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::event::{AuditEvent, EventBody, SinkFailure};
+use super::spool::{Record, Spool};
+use super::writer::Job;
+use super::{AuditSetupError, Counters};
+use crate::config::{SinkKind, SinkSettings, TlsClientSettings};
+
+pub use http::classify_hec;
+
+/// Bytes read from the spool per batch at most (on top of `batch_size`).
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Why a send failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot connect to `{address}`: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("request timed out")]
+    Timeout,
+    #[error("receiver answered {status}: {body}")]
+    Status {
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    /// Splunk HEC error body (also on HTTP 200).
+    #[error("HEC answered {status} code {code}: {text}")]
+    Hec {
+        status: u16,
+        code: i64,
+        text: String,
+    },
+    /// The receiver refused the data itself; resending cannot help (dead-letter).
+    #[error("receiver rejected the events: {0}")]
+    Rejected(String),
+    /// 413: the batch must be split.
+    #[error("batch too large for the receiver")]
+    TooLarge,
+}
+
+impl SinkError {
+    /// The retry classifier (Vector's `RetryLogic`). Configuration errors (bad token, wrong
+    /// URL) are retried at the backoff cap rather than dropped: fixing the config then
+    /// delivers the backlog. Only data the receiver refuses is dead-lettered.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            SinkError::Io(_) | SinkError::Connect { .. } | SinkError::Timeout => true,
+            SinkError::Status { status, .. } => *status != 400 && *status != 422,
+            SinkError::Hec { code, .. } => !matches!(code, 5 | 6 | 12 | 13 | 15),
+            SinkError::Rejected(_) | SinkError::TooLarge => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SinkError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// What a successful send reports: indexes (into the batch) of events the receiver refused
+/// individually (ES items with 4xx); the rest are delivered.
+pub type Rejected = Vec<usize>;
+
+/// Per-sink counters.
+#[derive(Debug)]
+pub struct SinkStats {
+    pub name: String,
+    /// Last seq acknowledged by the receiver (the cursor).
+    pub cursor: AtomicU64,
+    pub delivered: AtomicU64,
+    pub batches: AtomicU64,
+    pub retries: AtomicU64,
+    pub failures: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// A copy of `SinkStats`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSnapshot {
+    pub name: String,
+    pub cursor: u64,
+    pub delivered: u64,
+    pub batches: u64,
+    pub retries: u64,
+    pub failures: u64,
+    pub dead_lettered: u64,
+}
+
+impl SinkStats {
+    pub fn new(name: &str, cursor: u64) -> SinkStats {
+        SinkStats {
+            name: name.to_owned(),
+            cursor: AtomicU64::new(cursor),
+            delivered: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+        }
+    }
+
+    pub fn snapshot(&self) -> SinkSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SinkSnapshot {
+            name: self.name.clone(),
+            cursor: get(&self.cursor),
+            delivered: get(&self.delivered),
+            batches: get(&self.batches),
+            retries: get(&self.retries),
+            failures: get(&self.failures),
+            dead_lettered: get(&self.dead_lettered),
+        }
+    }
+}
+
+/// Lets a sink put its own `audit.sink_failure` events into the pipeline (never waits).
+pub(crate) struct Emitter {
+    pub tx: SyncSender<Job>,
+    pub gateway: Arc<str>,
+}
+
+impl Emitter {
+    fn emit(&self, body: EventBody) {
+        let event = Box::new(AuditEvent::new(self.gateway.clone(), body));
+        let _ = self.tx.try_send(Job::Event {
+            event,
+            done: None,
+            sync: false,
+        });
+    }
+}
+
+/// The closed set of sinks.
+pub(crate) enum Sink {
+    File(file::FileSink),
+    Stdout(file::StdoutSink),
+    Syslog(Box<syslog::SyslogSink>),
+    Http(Box<http::HttpSink>),
+}
+
+impl Sink {
+    pub fn build(
+        settings: &SinkSettings,
+        _spool_dir: Option<&Path>,
+    ) -> Result<Sink, AuditSetupError> {
+        let err = |reason: String| AuditSetupError::Sink {
+            sink: settings.name.clone(),
+            reason,
+        };
+        Ok(match &settings.kind {
+            SinkKind::Stdout => Sink::Stdout(file::StdoutSink::new(settings.format)),
+            SinkKind::File {
+                path,
+                max_size,
+                max_files,
+            } => Sink::File(
+                file::FileSink::open(path, *max_size, *max_files, settings.format)
+                    .map_err(|e| err(format!("cannot open `{}`: {e}", path.display())))?,
+            ),
+            SinkKind::Syslog { .. } => {
+                Sink::Syslog(Box::new(syslog::SyslogSink::new(settings).map_err(err)?))
+            }
+            SinkKind::SplunkHec { .. } | SinkKind::Http { .. } | SinkKind::Elasticsearch { .. } => {
+                Sink::Http(Box::new(http::HttpSink::new(settings)?))
+            }
+        })
+    }
+
+    async fn send(&mut self, batch: &[Record]) -> Result<Rejected, SinkError> {
+        match self {
+            Sink::File(s) => s.send(batch).map(|()| Vec::new()),
+            Sink::Stdout(s) => s.send(batch).map(|()| Vec::new()),
+            Sink::Syslog(s) => s.send(batch).await.map(|()| Vec::new()),
+            Sink::Http(s) => s.send(batch).await,
+        }
+    }
+
+    /// File and stdout write whatever is there; network sinks wait to fill a batch.
+    fn waits_for_batch(&self) -> bool {
+        matches!(self, Sink::Syslog(_) | Sink::Http(_))
+    }
+}
+
+/// Everything one sink's worker needs.
+pub(crate) struct Worker {
+    pub sink: Sink,
+    pub settings: SinkSettings,
+    pub spool: Arc<Spool>,
+    pub head: watch::Receiver<u64>,
+    pub stop: watch::Receiver<bool>,
+    pub stats: Arc<SinkStats>,
+    pub emitter: Emitter,
+    pub counters: Arc<Counters>,
+    pub dead_letter: Option<PathBuf>,
+}
+
+/// Run every worker on one current-thread runtime until the log is dropped.
+pub(crate) fn run_workers(workers: Vec<Worker>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            tracing::error!(error = %err, "Cannot start the audit sink runtime; events stay in the spool.");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut set = tokio::task::JoinSet::new();
+        for worker in workers {
+            set.spawn(worker.run());
+        }
+        while set.join_next().await.is_some() {}
+    });
+}
+
+/// Full-jitter exponential backoff: uniform in [0, min(max, initial * 2^attempt)].
+pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let cap = initial
+        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+        .min(max);
+    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(nanos / 2..=nanos.max(1)))
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let name = self.settings.name.clone();
+        let mut reader = self.spool.reader(&name);
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            let mut batch = match reader.read(self.settings.batch_size, BATCH_BYTES) {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::error!(sink = %name, error = %err, "Cannot read the audit spool.");
+                    if self.pause(Duration::from_secs(1)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    changed = self.head.changed() => if changed.is_err() { return },
+                    _ = self.stop.changed() => return,
+                }
+                continue;
+            }
+            if self.sink.waits_for_batch() && batch.len() < self.settings.batch_size {
+                let deadline = tokio::time::Instant::now() + self.settings.batch_wait;
+                while batch.len() < self.settings.batch_size {
+                    tokio::select! {
+                        changed = self.head.changed() => if changed.is_err() { break },
+                        () = tokio::time::sleep_until(deadline) => break,
+                        _ = self.stop.changed() => return,
+                    }
+                    match reader.read(self.settings.batch_size - batch.len(), BATCH_BYTES) {
+                        Ok(more) => batch.extend(more),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if self.deliver(&batch).await {
+                return;
+            }
+            let last = batch.last().map_or(0, |r| r.seq);
+            if let Err(err) = self.spool.ack(&name, last) {
+                tracing::error!(sink = %name, error = %err, "Cannot persist the sink cursor; events may be resent after a restart.");
+            }
+            self.stats.cursor.store(last, Ordering::Relaxed);
+            super::refresh_full(&self.spool, &self.counters);
+        }
+    }
+
+    /// Sleep unless stopped; returns true when stopped.
+    async fn pause(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(d) => false,
+            _ = self.stop.changed() => true,
+        }
+    }
+
+    /// Send `batch` until it is delivered or dead-lettered; true when stopped meanwhile.
+    async fn deliver(&mut self, batch: &[Record]) -> bool {
+        let mut pending: Vec<&[Record]> = vec![batch];
+        let mut attempt = 0u32;
+        let mut reported = false;
+        while let Some(part) = pending.pop() {
+            loop {
+                let sent = tokio::select! {
+                    sent = self.sink.send(part) => sent,
+                    _ = self.stop.changed() => return true,
+                };
+                match sent {
+                    Ok(rejected) => {
+                        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .delivered
+                            .fetch_add((part.len() - rejected.len()) as u64, Ordering::Relaxed);
+                        if !rejected.is_empty() {
+                            let refused: Vec<&Record> =
+                                rejected.iter().filter_map(|i| part.get(*i)).collect();
+                            self.dead_letter(&refused, "receiver rejected the event");
+                        }
+                        if reported {
+                            tracing::info!(sink = %self.settings.name, "Audit sink recovered.");
+                        }
+                        attempt = 0;
+                        reported = false;
+                        break;
+                    }
+                    Err(SinkError::TooLarge) if part.len() > 1 => {
+                        let (a, b) = part.split_at(part.len() / 2);
+                        pending.push(b);
+                        pending.push(a);
+                        break;
+                    }
+                    Err(err) if err.is_retriable() => {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        if !reported {
+                            reported = true;
+                            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(sink = %self.settings.name, error = %err, "Audit sink failing; retrying with backoff.");
+                            self.emitter.emit(EventBody::SinkFailure(SinkFailure {
+                                sink: self.settings.name.clone(),
+                                error: err.to_string(),
+                                retriable: true,
+                                pending: self
+                                    .spool
+                                    .head()
+                                    .saturating_sub(self.spool.cursor(&self.settings.name)),
+                            }));
+                        }
+                        let wait = err.retry_after().unwrap_or_else(|| {
+                            backoff(
+                                self.settings.retry_initial,
+                                self.settings.retry_max,
+                                attempt,
+                            )
+                        });
+                        attempt = attempt.saturating_add(1);
+                        if self.pause(wait).await {
+                            return true;
+                        }
+                    }
+                    Err(err) => {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(sink = %self.settings.name, error = %err, "Audit sink rejected a batch; dead-lettered.");
+                        self.emitter.emit(EventBody::SinkFailure(SinkFailure {
+                            sink: self.settings.name.clone(),
+                            error: err.to_string(),
+                            retriable: false,
+                            pending: 0,
+                        }));
+                        let all: Vec<&Record> = part.iter().collect();
+                        self.dead_letter(&all, "batch rejected");
+                        break;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Keep refused events next to the spool (`dead-letter/<sink>.jsonl`) and count them.
+    fn dead_letter(&self, records: &[&Record], why: &str) {
+        self.stats
+            .dead_lettered
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        tracing::error!(sink = %self.settings.name, count = records.len(), reason = why, "Audit events dead-lettered.");
+        let Some(dir) = &self.dead_letter else { return };
+        let path = dir.join(format!("{}.jsonl", self.settings.name));
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(dir)?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            for r in records {
+                f.write_all(&r.payload)?;
+                f.write_all(b"\n")?;
+            }
+            f.sync_data()
+        };
+        if let Err(err) = write() {
+            tracing::error!(path = %path.display(), error = %err, "Cannot write the dead-letter file.");
+        }
+    }
+}
+
+/// A rustls client config: roots from `ca_file` or the system, optional client certificate.
+pub(crate) fn tls_config(
+    tls: &TlsClientSettings,
+    alpn_http1: bool,
+) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+            for cert in certs {
+                let cert =
+                    cert.map_err(|e| format!("bad certificate in `{}`: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("bad CA certificate in `{}`: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("cannot read `{}`: {e}", cert.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("bad certificate in `{}`: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("cannot read key `{}`: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    if alpn_http1 {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    Ok(config)
+}

@@ -1,0 +1,659 @@
+//! The write-ahead spool: every sealed event is appended here before a sink sees it, and
+//! each sink reads it at its own pace through its own cursor.
+//!
+//! Layout on disk (`[audit.spool] dir`):
+//! - `<first seq, 20 digits>.seg`: segment files of records
+//!   `[u32 len LE][u32 crc32c LE][u64 seq LE][len bytes payload]`; the CRC covers seq + payload.
+//! - `cursors/<sink>`: the last seq the sink's receiver acknowledged, as decimal text.
+//!
+//! Without a directory the same structure lives in memory (nothing survives a restart).
+//!
+// INVARIANT: one writer (the audit writer thread) appends; readers never write segments.
+// INVARIANT: seq is strictly increasing across records and segments (the writer assigns it
+//            under the same thread that appends), so a cursor is just a seq.
+// INVARIANT: a segment is never larger than `segment_size`, except one holding a single batch
+//            that alone exceeds it (a batch is never split: one write per group commit).
+// INVARIANT: readers only read below the published head (segment, end offset), which the
+//            writer advances after a batch is fully written; they never see a torn record.
+// INVARIANT: a torn or corrupt tail of the newest segment is truncated at open (a crash
+//            mid-write); a corrupt record elsewhere is skipped to the next segment and counted.
+// INVARIANT: a cursor file is replaced atomically (write tmp, rename) and only after the
+//            receiver acknowledged every record up to it; so restart resumes without loss.
+// INVARIANT: a segment is deleted only when every sink's cursor is past its last record,
+//            and the newest segment is never deleted, so the chain head survives restarts.
+// INVARIANT: total live bytes never exceed `max_size`: the writer checks before appending.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Record header: len, crc, seq.
+pub const HEADER: usize = 16;
+/// Largest payload accepted (a corrupt length must not make a reader allocate gigabytes).
+pub const MAX_RECORD: usize = 1 << 20;
+
+/// A record read back from the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Append `payload` as one record to `buf`.
+pub fn encode_record(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let seq_bytes = seq.to_le_bytes();
+    let mut crc = crc32c::crc32c(&seq_bytes);
+    crc = crc32c::crc32c_append(crc, payload);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc.to_le_bytes());
+    buf.extend_from_slice(&seq_bytes);
+    buf.extend_from_slice(payload);
+}
+
+/// What decoding found at one offset.
+#[derive(Debug, PartialEq, Eq)]
+enum Decoded {
+    Record {
+        seq: u64,
+        payload_at: usize,
+        len: usize,
+    },
+    /// Not enough bytes for the header or the payload.
+    Short,
+    Corrupt,
+}
+
+fn decode_at(buf: &[u8], at: usize) -> Decoded {
+    let Some(head) = buf.get(at..at + HEADER) else {
+        return Decoded::Short;
+    };
+    let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    let len = word(0) as usize;
+    let crc = word(4);
+    let mut seq_bytes = [0u8; 8];
+    seq_bytes.copy_from_slice(&head[8..16]);
+    if len > MAX_RECORD {
+        return Decoded::Corrupt;
+    }
+    let Some(payload) = buf.get(at + HEADER..at + HEADER + len) else {
+        return Decoded::Short;
+    };
+    let actual = crc32c::crc32c_append(crc32c::crc32c(&seq_bytes), payload);
+    if actual != crc {
+        return Decoded::Corrupt;
+    }
+    Decoded::Record {
+        seq: u64::from_le_bytes(seq_bytes),
+        payload_at: at + HEADER,
+        len,
+    }
+}
+
+/// Spool errors the writer and readers report.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool I/O on `{path}`: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the spool is full ({used} of {max} bytes)")]
+    Full { used: u64, max: u64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Where segments live.
+enum Storage {
+    Disk(PathBuf),
+    Memory(Mutex<HashMap<u64, Vec<u8>>>),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    /// Seq of the first record (also the file name).
+    first: u64,
+    /// Bytes written and published.
+    len: u64,
+}
+
+/// State shared by the writer and the readers.
+struct Index {
+    /// Keyed by first seq.
+    segments: BTreeMap<u64, Segment>,
+    /// Last published seq (0 = none yet).
+    head: u64,
+    cursors: HashMap<String, u64>,
+    total: u64,
+}
+
+/// The spool; cheap to share (`Arc`).
+pub struct Spool {
+    storage: Storage,
+    index: Mutex<Index>,
+    max_size: u64,
+    segment_size: u64,
+    /// Records skipped because their CRC or length was wrong.
+    corrupt_skipped: AtomicU64,
+}
+
+/// What `open` recovered.
+pub struct Recovered {
+    pub spool: Arc<Spool>,
+    /// The writer's handle on the newest segment.
+    pub writer: SpoolWriter,
+    /// Last seq and the payload of the last record (its hash ends the chain), if any.
+    pub last: Option<Record>,
+}
+
+/// Options for `Spool::open`.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    /// `None`: keep segments in memory.
+    pub dir: Option<PathBuf>,
+    pub max_size: u64,
+    pub segment_size: u64,
+}
+
+impl Spool {
+    /// Open (or create) the spool, truncate a torn tail, recover the head and load the cursors
+    /// of `sinks`. A sink without a cursor starts at the head (it gets new events only).
+    pub fn open(options: &SpoolOptions, sinks: &[String]) -> Result<Recovered, SpoolError> {
+        let storage = match &options.dir {
+            Some(dir) => {
+                fs::create_dir_all(dir.join("cursors")).map_err(io_err(dir))?;
+                Storage::Disk(dir.clone())
+            }
+            None => Storage::Memory(Mutex::new(HashMap::new())),
+        };
+        let mut segments = BTreeMap::new();
+        if let Storage::Disk(dir) = &storage {
+            for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+                let entry = entry.map_err(io_err(dir))?;
+                let name = entry.file_name();
+                let Some(first) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".seg"))
+                    .and_then(|n| n.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let len = entry.metadata().map_err(io_err(dir))?.len();
+                segments.insert(first, Segment { first, len });
+            }
+        }
+        let spool = Spool {
+            storage,
+            index: Mutex::new(Index {
+                segments,
+                head: 0,
+                cursors: HashMap::new(),
+                total: 0,
+            }),
+            max_size: options.max_size,
+            segment_size: options.segment_size.max(HEADER as u64 + 1),
+            corrupt_skipped: AtomicU64::new(0),
+        };
+        let last = spool.recover_tail()?;
+        let head = last.as_ref().map_or(0, |r| r.seq);
+        {
+            let mut index = spool.lock();
+            index.head = head;
+            index.total = index.segments.values().map(|s| s.len).sum();
+        }
+        for sink in sinks {
+            let cursor = spool.read_cursor(sink)?.unwrap_or(head);
+            spool.lock().cursors.insert(sink.clone(), cursor);
+            spool.write_cursor(sink, cursor)?;
+        }
+        let spool = Arc::new(spool);
+        let active = spool.lock().segments.values().next_back().copied();
+        let writer = SpoolWriter {
+            spool: spool.clone(),
+            active,
+            file: None,
+            dirty: false,
+        };
+        Ok(Recovered {
+            spool,
+            writer,
+            last,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        // A panicking holder cannot leave the index half-updated in a way that matters more
+        // than losing audit entirely; keep going with its data.
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn segment_path(dir: &Path, first: u64) -> PathBuf {
+        dir.join(format!("{first:020}.seg"))
+    }
+
+    /// Read a whole segment.
+    fn read_segment(&self, first: u64, from: u64, to: u64) -> Result<Vec<u8>, SpoolError> {
+        match &self.storage {
+            Storage::Disk(dir) => {
+                let path = Self::segment_path(dir, first);
+                let mut file = File::open(&path).map_err(io_err(&path))?;
+                file.seek(SeekFrom::Start(from)).map_err(io_err(&path))?;
+                let mut buf = Vec::with_capacity(usize::try_from(to - from).unwrap_or(0));
+                file.take(to - from)
+                    .read_to_end(&mut buf)
+                    .map_err(io_err(&path))?;
+                Ok(buf)
+            }
+            Storage::Memory(map) => {
+                let map = map.lock().unwrap_or_else(|p| p.into_inner());
+                let data = map.get(&first).map(Vec::as_slice).unwrap_or_default();
+                let from = usize::try_from(from).unwrap_or(usize::MAX).min(data.len());
+                let to = usize::try_from(to).unwrap_or(usize::MAX).min(data.len());
+                Ok(data.get(from..to).unwrap_or_default().to_vec())
+            }
+        }
+    }
+
+    /// Newest segments first: truncate a torn tail, return the last good record.
+    fn recover_tail(&self) -> Result<Option<Record>, SpoolError> {
+        let Storage::Disk(dir) = &self.storage else {
+            return Ok(None);
+        };
+        let firsts: Vec<u64> = self.lock().segments.keys().rev().copied().collect();
+        for (n, first) in firsts.iter().enumerate() {
+            let len = self.lock().segments.get(first).map_or(0, |s| s.len);
+            let buf = self.read_segment(*first, 0, len)?;
+            let mut at = 0;
+            let mut last = None;
+            while let Decoded::Record {
+                seq,
+                payload_at,
+                len,
+            } = decode_at(&buf, at)
+            {
+                last = Some((seq, payload_at, len));
+                at = payload_at + len;
+            }
+            if n == 0 && at < buf.len() {
+                // The newest segment ends in a torn or corrupt record: a crash mid-append.
+                let path = Self::segment_path(dir, *first);
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                file.set_len(at as u64).map_err(io_err(&path))?;
+                file.sync_all().map_err(io_err(&path))?;
+                tracing::warn!(segment = %path.display(), kept = at, dropped = buf.len() - at, "Truncated a torn spool tail.");
+                if let Some(s) = self.lock().segments.get_mut(first) {
+                    s.len = at as u64;
+                }
+            }
+            if let Some((seq, payload_at, len)) = last {
+                let payload = buf
+                    .get(payload_at..payload_at + len)
+                    .unwrap_or_default()
+                    .to_vec();
+                return Ok(Some(Record { seq, payload }));
+            }
+        }
+        Ok(None)
+    }
+
+    fn read_cursor(&self, sink: &str) -> Result<Option<u64>, SpoolError> {
+        let Storage::Disk(dir) = &self.storage else {
+            return Ok(None);
+        };
+        let path = dir.join("cursors").join(sink);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.trim().parse().ok()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(io_err(&path)(err)),
+        }
+    }
+
+    fn write_cursor(&self, sink: &str, seq: u64) -> Result<(), SpoolError> {
+        let Storage::Disk(dir) = &self.storage else {
+            return Ok(());
+        };
+        let path = dir.join("cursors").join(sink);
+        let tmp = dir.join("cursors").join(format!(".{sink}.tmp"));
+        fs::write(&tmp, format!("{seq}\n")).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        Ok(())
+    }
+
+    /// The last published seq.
+    pub fn head(&self) -> u64 {
+        self.lock().head
+    }
+
+    /// Bytes held by live segments.
+    pub fn used(&self) -> u64 {
+        self.lock().total
+    }
+
+    pub fn max_size(&self) -> u64 {
+        self.max_size
+    }
+
+    /// The acknowledged seq of `sink`.
+    pub fn cursor(&self, sink: &str) -> u64 {
+        self.lock().cursors.get(sink).copied().unwrap_or(0)
+    }
+
+    pub fn corrupt_skipped(&self) -> u64 {
+        self.corrupt_skipped.load(Ordering::Relaxed)
+    }
+
+    /// Number of segments (tests, metrics).
+    pub fn segment_count(&self) -> usize {
+        self.lock().segments.len()
+    }
+
+    /// Record that `sink`'s receiver acknowledged everything up to `seq`; persist the cursor
+    /// and delete segments no sink needs any more.
+    pub fn ack(&self, sink: &str, seq: u64) -> Result<(), SpoolError> {
+        self.write_cursor(sink, seq)?;
+        self.lock().cursors.insert(sink.to_owned(), seq);
+        self.release()
+    }
+
+    /// Delete segments every cursor is past. With no sinks at all nothing will ever read the
+    /// spool, so everything but the newest segment (the chain head) goes.
+    pub fn release(&self) -> Result<(), SpoolError> {
+        let removable: Vec<u64> = {
+            let index = self.lock();
+            let min = index.cursors.values().copied().min().unwrap_or(index.head);
+            let firsts: Vec<u64> = index.segments.keys().copied().collect();
+            // A segment is done when the next one starts at or below min + 1.
+            firsts
+                .windows(2)
+                .filter(|w| w[1] <= min.saturating_add(1))
+                .map(|w| w[0])
+                .collect()
+        };
+        for first in removable {
+            match &self.storage {
+                Storage::Disk(dir) => {
+                    let path = Self::segment_path(dir, first);
+                    if let Err(err) = fs::remove_file(&path)
+                        && err.kind() != io::ErrorKind::NotFound
+                    {
+                        return Err(io_err(&path)(err));
+                    }
+                }
+                Storage::Memory(map) => {
+                    map.lock().unwrap_or_else(|p| p.into_inner()).remove(&first);
+                }
+            }
+            let mut index = self.lock();
+            if let Some(seg) = index.segments.remove(&first) {
+                index.total = index.total.saturating_sub(seg.len);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any sink reads this spool.
+    pub fn has_readers(&self) -> bool {
+        !self.lock().cursors.is_empty()
+    }
+
+    /// A reader for `sink`, starting after its cursor.
+    pub fn reader(self: &Arc<Self>, sink: &str) -> SpoolReader {
+        SpoolReader {
+            spool: self.clone(),
+            after: self.cursor(sink),
+            pos: None,
+        }
+    }
+}
+
+/// The writer's side: appends whole batches.
+pub struct SpoolWriter {
+    spool: Arc<Spool>,
+    active: Option<Segment>,
+    file: Option<File>,
+    dirty: bool,
+}
+
+impl SpoolWriter {
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    /// Whether `bytes` more would exceed `max_size`.
+    pub fn would_overflow(&self, bytes: u64) -> bool {
+        self.spool.used().saturating_add(bytes) > self.spool.max_size
+    }
+
+    /// Append encoded records (`encode_record`) whose seqs are `first..=last`, with one write,
+    /// then publish them to readers.
+    pub fn append(&mut self, first: u64, last: u64, records: &[u8]) -> Result<(), SpoolError> {
+        let len = records.len() as u64;
+        let used = self.spool.used();
+        if used.saturating_add(len) > self.spool.max_size {
+            return Err(SpoolError::Full {
+                used,
+                max: self.spool.max_size,
+            });
+        }
+        let rotate = match self.active {
+            None => true,
+            Some(seg) => seg.len > 0 && seg.len + len > self.spool.segment_size,
+        };
+        if rotate {
+            self.sync()?;
+            self.file = None;
+            let seg = Segment { first, len: 0 };
+            if let Storage::Disk(dir) = &self.spool.storage {
+                let path = Spool::segment_path(dir, first);
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                // Make the new file's directory entry durable with the next fsync of the dir.
+                self.file = Some(file);
+                if let Ok(d) = File::open(dir) {
+                    let _ = d.sync_all();
+                }
+            }
+            self.spool.lock().segments.insert(first, seg);
+            self.active = Some(seg);
+        }
+        let Some(mut seg) = self.active else {
+            return Ok(());
+        };
+        match &self.spool.storage {
+            Storage::Disk(dir) => {
+                if self.file.is_none() {
+                    let path = Spool::segment_path(dir, seg.first);
+                    self.file = Some(
+                        OpenOptions::new()
+                            .append(true)
+                            .open(&path)
+                            .map_err(io_err(&path))?,
+                    );
+                }
+                if let Some(file) = &mut self.file
+                    && let Err(err) = file.write_all(records)
+                {
+                    // Cut a partial write back so readers and the next open see whole records.
+                    let path = Spool::segment_path(dir, seg.first);
+                    let _ = file.set_len(seg.len);
+                    return Err(io_err(&path)(err));
+                }
+            }
+            Storage::Memory(map) => {
+                map.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(seg.first)
+                    .or_default()
+                    .extend_from_slice(records);
+            }
+        }
+        seg.len += len;
+        self.active = Some(seg);
+        self.dirty = true;
+        let mut index = self.spool.lock();
+        if let Some(s) = index.segments.get_mut(&seg.first) {
+            s.len = seg.len;
+        }
+        index.total += len;
+        index.head = last;
+        Ok(())
+    }
+
+    /// fsync the active segment if anything was written since the last sync.
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        if let (Some(file), Storage::Disk(dir), Some(seg)) =
+            (&self.file, &self.spool.storage, self.active)
+        {
+            file.sync_data()
+                .map_err(io_err(&Spool::segment_path(dir, seg.first)))?;
+        }
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+/// A sink's reading position.
+pub struct SpoolReader {
+    spool: Arc<Spool>,
+    /// Everything up to this seq has been handed out (read, not necessarily acknowledged).
+    after: u64,
+    /// (segment first seq, byte offset) of the next record to read.
+    pos: Option<(u64, u64)>,
+}
+
+impl SpoolReader {
+    /// The last seq handed out.
+    pub fn position(&self) -> u64 {
+        self.after
+    }
+
+    /// Start over after `seq` (a sink that must resend what it was handed).
+    pub fn rewind(&mut self, seq: u64) {
+        self.after = seq;
+        self.pos = None;
+    }
+
+    /// Up to `max_events` records after the current position, at most about `max_bytes`.
+    pub fn read(&mut self, max_events: usize, max_bytes: usize) -> Result<Vec<Record>, SpoolError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while out.len() < max_events && bytes < max_bytes {
+            let (segments, head) = {
+                let index = self.spool.lock();
+                if index.head <= self.after {
+                    break;
+                }
+                let segs: Vec<Segment> = index.segments.values().copied().collect();
+                (segs, index.head)
+            };
+            let (first, offset) = match self.pos {
+                Some(pos) if segments.iter().any(|s| s.first == pos.0) => pos,
+                _ => {
+                    // Locate: the newest segment starting at or before after + 1.
+                    let target = self.after.saturating_add(1);
+                    let seg = segments
+                        .iter()
+                        .rev()
+                        .find(|s| s.first <= target)
+                        .or(segments.first());
+                    match seg {
+                        Some(s) => (s.first, 0),
+                        None => break,
+                    }
+                }
+            };
+            let Some(seg) = segments.iter().find(|s| s.first == first).copied() else {
+                break;
+            };
+            let next_seg = segments.iter().find(|s| s.first > first).map(|s| s.first);
+            if offset >= seg.len {
+                match next_seg {
+                    Some(n) => {
+                        self.pos = Some((n, 0));
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let want = (max_bytes - bytes).clamp(64 * 1024, 4 << 20) as u64;
+            let to = seg.len.min(offset.saturating_add(want));
+            let mut buf = self.spool.read_segment(first, offset, to)?;
+            let mut at = 0usize;
+            let mut progressed = false;
+            loop {
+                match decode_at(&buf, at) {
+                    Decoded::Record {
+                        seq,
+                        payload_at,
+                        len,
+                    } => {
+                        let end = payload_at + len;
+                        if seq > self.after && seq <= head {
+                            let payload = buf.get(payload_at..end).unwrap_or_default().to_vec();
+                            bytes += payload.len();
+                            out.push(Record { seq, payload });
+                            self.after = seq;
+                        }
+                        at = end;
+                        progressed = true;
+                        if out.len() >= max_events || bytes >= max_bytes {
+                            break;
+                        }
+                    }
+                    Decoded::Short if (offset + at as u64) < seg.len && !progressed => {
+                        // One record larger than the chunk: read exactly what it needs.
+                        let need = buf
+                            .get(at..at + 4)
+                            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+                        let end = (offset + (at + HEADER + need) as u64).min(seg.len);
+                        buf = self.spool.read_segment(first, offset, end)?;
+                        if buf.len() < at + HEADER + need {
+                            break;
+                        }
+                    }
+                    Decoded::Short => break,
+                    Decoded::Corrupt => {
+                        self.spool.corrupt_skipped.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            segment = first,
+                            offset = offset + at as u64,
+                            "Skipped a corrupt spool record; the rest of the segment is unreadable."
+                        );
+                        at = usize::try_from(seg.len - offset).unwrap_or(usize::MAX);
+                        progressed = true;
+                        break;
+                    }
+                }
+            }
+            self.pos = Some((first, offset + at as u64));
+            if !progressed {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,275 @@
+//! The spool against an in-memory model (vector `disk_v2/tests/model` style), plus
+//! corruption cases.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use proptest::prelude::*;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<usize>),
+    Read { sink: usize, max: usize },
+    AckRead { sink: usize },
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => proptest::collection::vec(1usize..300, 1..20).prop_map(Op::Append),
+        3 => (0usize..2, 1usize..40).prop_map(|(sink, max)| Op::Read { sink, max }),
+        2 => (0usize..2).prop_map(|sink| Op::AckRead { sink }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn payload(seq: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
+}
+
+struct Model {
+    records: Vec<Record>,
+    /// per sink: acked seq (persisted), handed seq (in memory)
+    acked: [u64; 2],
+    handed: [u64; 2],
+}
+
+fn options(dir: &Path) -> SpoolOptions {
+    SpoolOptions {
+        dir: Some(dir.to_path_buf()),
+        max_size: 1 << 20,
+        segment_size: 2048,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #[test]
+    fn spool_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec!["a".to_owned(), "b".to_owned()];
+        let mut rec = Spool::open(&options(dir.path()), &sinks).unwrap();
+        let mut readers = vec![rec.spool.reader("a"), rec.spool.reader("b")];
+        let mut model = Model { records: Vec::new(), acked: [0; 2], handed: [0; 2] };
+        let mut next = 1u64;
+        for op in ops {
+            match op {
+                Op::Append(lens) => {
+                    let first = next;
+                    let mut buf = Vec::new();
+                    for len in lens {
+                        let p = payload(next, len);
+                        encode_record(&mut buf, next, &p);
+                        model.records.push(Record { seq: next, payload: p });
+                        next += 1;
+                    }
+                    rec.writer.append(first, next - 1, &buf).unwrap();
+                }
+                Op::Read { sink, max } => {
+                    let got = readers[sink].read(max, usize::MAX).unwrap();
+                    let want: Vec<Record> = model.records.iter().filter(|r| r.seq > model.handed[sink]).take(max).cloned().collect();
+                    prop_assert_eq!(&got, &want);
+                    if let Some(last) = got.last() {
+                        model.handed[sink] = last.seq;
+                    }
+                }
+                Op::AckRead { sink } => {
+                    let name = &sinks[sink];
+                    rec.spool.ack(name, model.handed[sink]).unwrap();
+                    model.acked[sink] = model.handed[sink];
+                }
+                Op::Reopen => {
+                    drop(readers);
+                    drop(rec);
+                    rec = Spool::open(&options(dir.path()), &sinks).unwrap();
+                    // The head survives: the newest segment is never deleted.
+                    let head = rec.last.as_ref().map_or(0, |r| r.seq);
+                    prop_assert_eq!(head, next - 1);
+                    readers = vec![rec.spool.reader("a"), rec.spool.reader("b")];
+                    model.handed = model.acked;
+                }
+            }
+            // Nothing a sink has not acknowledged is ever gone.
+            let min = model.acked.iter().copied().min().unwrap_or(0);
+            let used: u64 = rec.spool.used();
+            prop_assert!(used <= 1 << 20);
+            let mut probe = rec.spool.reader("a");
+            probe.rewind(min);
+            let all = probe.read(usize::MAX, usize::MAX).unwrap();
+            let want: Vec<u64> = model.records.iter().filter(|r| r.seq > min).map(|r| r.seq).collect();
+            prop_assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), want);
+        }
+    }
+}
+
+fn fill(dir: &Path, n: u64) -> Vec<u8> {
+    let mut rec = Spool::open(&options(dir), &["s".to_owned()]).unwrap();
+    let mut buf = Vec::new();
+    for seq in 1..=n {
+        encode_record(&mut buf, seq, &payload(seq, 50));
+    }
+    rec.writer.append(1, n, &buf).unwrap();
+    rec.writer.sync().unwrap();
+    buf
+}
+
+fn only_segment(dir: &Path) -> PathBuf {
+    let segs: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    segs[0].clone()
+}
+
+#[test]
+fn torn_tail_is_truncated_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 5);
+    let seg = only_segment(dir.path());
+    // A crash mid-append: half a record at the end.
+    let mut half = Vec::new();
+    encode_record(&mut half, 6, &payload(6, 50));
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&half[..30]).unwrap();
+    drop(f);
+    let rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    assert_eq!(rec.last.as_ref().unwrap().seq, 5);
+    assert_eq!(fs::metadata(&seg).unwrap().len(), 5 * (HEADER as u64 + 50));
+    let mut r = rec.spool.reader("s");
+    r.rewind(0);
+    assert_eq!(r.read(100, usize::MAX).unwrap().len(), 5);
+}
+
+#[test]
+fn bad_crc_in_the_tail_is_cut_and_the_writer_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 3);
+    let seg = only_segment(dir.path());
+    let mut bytes = fs::read(&seg).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff; // flip a payload byte of record 3
+    fs::write(&seg, &bytes).unwrap();
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    assert_eq!(rec.last.as_ref().unwrap().seq, 2, "record 3 failed its CRC");
+    let mut buf = Vec::new();
+    encode_record(&mut buf, 3, b"again");
+    rec.writer.append(3, 3, &buf).unwrap();
+    let mut r = rec.spool.reader("s");
+    r.rewind(0);
+    let seqs: Vec<u64> = r
+        .read(100, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+}
+
+#[test]
+fn corrupt_record_in_an_older_segment_is_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    // Two segments: 1..=30 (about 2 KiB) then 31..=40.
+    for seq in 1..=40u64 {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, seq, &payload(seq, 50));
+        rec.writer.append(seq, seq, &buf).unwrap();
+    }
+    let firsts: Vec<u64> = rec.spool.lock().segments.keys().copied().collect();
+    assert!(firsts.len() >= 2, "{firsts:?}");
+    let older = Spool::segment_path(dir.path(), firsts[0]);
+    let mut bytes = fs::read(&older).unwrap();
+    bytes[HEADER + 66 + 3] ^= 0x01; // inside record 2's payload
+    fs::write(&older, &bytes).unwrap();
+    let mut r = rec.spool.reader("s");
+    r.rewind(0);
+    let seqs: Vec<u64> = r
+        .read(1000, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs.first(), Some(&1));
+    assert!(!seqs.contains(&2), "the corrupt record is not handed out");
+    assert!(
+        seqs.contains(&firsts[1]),
+        "reading resumes at the next segment"
+    );
+    assert_eq!(rec.spool.corrupt_skipped(), 1);
+}
+
+#[test]
+fn full_spool_refuses_and_acks_free_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SpoolOptions {
+        dir: Some(dir.path().to_path_buf()),
+        max_size: 1000,
+        segment_size: 300,
+    };
+    let mut rec = Spool::open(&opts, &["s".to_owned()]).unwrap();
+    let mut seq = 1;
+    let err = loop {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, seq, &payload(seq, 84));
+        match rec.writer.append(seq, seq, &buf) {
+            Ok(()) => seq += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, SpoolError::Full { .. }), "{err}");
+    assert!(rec.spool.used() <= 1000);
+    let before = rec.spool.segment_count();
+    rec.spool.ack("s", seq - 1).unwrap();
+    assert_eq!(
+        rec.spool.segment_count(),
+        1,
+        "all but the newest segment deleted (was {before})"
+    );
+    let mut buf = Vec::new();
+    encode_record(&mut buf, seq, b"fits again");
+    rec.writer.append(seq, seq, &buf).unwrap();
+}
+
+#[test]
+fn memory_spool_works_without_a_directory() {
+    let opts = SpoolOptions {
+        dir: None,
+        max_size: 1 << 20,
+        segment_size: 512,
+    };
+    let mut rec = Spool::open(&opts, &["s".to_owned()]).unwrap();
+    let mut seqs = HashMap::new();
+    for seq in 1..=50u64 {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, seq, &payload(seq, 40));
+        rec.writer.append(seq, seq, &buf).unwrap();
+        seqs.insert(seq, ());
+    }
+    let mut r = rec.spool.reader("s");
+    let got = r.read(1000, usize::MAX).unwrap();
+    assert_eq!(got.len(), 50);
+    rec.spool.ack("s", 50).unwrap();
+    assert_eq!(rec.spool.segment_count(), 1);
+}
+
+#[test]
+fn without_sinks_the_spool_keeps_only_its_head_segment() {
+    let opts = SpoolOptions {
+        dir: None,
+        max_size: 4096,
+        segment_size: 512,
+    };
+    let mut rec = Spool::open(&opts, &[]).unwrap();
+    for seq in 1..=500u64 {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, seq, &payload(seq, 40));
+        rec.writer.append(seq, seq, &buf).unwrap();
+        rec.spool.release().unwrap();
+    }
+    assert_eq!(rec.spool.segment_count(), 1);
+    assert!(rec.spool.used() <= 512 + 56);
+}
