@@ -21,6 +21,7 @@ use crate::route;
 pub mod cases;
 mod demo;
 pub mod explain;
+pub mod routes;
 
 /// Portcullis: an authorization enforcement gateway.
 #[derive(Debug, Parser)]
@@ -85,6 +86,18 @@ pub enum Command {
         config: PathBuf,
         /// The cases file (TOML).
         cases: PathBuf,
+    },
+    /// The compiled route table, lint findings, and coverage against an OpenAPI 3 spec.
+    Routes {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// OpenAPI 3 document (YAML or JSON): report operations without a route and routes
+        /// without an operation.
+        #[arg(long)]
+        openapi: Option<PathBuf>,
+        /// Print a starting `[[routes]]` map generated from `--openapi` instead.
+        #[arg(long, requires = "openapi")]
+        emit: bool,
     },
     /// Mint an HS256 development token from the configured secret.
     Token {
@@ -218,6 +231,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let report = cases::run(&gateway, &config, &file).await?;
             print!("{}", report.text);
             Ok(i32::from(report.failed > 0 || report.total == 0))
+        }
+        Command::Routes {
+            config,
+            openapi,
+            emit,
+        } => {
+            let snap = load_or_print(&config)?;
+            let ops = openapi.as_deref().map(routes::load_spec).transpose()?;
+            if emit {
+                let upstream = snap.upstreams.first().map_or("api", |u| u.name.as_str());
+                let ops = ops.unwrap_or_default();
+                print!("{}", routes::emit(&ops, snap.policy.separator(), upstream));
+                return Ok(0);
+            }
+            print!("{}", routes::table(&snap));
+            let findings = routes::lint(&snap);
+            println!("\nlint: {} finding(s)", findings.len());
+            for f in &findings {
+                println!("  {:<17} {}", f.kind, f.message);
+            }
+            if let Some(ops) = ops {
+                println!();
+                print!(
+                    "{}",
+                    routes::render_coverage(&routes::coverage(&snap, &ops))
+                );
+            }
+            Ok(0)
         }
         Command::Token {
             config,

@@ -323,3 +323,116 @@ reason = "not_owner"
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("reasn"), "{}", text(&out.stderr));
 }
+
+// === routes ===
+
+const PETSTORE_CONFIG: &str = "tests/fixtures/openapi/petstore.toml";
+const PETSTORE_SPEC: &str = "tests/fixtures/openapi/petstore.yaml";
+
+#[test]
+fn routes_reports_lint_and_exact_openapi_coverage() {
+    let out = portcullis(
+        &[
+            "routes",
+            "--config",
+            PETSTORE_CONFIG,
+            "--openapi",
+            PETSTORE_SPEC,
+        ],
+        &[("PORTCULLIS_JWT_SECRET", "x")],
+    );
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        report.contains("GET,PATCH      /api/stores/{id}"),
+        "{report}"
+    );
+    assert!(report.contains("lint: 4 finding(s)"), "{report}");
+    assert!(
+        report.contains("overlap           GET `/api/pets/{id}` and `/api/pets/mine`"),
+        "{report}"
+    );
+    assert!(
+        report.contains("no role grants `billing.refund`"),
+        "{report}"
+    );
+    assert!(report.contains("role `auditor` grants nothing"), "{report}");
+    assert!(
+        report.contains("public route `/api/admin/status`"),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "coverage: 22 operations, 15 covered, 7 without a route (denied as no_route)"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("routes: 18 method+path pairs, 3 without an operation in the spec"),
+        "{report}"
+    );
+    for line in [
+        "no route    GET /api/pets/{petId}/vaccinations  (listVaccinations)",
+        "no route    DELETE /api/users/{username}  (deleteUser)",
+        "no operation POST /api/orders/{id}/refund",
+        "no operation GET /api/pets/mine",
+    ] {
+        assert!(report.contains(line), "missing `{line}`:\n{report}");
+    }
+}
+
+fn petstore_snapshot(routes_toml: Option<&str>) -> portcullis::config::Snapshot {
+    let mut text = std::fs::read_to_string(PETSTORE_CONFIG).unwrap();
+    if let Some(routes) = routes_toml {
+        let cut = text.find("[[routes]]").unwrap();
+        text.truncate(cut);
+        text.push_str(routes);
+    }
+    portcullis::config::load_str_with_secret(&text, Path::new(PETSTORE_CONFIG), Some(SECRET))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn json_specs_count_the_same_and_emit_covers_every_operation() {
+    use portcullis::cli::routes;
+    let yaml = routes::load_spec(Path::new(PETSTORE_SPEC)).unwrap();
+    // The same document as JSON gives the same operations.
+    let doc: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(PETSTORE_SPEC).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("petstore.json");
+    std::fs::write(&json_path, serde_json::to_string(&doc).unwrap()).unwrap();
+    let json = routes::load_spec(&json_path).unwrap();
+    assert_eq!(yaml, json);
+    assert_eq!(yaml.len(), 22);
+
+    let snap = petstore_snapshot(None);
+    let c = routes::coverage(&snap, &json);
+    assert_eq!((c.operations, c.covered, c.uncovered.len()), (22, 15, 7));
+    assert_eq!((c.route_methods, c.routes_without_operation.len()), (18, 3));
+
+    // --emit: a route map that loads and covers all 22 operations, with none left over.
+    let emitted = routes::emit(&yaml, '.', "api");
+    assert!(
+        emitted.contains("path = \"/api/pets/{petId}\"\npermission = \"pets.view\""),
+        "{emitted}"
+    );
+    assert!(
+        emitted.contains(
+            "methods = [\"PUT\"]\npath = \"/api/users/{username}\"\npermission = \"users.edit\""
+        ),
+        "{emitted}"
+    );
+    let snap = petstore_snapshot(Some(&emitted));
+    let c = routes::coverage(&snap, &yaml);
+    assert_eq!(
+        (
+            c.covered,
+            c.uncovered.len(),
+            c.routes_without_operation.len()
+        ),
+        (22, 0, 0)
+    );
+
+    assert!(routes::operations(&serde_json::json!({"swagger": "2.0", "paths": {}})).is_err());
+}

@@ -19,8 +19,7 @@ use super::diagnostic::{FileId, Sources, backticked, did_you_mean, from_toml};
 use super::raw::{self, Map, S, StrList};
 use super::{
     ApiKeySettings, ConfigError, FileStoreData, GrantsSettings, HeaderNames, IdentityKinds,
-    RedisSettings, RouteEntry, ServerSettings, Snapshot, StaleFor, StoreSettings,
-    UpstreamSettings,
+    RedisSettings, RouteEntry, ServerSettings, Snapshot, StaleFor, StoreSettings, UpstreamSettings,
 };
 use crate::identity::{Authenticator, IdentitySetupError, JwtSettings, TenantSource};
 use crate::policy::{
