@@ -21,6 +21,7 @@ use crate::route;
 pub mod cases;
 mod demo;
 pub mod explain;
+pub mod roles;
 pub mod routes;
 
 /// Portcullis: an authorization enforcement gateway.
@@ -98,6 +99,16 @@ pub enum Command {
         /// Print a starting `[[routes]]` map generated from `--openapi` instead.
         #[arg(long, requires = "openapi")]
         emit: bool,
+    },
+    /// Manage grants in Redis; every change is audited as `role.change`.
+    Roles {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Who makes the change (default: $USER), recorded in the audit event.
+        #[arg(long, global = true)]
+        actor: Option<String>,
+        #[command(subcommand)]
+        command: roles::RolesCommand,
     },
     /// Mint an HS256 development token from the configured secret.
     Token {
@@ -259,6 +270,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 );
             }
             Ok(0)
+        }
+        Command::Roles {
+            config,
+            actor,
+            command,
+        } => {
+            let Some(config) = config else {
+                bail!("roles needs --config");
+            };
+            let snap = load_or_print(&config)?;
+            roles::run(&snap, &roles::actor(actor), command).await
         }
         Command::Token {
             config,

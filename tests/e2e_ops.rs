@@ -436,3 +436,215 @@ fn json_specs_count_the_same_and_emit_covers_every_operation() {
 
     assert!(routes::operations(&serde_json::json!({"swagger": "2.0", "paths": {}})).is_err());
 }
+
+// === roles (real Redis) ===
+
+const REDIS_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[upstreams.api]
+targets = ["{UPSTREAM}"]
+
+[identity.jwt]
+algorithms = ["HS256"]
+secret_env = "PORTCULLIS_JWT_SECRET"
+
+[grants]
+store = "redis"
+
+[grants.redis]
+url = "{REDIS}"
+prefix = "ops"
+
+[roles.viewer]
+permissions = ["campaigns.view"]
+
+[roles.editor]
+inherits = ["viewer"]
+permissions = ["campaigns.edit"]
+
+[[routes]]
+methods = ["GET"]
+path = "/api/campaigns/{id}"
+permission = "campaigns.view"
+upstream = "api"
+
+[[routes]]
+methods = ["PUT"]
+path = "/api/campaigns/{id}"
+permission = "campaigns.edit"
+upstream = "api"
+
+[[audit.sinks]]
+type = "file"
+path = "{AUDIT}"
+format = "json"
+"#;
+
+#[tokio::test]
+async fn roles_changes_reach_a_running_gateway_on_the_next_request_and_are_audited() {
+    let redis = support::redis::RedisServer::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit_cli = dir.path().join("cli-audit.jsonl");
+    let config_text = REDIS_CONFIG.replace("{REDIS}", &redis.url());
+    // The gateway audits its decisions elsewhere, so the CLI's file holds only role changes.
+    let gw = start_gateway(
+        &config_text.replace("{AUDIT}", dir.path().join("gw.jsonl").to_str().unwrap()),
+        &upstream,
+    )
+    .await;
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config_path,
+        config_text
+            .replace("{UPSTREAM}", "127.0.0.1:9")
+            .replace("{AUDIT}", audit_cli.to_str().unwrap()),
+    )
+    .unwrap();
+    let store = gw.gateway.store.redis().unwrap();
+    eventually("store ready", || store.health().ready()).await;
+    let config = config_path.to_str().unwrap();
+    let env = [("PORTCULLIS_JWT_SECRET", "x")];
+    let roles = |args: &[&str]| {
+        let mut all = vec!["roles", "--config", config, "--actor", "alice"];
+        all.extend_from_slice(args);
+        portcullis(&all, &env)
+    };
+    let bob = token("bob", "acme");
+    let put = || request(gw.addr, "PUT", "/api/campaigns/1", Some(&bob), &[]);
+
+    assert_eq!(put().await.status, 403);
+    // Cached now: only the invalidation can make the next request see a change.
+    assert_eq!(put().await.status, 403);
+
+    let out = roles(&["assign", "--tenant", "acme", "--subject", "bob", "editor"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("after  roles [\"editor\"]"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        put().await.status,
+        200,
+        "the very next request sees the new role"
+    );
+
+    let out = roles(&[
+        "deny",
+        "--tenant",
+        "acme",
+        "--subject",
+        "bob",
+        "campaigns.*",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let res = put().await;
+    assert_eq!(
+        (res.status, res.reason()),
+        (403, "denied_by_override".to_owned())
+    );
+
+    let out = roles(&[
+        "deny",
+        "--remove",
+        "--tenant",
+        "acme",
+        "--subject",
+        "bob",
+        "campaigns.*",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(put().await.status, 200);
+
+    let out = roles(&["revoke", "--tenant", "acme", "--subject", "bob", "editor"]);
+    assert!(out.status.success());
+    assert_eq!(put().await.status, 403);
+
+    // Tenant custom role: created, assigned, seen; reset, and gone on the next request.
+    let out = roles(&[
+        "role-create",
+        "--tenant",
+        "acme",
+        "publisher",
+        "--permission",
+        "campaigns.edit",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = roles(&[
+        "assign",
+        "--tenant",
+        "acme",
+        "--subject",
+        "bob",
+        "publisher",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(put().await.status, 200);
+    let out = roles(&["role-reset", "--tenant", "acme", "publisher"]);
+    assert!(out.status.success());
+    assert_eq!(put().await.status, 403);
+
+    // Validated like config: unknown roles and bad patterns are refused, nothing is written.
+    let out = roles(&["assign", "--tenant", "acme", "--subject", "bob", "edtor"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("did you mean `editor`?"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = roles(&[
+        "grant",
+        "--tenant",
+        "acme",
+        "--subject",
+        "bob",
+        "camp*.edit",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("whole segment"),
+        "{}",
+        text(&out.stderr)
+    );
+    let stored = redis.cmd(&["HGET", "ops:acme:user:bob", "roles"]).await;
+    assert_eq!(
+        stored,
+        ::redis::Value::BulkString(br#"["publisher"]"#.to_vec())
+    );
+
+    // Every applied change is a role.change event, with who and what.
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&audit_cli)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let changes: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["type"] == "role.change")
+        .map(|e| {
+            assert_eq!(e["actor"], "alice");
+            assert_eq!(e["tenant"], "acme");
+            (
+                e["subject"].as_str().unwrap().to_owned(),
+                e["change"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("bob", "roles +editor"),
+        ("bob", "deny +campaigns.*"),
+        ("bob", "deny -campaigns.*"),
+        ("bob", "roles -editor"),
+        ("", "role_create"),
+        ("bob", "roles +publisher"),
+        ("", "role_reset"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(s, c)| (s.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(changes, expected);
+}
