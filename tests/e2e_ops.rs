@@ -648,3 +648,94 @@ async fn roles_changes_reach_a_running_gateway_on_the_next_request_and_are_audit
         .collect();
     assert_eq!(changes, expected);
 }
+
+// === review ===
+
+#[test]
+fn review_diff_lists_exactly_the_changed_permissions() {
+    let env = [("PORTCULLIS_JWT_SECRET", "x")];
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string("config/examples/marketing-suite.toml").unwrap();
+    // Promote ed (editor) to manager and drop eve's approve override.
+    let changed = original
+        .replace(
+            "subject = \"ed\"\nroles = [\"editor\"]",
+            "subject = \"ed\"\nroles = [\"manager\"]",
+        )
+        .replace("grant = [\"content.approve\"]\n", "");
+    assert_ne!(original, changed);
+    let mut snapshots = Vec::new();
+    for (name, body) in [("before", &original), ("after", &changed)] {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, body).unwrap();
+        let out = portcullis(
+            &[
+                "review",
+                "export",
+                "--config",
+                config.to_str().unwrap(),
+                "--tenant",
+                "acme",
+            ],
+            &env,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, &out.stdout).unwrap();
+        snapshots.push(path);
+    }
+    let before: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&snapshots[0]).unwrap()).unwrap();
+    let ed = before["principals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["subject"] == "ed")
+        .unwrap();
+    assert_eq!(
+        ed["permissions"],
+        serde_json::json!([
+            "content.read",
+            "content.create",
+            "seo.reports.view",
+            "video.upload"
+        ])
+    );
+    let out = portcullis(
+        &[
+            "review",
+            "diff",
+            snapshots[0].to_str().unwrap(),
+            snapshots[1].to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "ed\n  + role manager\n  - role editor\n  + content.approve\n  + email.campaigns.send\n\
+         eve\n  - content.approve\n2 principal(s) changed\n"
+    );
+
+    // CSV export for spreadsheets.
+    let config = dir.path().join("before.toml");
+    let out = portcullis(
+        &[
+            "review",
+            "export",
+            "--config",
+            config.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--format",
+            "csv",
+        ],
+        &env,
+    );
+    let csv = text(&out.stdout);
+    assert!(
+        csv.starts_with("tenant,subject,roles,permissions,grant,deny,scopes\n"),
+        "{csv}"
+    );
+    assert!(csv.contains("acme,eve,editor,content.read;content.create;content.approve;seo.reports.view;video.upload,content.approve,,brand-a\n"), "{csv}");
+}
