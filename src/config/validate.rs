@@ -29,6 +29,8 @@ use crate::policy::{
 };
 use crate::route::{RouteConflict, RouteTableBuilder};
 
+mod edge;
+
 /// JWT algorithms `identity` verifies.
 const ALGORITHMS: &[&str] = &[
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
@@ -251,6 +253,8 @@ impl Ctx<'_> {
             tenants,
             assignments,
             audit,
+            limits,
+            cors,
         } = file;
 
         let server = self.check_server(main, server);
@@ -259,6 +263,8 @@ impl Ctx<'_> {
         let (mode, separator, unmatched_status) = self.check_policy_section(main, policy);
         let headers = self.check_headers(main, headers);
         let audit = self.check_audit(main, audit);
+        let limits = self.check_limits(main, limits);
+        let cors = self.check_cors(main, cors);
 
         // Roles, aliases and routes from the main file and every include, in load order.
         let mut all_roles = vec![(main, roles)];
@@ -389,6 +395,8 @@ impl Ctx<'_> {
             route_entries: entries?,
             headers,
             audit,
+            limits,
+            cors,
         })
     }
 
@@ -484,15 +492,8 @@ impl Ctx<'_> {
             admin_listen,
             tls,
         } = server.into_inner();
-        if let Some(tls) = tls {
-            self.err(
-                main,
-                tls.span(),
-                "server.tls",
-                "TLS termination is not supported yet",
-                Some("terminate TLS in front of Portcullis and remove `tls`".into()),
-            );
-        }
+        let tls_given = tls.is_some();
+        let tls = tls.and_then(|tls| self.check_server_tls(main, tls));
         let listen = match listen {
             Some(l) => self.socket_addr(main, &l, "server.listen"),
             None => {
@@ -520,7 +521,11 @@ impl Ctx<'_> {
                 Some("the admin API needs its own address, e.g. `127.0.0.1:9090`".into()),
             );
         }
+        if tls_given && tls.is_none() {
+            return None;
+        }
         Some(ServerSettings {
+            tls,
             listen: listen?,
             admin_listen: match admin {
                 Some((_, a)) => Some(a?),
@@ -565,7 +570,27 @@ impl Ctx<'_> {
                 targets,
                 connect_timeout,
                 request_timeout,
+                idle_timeout,
+                max_failures,
+                eject_for,
+                max_connections,
+                protocol,
+                tls,
+                ca,
             } = up.into_inner();
+            let pool = self.check_pool(
+                main,
+                &key,
+                edge::RawPool {
+                    idle_timeout,
+                    max_failures,
+                    eject_for,
+                    max_connections,
+                    protocol,
+                    tls,
+                    ca,
+                },
+            );
             let mut list = Vec::new();
             match targets {
                 None => self.err(
@@ -609,6 +634,12 @@ impl Ctx<'_> {
                 targets: list,
                 connect_timeout,
                 request_timeout,
+                idle_timeout: pool.idle_timeout,
+                max_failures: pool.max_failures,
+                eject_for: pool.eject_for,
+                max_connections: pool.max_connections,
+                protocol: pool.protocol,
+                tls: pool.tls,
             });
         }
         out

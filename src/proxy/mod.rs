@@ -1,11 +1,14 @@
 //! The data plane: listener, pipeline, header hygiene, forwarding, and the single
 //! refusal → response mapping (`respond`).
 
+pub mod cors;
 pub mod forward;
 pub mod headers;
+pub mod limits;
 pub mod pipeline;
 pub mod respond;
 pub mod server;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -22,6 +25,8 @@ pub enum StartError {
     Audit(#[from] AuditSetupError),
     #[error(transparent)]
     Upstream(#[from] forward::ForwardError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("grants.store = \"redis\" is not implemented yet; use store = \"file\"")]
     RedisUnsupported,
 }
@@ -33,7 +38,11 @@ impl Gateway {
             StoreSettings::File(data) => Store::File(FileStore::build(&snapshot.policy, data).0),
             StoreSettings::Redis { .. } => return Err(StartError::RedisUnsupported),
         };
-        let upstreams = forward::Upstreams::build(&snapshot.upstreams)?;
+        let upstreams = forward::Upstreams::build(&snapshot.upstreams, snapshot.limits.max_body)?;
+        let tls = match &snapshot.server.tls {
+            Some(settings) => Some(Arc::new(tls::Terminator::build(settings)?)),
+            None => None,
+        };
         let audit = AuditLog::start(&snapshot.audit)?;
         Ok(Gateway {
             authenticator: snapshot.authenticator.clone(),
@@ -41,6 +50,7 @@ impl Gateway {
             store,
             upstreams,
             audit,
+            tls,
         })
     }
 

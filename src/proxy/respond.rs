@@ -56,6 +56,16 @@ pub enum Refusal {
     AuthorizationUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// The body is larger than `[limits] max_body` (declared, or counted while streaming).
+    PayloadTooLarge,
+    /// The upstream is at its `max_connections` and none freed up within `request_timeout`.
+    UpstreamBusy,
+    /// A CORS preflight answered by the gateway (`[cors]`): 204 with `headers`; `allowed` is
+    /// false when the origin, method or headers are not allowed (no CORS headers then).
+    Preflight {
+        allowed: bool,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
 }
 
 #[derive(Serialize)]
@@ -89,6 +99,9 @@ impl Refusal {
             Refusal::AuthorizationUnavailable => 503,
             Refusal::UpstreamUnavailable => 502,
             Refusal::UpstreamTimeout => 504,
+            Refusal::PayloadTooLarge => 413,
+            Refusal::UpstreamBusy => 503,
+            Refusal::Preflight { .. } => 204,
         }
     }
 
@@ -102,6 +115,10 @@ impl Refusal {
             Refusal::AuthorizationUnavailable => "authorization_unavailable",
             Refusal::UpstreamUnavailable => "upstream_unavailable",
             Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::PayloadTooLarge => "payload_too_large",
+            Refusal::UpstreamBusy => "upstream_busy",
+            Refusal::Preflight { allowed: true, .. } => "cors_preflight",
+            Refusal::Preflight { allowed: false, .. } => "cors_preflight_rejected",
         }
     }
 
@@ -164,6 +181,27 @@ impl Refusal {
             }
             Refusal::UpstreamUnavailable => plain("upstream_unavailable", None, rid),
             Refusal::UpstreamTimeout => plain("upstream_timeout", None, rid),
+            Refusal::PayloadTooLarge => plain("payload_too_large", None, rid),
+            Refusal::UpstreamBusy => {
+                retry_after = true;
+                plain("upstream_busy", None, rid)
+            }
+            // No body: 204 carries the CORS headers only.
+            Refusal::Preflight { headers, .. } => {
+                let mut response = Response::new(
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                );
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                let out = response.headers_mut();
+                for (name, value) in headers {
+                    out.append(name.clone(), value.clone());
+                }
+                out.insert("x-authz-source", HeaderValue::from_static("gateway"));
+                out.insert(request_id_name.clone(), request_id.clone());
+                return response;
+            }
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = Response::new(
