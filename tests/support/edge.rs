@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, Once};
 
 use bytes::Bytes;
 use http::{Request, Response, Version};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -283,6 +284,7 @@ impl EdgeUpstream {
                         permit.forget();
                     }
                 }
+                let stream = req.uri().path() == "/stream";
                 let (parts, body) = req.into_parts();
                 if let Ok(body) = body.collect().await {
                     this.seen.lock().unwrap().push(Seen {
@@ -293,7 +295,19 @@ impl EdgeUpstream {
                         body: body.to_bytes(),
                     });
                 }
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"upstream ok"))))
+                let body: UnsyncBoxBody<Bytes, Infallible> = if stream {
+                    GatedBody {
+                        wait: Some(Box::pin(async move {
+                            if let Ok(permit) = this.gate.acquire().await {
+                                permit.forget();
+                            }
+                        })),
+                    }
+                    .boxed_unsync()
+                } else {
+                    Full::new(Bytes::from_static(b"upstream ok")).boxed_unsync()
+                };
+                Ok::<_, Infallible>(Response::new(body))
             }
         });
         match speak {
@@ -333,6 +347,35 @@ impl EdgeUpstream {
 
     pub fn kill(&self) {
         let _ = self.kill.send(true);
+    }
+}
+
+/// A response body that sends `upstream ok` only once the gate lets it (`/stream`): the head
+/// is out at once, the body is held open.
+struct GatedBody {
+    wait: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl hyper::body::Body for GatedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let Some(wait) = self.wait.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        match wait.as_mut().poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(()) => {
+                self.wait = None;
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+                    b"upstream ok",
+                )))))
+            }
+        }
     }
 }
 
@@ -379,7 +422,8 @@ impl EdgeGateway {
     }
 }
 
-/// A minimal gateway config: public `GET /health`, `/slow`, `/api/items` (any method,
+/// A minimal gateway config: public `GET /health`, `/slow` (gated answer), `/stream` (gated
+/// body), `/api/items` (any method,
 /// permission `items.edit`, user `ed`), upstream `api` with `targets`, plus `extra` sections.
 pub fn config(targets: &[String], upstream_extra: &str, extra: &str) -> String {
     let targets = targets
@@ -415,6 +459,12 @@ upstream = "api"
 [[routes]]
 methods = ["GET"]
 path = "/slow"
+public = true
+upstream = "api"
+
+[[routes]]
+methods = ["GET"]
+path = "/stream"
 public = true
 upstream = "api"
 
