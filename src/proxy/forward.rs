@@ -55,7 +55,7 @@ pub enum ForwardError {
     TlsSetup {
         upstream: String,
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
 }
 
@@ -142,7 +142,7 @@ impl Upstreams {
                 .collect::<Result<Vec<_>, _>>()?;
             let connector = connector(s).map_err(|source| ForwardError::TlsSetup {
                 upstream: s.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
             let mut builder = Client::builder(TokioExecutor::new());
             builder

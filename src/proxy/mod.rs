@@ -26,7 +26,7 @@ pub enum StartError {
     #[error(transparent)]
     Upstream(#[from] forward::ForwardError),
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] Box<tls::TlsError>),
     #[error("grants.store = \"redis\" is not implemented yet; use store = \"file\"")]
     RedisUnsupported,
 }
@@ -40,7 +40,9 @@ impl Gateway {
         };
         let upstreams = forward::Upstreams::build(&snapshot.upstreams, snapshot.limits.max_body)?;
         let tls = match &snapshot.server.tls {
-            Some(settings) => Some(Arc::new(tls::Terminator::build(settings)?)),
+            Some(settings) => Some(Arc::new(
+                tls::Terminator::build(settings).map_err(Box::new)?,
+            )),
             None => None,
         };
         let audit = AuditLog::start(&snapshot.audit)?;

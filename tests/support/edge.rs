@@ -279,10 +279,10 @@ impl EdgeUpstream {
             let this = self.clone();
             async move {
                 this.heads.fetch_add(1, Ordering::SeqCst);
-                if req.uri().path().starts_with("/slow") {
-                    if let Ok(permit) = this.gate.acquire().await {
-                        permit.forget();
-                    }
+                if req.uri().path().starts_with("/slow")
+                    && let Ok(permit) = this.gate.acquire().await
+                {
+                    permit.forget();
                 }
                 let stream = req.uri().path() == "/stream";
                 let (parts, body) = req.into_parts();
