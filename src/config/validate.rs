@@ -19,8 +19,7 @@ use super::diagnostic::{FileId, Sources, backticked, did_you_mean, from_toml};
 use super::raw::{self, Map, S, StrList};
 use super::{
     ApiKeySettings, ConfigError, FileStoreData, GrantsSettings, HeaderNames, IdentityKinds,
-    RedisSettings, RouteEntry, ServerSettings, Snapshot, StaleFor, StoreSettings,
-    UpstreamSettings,
+    RedisSettings, RouteEntry, ServerSettings, Snapshot, StaleFor, StoreSettings, UpstreamSettings,
 };
 use crate::identity::{Authenticator, IdentitySetupError, JwtSettings, TenantSource};
 use crate::policy::{
@@ -30,6 +29,7 @@ use crate::policy::{
 use crate::route::{RouteConflict, RouteTableBuilder};
 
 mod audit;
+mod edge;
 
 /// JWT algorithms `identity` verifies.
 const ALGORITHMS: &[&str] = &[
@@ -249,6 +249,8 @@ impl Ctx<'_> {
             tenants,
             assignments,
             audit,
+            limits,
+            cors,
         } = file;
 
         let server = self.check_server(main, server);
@@ -257,6 +259,8 @@ impl Ctx<'_> {
         let (mode, separator, unmatched_status) = self.check_policy_section(main, policy);
         let headers = self.check_headers(main, headers);
         let audit = self.check_audit(main, audit);
+        let limits = self.check_limits(main, limits);
+        let cors = self.check_cors(main, cors);
 
         // Roles, aliases and routes from the main file and every include, in load order.
         let mut all_roles = vec![(main, roles)];
@@ -397,6 +401,8 @@ impl Ctx<'_> {
             route_entries: entries?,
             headers,
             audit,
+            limits,
+            cors,
         })
     }
 
@@ -492,15 +498,8 @@ impl Ctx<'_> {
             admin_listen,
             tls,
         } = server.into_inner();
-        if let Some(tls) = tls {
-            self.err(
-                main,
-                tls.span(),
-                "server.tls",
-                "TLS termination is not supported yet",
-                Some("terminate TLS in front of Portcullis and remove `tls`".into()),
-            );
-        }
+        let tls_given = tls.is_some();
+        let tls = tls.and_then(|tls| self.check_server_tls(main, tls));
         let listen = match listen {
             Some(l) => self.socket_addr(main, &l, "server.listen"),
             None => {
@@ -528,7 +527,11 @@ impl Ctx<'_> {
                 Some("the admin API needs its own address, e.g. `127.0.0.1:9090`".into()),
             );
         }
+        if tls_given && tls.is_none() {
+            return None;
+        }
         Some(ServerSettings {
+            tls,
             listen: listen?,
             admin_listen: match admin {
                 Some((_, a)) => Some(a?),
@@ -573,7 +576,27 @@ impl Ctx<'_> {
                 targets,
                 connect_timeout,
                 request_timeout,
+                idle_timeout,
+                max_failures,
+                eject_for,
+                max_connections,
+                protocol,
+                tls,
+                ca,
             } = up.into_inner();
+            let pool = self.check_pool(
+                main,
+                &key,
+                edge::RawPool {
+                    idle_timeout,
+                    max_failures,
+                    eject_for,
+                    max_connections,
+                    protocol,
+                    tls,
+                    ca,
+                },
+            );
             let mut list = Vec::new();
             match targets {
                 None => self.err(
@@ -617,6 +640,12 @@ impl Ctx<'_> {
                 targets: list,
                 connect_timeout,
                 request_timeout,
+                idle_timeout: pool.idle_timeout,
+                max_failures: pool.max_failures,
+                eject_for: pool.eject_for,
+                max_connections: pool.max_connections,
+                protocol: pool.protocol,
+                tls: pool.tls,
             });
         }
         out

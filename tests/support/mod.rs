@@ -22,8 +22,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use portcullis::proxy::{Gateway, server};
 
-pub mod redis;
+pub mod edge;
 pub mod receivers;
+pub mod redis;
 
 /// The HS256 secret every test config uses (`secret_env` is bypassed by the harness).
 pub const SECRET: &[u8] = b"portcullis-test-secret-0123456789";
