@@ -268,10 +268,7 @@ fn redis_options_and_url_checks() {
         "Sentinel is configured with `sentinels` and `master_name`, not a URL",
     );
     assert!(e.help.as_deref().unwrap_or("").contains("master_name"));
-    let text = redis_base("").replace(
-        "redis://127.0.0.1:6379/0",
-        "redis+cluster://10.0.0.1:7000",
-    );
+    let text = redis_base("").replace("redis://127.0.0.1:6379/0", "redis+cluster://10.0.0.1:7000");
     assert_one(&text, "redis+cluster", "Redis Cluster is not supported");
     let text = redis_base("").replace("redis://127.0.0.1:6379/0", "http://user:pw@x");
     let e = assert_one(&text, "http://", "invalid Redis URL");
@@ -1180,7 +1177,10 @@ fn redis_sentinel_settings() {
             "redis://:pw@10.0.0.2:26379".to_owned()
         ]
     );
-    assert_eq!((t.master_name.as_str(), t.db, t.tls), ("mymaster", 2, false));
+    assert_eq!(
+        (t.master_name.as_str(), t.db, t.tls),
+        ("mymaster", 2, false)
+    );
     // Sentinel passwords never show in Debug.
     assert!(!format!("{:?}", s.grants.store).contains("pw@"));
     // TLS sentinels: TLS to the master too; `db` defaults to 0.
@@ -1239,7 +1239,16 @@ fn redis_sentinel_errors_point_at_the_key() {
     // Sentinel-only keys next to `url`.
     let text = sentinel_base("url = \"redis://127.0.0.1:6379/0\"\ndb = 1\n");
     let e = assert_one(&text, "db = 1", "`db` belongs to a Sentinel setup");
-    assert!(e.help.as_deref().unwrap_or("").contains("redis://host:6379/2"));
+    assert!(
+        e.help
+            .as_deref()
+            .unwrap_or("")
+            .contains("redis://host:6379/2")
+    );
     let text = sentinel_base("url = \"redis://127.0.0.1:6379/0\"\nmaster_name = \"m\"\n");
-    assert_one(&text, "master_name", "`master_name` belongs to a Sentinel setup");
+    assert_one(
+        &text,
+        "master_name",
+        "`master_name` belongs to a Sentinel setup",
+    );
 }

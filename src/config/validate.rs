@@ -20,9 +20,8 @@ use super::raw::{self, Map, S, StrList};
 use super::{
     AllowEvents, ApiKeySettings, AuditFormat, AuditSettings, ConfigError, Durability,
     FileStoreData, GrantsSettings, HeaderNames, IdentityKinds, OnFull, RedisSettings, RedisTarget,
-    RouteEntry, SentinelSettings,
-    ServerSettings, SinkSettings, Snapshot, SpoolSettings, StaleFor, StoreSettings,
-    UpstreamSettings,
+    RouteEntry, SentinelSettings, ServerSettings, SinkSettings, Snapshot, SpoolSettings, StaleFor,
+    StoreSettings, UpstreamSettings,
 };
 use crate::identity::{Authenticator, IdentitySetupError, JwtSettings, TenantSource};
 use crate::policy::{
@@ -1461,7 +1460,10 @@ impl Ctx<'_> {
         let master_name = match master_name {
             Some(m)
                 if !m.get_ref().is_empty()
-                    && !m.get_ref().chars().any(|c| c.is_whitespace() || c.is_control()) =>
+                    && !m
+                        .get_ref()
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control()) =>
             {
                 Some(m.into_inner())
             }

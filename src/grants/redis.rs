@@ -734,12 +734,16 @@ async fn is_master(conn: &mut ConnectionManager, limit: Duration) -> bool {
     )
 }
 
+/// Longest pause between two questions to the sentinels while no master is known: short, since
+/// the gateway refuses most requests meanwhile; each question is a few loopback-cheap commands.
+const SENTINEL_MAX_BACKOFF: Duration = Duration::from_millis(200);
+
 /// Subscribe (until it works), enable tracking after every (re)subscription, flush, and keep
 /// probing while disconnected so the manager reconnects even when no request comes.
 ///
 /// With Sentinel (`sentinel` is set) there is no connection until the sentinels name a master;
 /// a lost connection, or a node that no longer says it is master, is abandoned and the master
-/// resolved again (backoff 50 ms doubling to 500 ms).
+/// resolved again (backoff 50 ms doubling to `SENTINEL_MAX_BACKOFF`).
 async fn supervise(
     shared: Weak<Shared>,
     slot: Arc<ArcSwapOption<ConnectionManager>>,
@@ -790,7 +794,7 @@ async fn supervise(
                 () = wake.wake.notified() => {}
                 () = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff = (backoff * 2).min(SENTINEL_MAX_BACKOFF);
             continue;
         };
         if !subscribed_once {
@@ -872,7 +876,7 @@ async fn supervise(
             tracing::warn!("Lost the Redis master; asking the sentinels.");
             abandon(&wake, &slot, &mut conn);
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff = (backoff * 2).min(SENTINEL_MAX_BACKOFF);
         } else {
             // Probe: a command on a dead connection makes the manager reconnect (and resubscribe).
             let ping = redis::cmd("PING").clone();
