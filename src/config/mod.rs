@@ -192,8 +192,8 @@ pub enum StoreSettings {
 /// `[grants.redis]` (DESIGN.md §5).
 #[derive(Clone)]
 pub struct RedisSettings {
-    /// `redis://`, `rediss://` (TLS via rustls) or `unix://`; may carry `user:password@`.
-    pub url: String,
+    /// One server by URL, or a master found through Redis Sentinel.
+    pub target: RedisTarget,
     /// Key prefix, default `authz`.
     pub prefix: String,
     /// ACL user (overrides one in the URL).
@@ -211,15 +211,62 @@ pub struct RedisSettings {
     pub client_tracking: bool,
 }
 
-impl std::fmt::Debug for RedisSettings {
-    /// The URL may carry a password: only its scheme and host are shown.
+/// Where the Redis store connects.
+#[derive(Clone)]
+pub enum RedisTarget {
+    /// `url`: `redis://`, `rediss://` (TLS via rustls) or `unix://`; may carry `user:password@`.
+    Url(String),
+    /// `sentinels` + `master_name` (+ `db`): the current master, as the sentinels say.
+    Sentinel(SentinelSettings),
+}
+
+/// `[grants.redis] sentinels`, `master_name`, `db`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelSettings {
+    /// Sentinel addresses as URLs (`redis://host:port`, or `rediss://` for TLS; may carry
+    /// `user:password@` for the sentinels' own ACL). `host:port` entries are normalised to
+    /// `redis://host:port`.
+    pub sentinels: Vec<String>,
+    /// The monitored master's name (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// Database on the master (default 0).
+    pub db: i64,
+    /// TLS to the master too (the sentinels are `rediss://`).
+    pub tls: bool,
+}
+
+/// A URL without its `user:password@` part, for logs and `Debug`.
+pub(crate) fn redacted_url(url: &str) -> &str {
+    url.rsplit_once('@').map_or(url, |(_, host)| host)
+}
+
+impl std::fmt::Debug for RedisTarget {
+    /// URLs may carry passwords: only hosts are shown.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = self
-            .url
-            .rsplit_once('@')
-            .map_or(self.url.as_str(), |(_, host)| host);
+        match self {
+            RedisTarget::Url(url) => f.debug_tuple("Url").field(&redacted_url(url)).finish(),
+            RedisTarget::Sentinel(s) => f
+                .debug_struct("Sentinel")
+                .field(
+                    "sentinels",
+                    &s.sentinels
+                        .iter()
+                        .map(|u| redacted_url(u))
+                        .collect::<Vec<_>>(),
+                )
+                .field("master_name", &s.master_name)
+                .field("db", &s.db)
+                .field("tls", &s.tls)
+                .finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisSettings {
+    /// URLs may carry a password: only hosts are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
-            .field("url", &shown)
+            .field("target", &self.target)
             .field("prefix", &self.prefix)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))

@@ -199,6 +199,9 @@ pub(crate) struct Grants {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Redis {
     pub url: Option<S<String>>,
+    pub sentinels: Option<S<StrList>>,
+    pub master_name: Option<S<String>>,
+    pub db: Option<S<i64>>,
     pub prefix: Option<S<String>>,
     pub username: Option<S<String>>,
     pub password_env: Option<S<String>>,

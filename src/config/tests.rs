@@ -206,7 +206,11 @@ fn redis_store_and_options() {
     let s = ok(&text);
     match &s.grants.store {
         StoreSettings::Redis(r) => {
-            assert_eq!(r.url, "redis://127.0.0.1:6379/0");
+            assert!(
+                matches!(&r.target, RedisTarget::Url(u) if u == "redis://127.0.0.1:6379/0"),
+                "{:?}",
+                r.target
+            );
             assert_eq!(r.prefix, "authz");
             assert_eq!(r.connect_timeout, std::time::Duration::from_secs(1));
             assert_eq!(r.command_timeout, std::time::Duration::from_millis(250));
@@ -261,11 +265,14 @@ fn redis_options_and_url_checks() {
         "redis://127.0.0.1:6379/0",
         "redis+sentinel://10.0.0.1:26379/mymaster",
     );
-    assert_one(
+    let e = assert_one(
         &text,
         "redis+sentinel",
-        "Redis Sentinel and Cluster URLs are not supported yet",
+        "Sentinel is configured with `sentinels` and `master_name`, not a URL",
     );
+    assert!(e.help.as_deref().unwrap_or("").contains("master_name"));
+    let text = redis_base("").replace("redis://127.0.0.1:6379/0", "redis+cluster://10.0.0.1:7000");
+    assert_one(&text, "redis+cluster", "Redis Cluster is not supported");
     let text = redis_base("").replace("redis://127.0.0.1:6379/0", "http://user:pw@x");
     let e = assert_one(&text, "http://", "invalid Redis URL");
     assert!(!e.message.contains("pw"), "{}", e.message);
@@ -1377,4 +1384,106 @@ fn cors_section() {
     );
     let text = format!("{BASE}\n[cors]\nallow_methods = [\"GET\"]\n");
     assert_one(&text, "[cors]", "missing `allow_origins` in `[cors]`");
+}
+
+/// `[grants.redis]` with `sentinels` in place of `url`.
+fn sentinel_base(redis_section: &str) -> String {
+    base_with(
+        "[grants]\nstore = \"file\"\n",
+        &format!("[grants]\nstore = \"redis\"\n[grants.redis]\n{redis_section}"),
+    )
+}
+
+#[test]
+fn redis_sentinel_settings() {
+    let s = ok(&sentinel_base(
+        "sentinels = [\"10.0.0.1:26379\", \"redis://:pw@10.0.0.2:26379\"]\nmaster_name = \"mymaster\"\ndb = 2\n",
+    ));
+    let StoreSettings::Redis(r) = &s.grants.store else {
+        panic!("redis expected")
+    };
+    let RedisTarget::Sentinel(t) = &r.target else {
+        panic!("sentinel expected: {:?}", r.target)
+    };
+    assert_eq!(
+        t.sentinels,
+        vec![
+            "redis://10.0.0.1:26379".to_owned(),
+            "redis://:pw@10.0.0.2:26379".to_owned()
+        ]
+    );
+    assert_eq!(
+        (t.master_name.as_str(), t.db, t.tls),
+        ("mymaster", 2, false)
+    );
+    // Sentinel passwords never show in Debug.
+    assert!(!format!("{:?}", s.grants.store).contains("pw@"));
+    // TLS sentinels: TLS to the master too; `db` defaults to 0.
+    let s = ok(&sentinel_base(
+        "sentinels = [\"rediss://s1:26379\", \"rediss://s2:26379\"]\nmaster_name = \"m\"\n",
+    ));
+    let StoreSettings::Redis(r) = &s.grants.store else {
+        panic!("redis expected")
+    };
+    assert!(matches!(&r.target, RedisTarget::Sentinel(t) if t.tls && t.db == 0));
+}
+
+#[test]
+fn redis_sentinel_errors_point_at_the_key() {
+    // `url` and `sentinels` together: the error is on `sentinels` and names the url's line.
+    let text = sentinel_base(
+        "url = \"redis://127.0.0.1:6379/0\"\nsentinels = [\"127.0.0.1:26379\"]\nmaster_name = \"m\"\n",
+    );
+    let e = assert_one(&text, "sentinels = [", "`url` (at ");
+    assert!(e.message.contains("mutually exclusive"), "{}", e.message);
+    assert!(
+        e.message
+            .contains(&format!(":{}", line_of(&text, "url = \"redis://"))),
+        "{}",
+        e.message
+    );
+    // Neither.
+    let text = sentinel_base("prefix = \"x\"\n");
+    assert_one(
+        &text,
+        "[grants.redis]",
+        "missing `url` (or `sentinels`) in `[grants.redis]`",
+    );
+    // Sentinels without a master name.
+    let text = sentinel_base("sentinels = [\"127.0.0.1:26379\"]\n");
+    assert_one(&text, "[grants.redis]", "`sentinels` needs `master_name`");
+    // Empty list, bad entries, mixed TLS, bad db, bad name.
+    let text = sentinel_base("sentinels = []\nmaster_name = \"m\"\n");
+    assert_one(&text, "sentinels = []", "`sentinels` is empty");
+    let text = sentinel_base(
+        "sentinels = [\"127.0.0.1:26379\", \"http://u:secret@x:1\"]\nmaster_name = \"m\"\n",
+    );
+    let e = assert_one(&text, "sentinels = [", "invalid sentinel address");
+    assert_eq!(e.key, "grants.redis.sentinels[1]");
+    assert!(!e.message.contains("secret"));
+    let text = sentinel_base("sentinels = [\"127.0.0.1:99999\"]\nmaster_name = \"m\"\n");
+    assert_one(&text, "sentinels = [", "invalid sentinel address");
+    let text = sentinel_base(
+        "sentinels = [\"rediss://a:26379\", \"redis://b:26379\"]\nmaster_name = \"m\"\n",
+    );
+    assert_one(&text, "sentinels = [", "some sentinels use TLS");
+    let text = sentinel_base("sentinels = [\"a:26379\"]\nmaster_name = \"m\"\ndb = -1\n");
+    assert_one(&text, "db = -1", "`db` must be a database number");
+    let text = sentinel_base("sentinels = [\"a:26379\"]\nmaster_name = \"my master\"\n");
+    assert_one(&text, "master_name = ", "invalid master name");
+    // Sentinel-only keys next to `url`.
+    let text = sentinel_base("url = \"redis://127.0.0.1:6379/0\"\ndb = 1\n");
+    let e = assert_one(&text, "db = 1", "`db` belongs to a Sentinel setup");
+    assert!(
+        e.help
+            .as_deref()
+            .unwrap_or("")
+            .contains("redis://host:6379/2")
+    );
+    let text = sentinel_base("url = \"redis://127.0.0.1:6379/0\"\nmaster_name = \"m\"\n");
+    assert_one(
+        &text,
+        "master_name",
+        "`master_name` belongs to a Sentinel setup",
+    );
 }
