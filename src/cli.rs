@@ -422,7 +422,12 @@ pub async fn serve_until_signal(snapshot: Snapshot) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(address = %listen, "Gateway listening.");
+    let scheme = if gateway.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(address = %listen, scheme, "Gateway listening.");
     server::serve(listener, gateway, shutdown_signal()).await;
     Ok(())
 }

@@ -5,6 +5,9 @@ use portcullis::cli::{Cli, run};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // One process-wide rustls provider for anything that uses the default (Redis TLS, later
+    // sinks); the gateway's own TLS code passes aws-lc-rs explicitly.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -19,7 +19,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::config::{self, ApiKeySettings, FileStoreData, RedisSettings, StoreSettings};
+use crate::config::{
+    self, ApiKeySettings, FileStoreData, RedisSettings, RedisTarget, StoreSettings,
+};
 use crate::proxy::{Gateway, server};
 
 /// The demo config, compiled into the binary so the quickstart needs no files.
@@ -72,7 +74,7 @@ pub async fn run(
         };
         let api_key = seed_redis(&url, &prefix, data).await?;
         snapshot.grants.store = StoreSettings::Redis(RedisSettings {
-            url: url.clone(),
+            target: RedisTarget::Url(url.clone()),
             prefix: prefix.clone(),
             username: None,
             password: None,

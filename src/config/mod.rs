@@ -66,15 +66,112 @@ impl std::fmt::Display for ConfigErrors {
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// `[server] tls`: HTTPS on `listen`; `None` serves plain HTTP.
+    pub tls: Option<TlsSettings>,
+}
+
+/// Whether a TLS client must present a certificate signed by `client_ca`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Optional,
+    Required,
+}
+
+/// TLS termination; paths are resolved against the config file's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// mTLS: CA bundle client certificates must chain to, and whether one is required.
+    pub client_auth: Option<(PathBuf, ClientAuth)>,
+    /// How often the cert/key files are checked for changes (default 5 s).
+    pub watch_interval: Duration,
+}
+
+/// What the gateway speaks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 only: prior knowledge on plain TCP, ALPN `h2` over TLS.
+    Http2,
 }
 
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
     pub name: String,
-    /// `host:port` authorities; round robin.
+    /// `host:port` authorities; round robin over the healthy ones.
     pub targets: Vec<String>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Idle pooled connections are closed after this long (default 90 s).
+    pub idle_timeout: Duration,
+    /// Consecutive connect failures or timeouts that eject a target (default 3).
+    pub max_failures: u32,
+    /// How long an ejected target is skipped (default 10 s).
+    pub eject_for: Duration,
+    /// Concurrent requests (so connections) to this upstream; `None` = unbounded.
+    pub max_connections: Option<usize>,
+    pub protocol: UpstreamProtocol,
+    /// `tls = true`: HTTPS to the targets; `Some(None)` trusts the system roots,
+    /// `Some(Some(ca))` only the given CA bundle.
+    pub tls: Option<Option<PathBuf>>,
+}
+
+/// `[limits]` (R11). Defaults follow nginx/Envoy orders of magnitude.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsSettings {
+    /// A client has this long to finish the TLS handshake and send a request head (10 s).
+    pub header_read_timeout: Duration,
+    /// Largest request head in bytes (64 KiB; hyper's floor is 8 KiB).
+    pub max_header_bytes: usize,
+    /// Most header fields in one request (100).
+    pub max_headers: usize,
+    /// Longest request target, path + query (8 KiB) → 414.
+    pub max_uri_length: usize,
+    /// Largest request body (10 MiB) → 413.
+    pub max_body: u64,
+    /// Concurrent client connections; beyond it the listener stops accepting (25,000).
+    pub max_connections: usize,
+    /// Requests served on one connection before it is closed; `None` = unlimited.
+    pub max_requests_per_connection: Option<u64>,
+    /// How long shutdown waits for in-flight requests (30 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        LimitsSettings {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_uri_length: 8 * 1024,
+            max_body: 10 * 1024 * 1024,
+            max_connections: 25_000,
+            max_requests_per_connection: None,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[cors] allow_origins`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowOrigins {
+    /// `"*"`: answered with `*`, never with the caller's origin (so never with credentials).
+    Any,
+    /// Exact `scheme://host[:port]` strings, lower-case.
+    List(Vec<String>),
+}
+
+/// `[cors]`: the gateway answers preflights and decorates responses for allowed origins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsSettings {
+    pub allow_origins: AllowOrigins,
+    pub allow_methods: Vec<http::Method>,
+    pub allow_headers: Vec<http::HeaderName>,
+    pub expose_headers: Vec<http::HeaderName>,
+    pub allow_credentials: bool,
+    pub max_age: Option<Duration>,
 }
 
 /// The file store's data (`[tenants.*]`, `[[assignments]]`).
@@ -95,8 +192,8 @@ pub enum StoreSettings {
 /// `[grants.redis]` (DESIGN.md §5).
 #[derive(Clone)]
 pub struct RedisSettings {
-    /// `redis://`, `rediss://` (TLS via rustls) or `unix://`; may carry `user:password@`.
-    pub url: String,
+    /// One server by URL, or a master found through Redis Sentinel.
+    pub target: RedisTarget,
     /// Key prefix, default `authz`.
     pub prefix: String,
     /// ACL user (overrides one in the URL).
@@ -114,15 +211,62 @@ pub struct RedisSettings {
     pub client_tracking: bool,
 }
 
-impl std::fmt::Debug for RedisSettings {
-    /// The URL may carry a password: only its scheme and host are shown.
+/// Where the Redis store connects.
+#[derive(Clone)]
+pub enum RedisTarget {
+    /// `url`: `redis://`, `rediss://` (TLS via rustls) or `unix://`; may carry `user:password@`.
+    Url(String),
+    /// `sentinels` + `master_name` (+ `db`): the current master, as the sentinels say.
+    Sentinel(SentinelSettings),
+}
+
+/// `[grants.redis] sentinels`, `master_name`, `db`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelSettings {
+    /// Sentinel addresses as URLs (`redis://host:port`, or `rediss://` for TLS; may carry
+    /// `user:password@` for the sentinels' own ACL). `host:port` entries are normalised to
+    /// `redis://host:port`.
+    pub sentinels: Vec<String>,
+    /// The monitored master's name (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// Database on the master (default 0).
+    pub db: i64,
+    /// TLS to the master too (the sentinels are `rediss://`).
+    pub tls: bool,
+}
+
+/// A URL without its `user:password@` part, for logs and `Debug`.
+pub(crate) fn redacted_url(url: &str) -> &str {
+    url.rsplit_once('@').map_or(url, |(_, host)| host)
+}
+
+impl std::fmt::Debug for RedisTarget {
+    /// URLs may carry passwords: only hosts are shown.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = self
-            .url
-            .rsplit_once('@')
-            .map_or(self.url.as_str(), |(_, host)| host);
+        match self {
+            RedisTarget::Url(url) => f.debug_tuple("Url").field(&redacted_url(url)).finish(),
+            RedisTarget::Sentinel(s) => f
+                .debug_struct("Sentinel")
+                .field(
+                    "sentinels",
+                    &s.sentinels
+                        .iter()
+                        .map(|u| redacted_url(u))
+                        .collect::<Vec<_>>(),
+                )
+                .field("master_name", &s.master_name)
+                .field("db", &s.db)
+                .field("tls", &s.tls)
+                .finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisSettings {
+    /// URLs may carry a password: only hosts are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
-            .field("url", &shown)
+            .field("target", &self.target)
             .field("prefix", &self.prefix)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -429,6 +573,9 @@ pub struct Snapshot {
     pub route_entries: Vec<RouteEntry>,
     pub headers: HeaderNames,
     pub audit: AuditSettings,
+    pub limits: LimitsSettings,
+    /// `None` without `[cors]`: a preflight is then an ordinary request that needs a route.
+    pub cors: Option<CorsSettings>,
 }
 
 /// Load, parse and validate a config file, reporting every error at once.

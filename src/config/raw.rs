@@ -70,6 +70,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub assignments: Vec<S<Assignment>>,
     pub audit: Option<S<Audit>>,
+    pub limits: Option<S<Limits>>,
+    pub cors: Option<S<Cors>>,
 }
 
 /// An `include`d file: routes and roles only.
@@ -89,8 +91,18 @@ pub(crate) struct IncludeFile {
 pub(crate) struct Server {
     pub listen: Option<S<String>>,
     pub admin_listen: Option<S<String>>,
-    /// Accepted so we can say "not supported yet" instead of "unknown field".
-    pub tls: Option<S<toml::Value>>,
+    pub tls: Option<S<ServerTls>>,
+}
+
+/// `[server] tls = { cert = "...", key = "..." }` (paths relative to the config file).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerTls {
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub client_ca: Option<S<String>>,
+    pub client_auth: Option<S<String>>,
+    pub watch_interval: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +111,40 @@ pub(crate) struct Upstream {
     pub targets: Option<S<StrList>>,
     pub connect_timeout: Option<S<String>>,
     pub request_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub max_failures: Option<S<i64>>,
+    pub eject_for: Option<S<String>>,
+    pub max_connections: Option<S<i64>>,
+    pub protocol: Option<S<String>>,
+    pub tls: Option<S<bool>>,
+    pub ca: Option<S<String>>,
+}
+
+/// `[limits]`: bounds on what one client may make the gateway hold (R11).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Limits {
+    pub header_read_timeout: Option<S<String>>,
+    pub max_header_bytes: Option<S<String>>,
+    pub max_headers: Option<S<i64>>,
+    pub max_uri_length: Option<S<String>>,
+    pub max_body: Option<S<String>>,
+    pub max_connections: Option<S<i64>>,
+    pub max_requests_per_connection: Option<S<i64>>,
+    pub shutdown_timeout: Option<S<String>>,
+}
+
+/// `[cors]`: browser preflights answered by the gateway.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Cors {
+    /// `"*"` or a list of origins; kept as a value so either shape keeps its span.
+    pub allow_origins: Option<S<toml::Value>>,
+    pub allow_methods: Option<S<StrList>>,
+    pub allow_headers: Option<S<StrList>>,
+    pub expose_headers: Option<S<StrList>>,
+    pub allow_credentials: Option<S<bool>>,
+    pub max_age: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +199,9 @@ pub(crate) struct Grants {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Redis {
     pub url: Option<S<String>>,
+    pub sentinels: Option<S<StrList>>,
+    pub master_name: Option<S<String>>,
+    pub db: Option<S<i64>>,
     pub prefix: Option<S<String>>,
     pub username: Option<S<String>>,
     pub password_env: Option<S<String>>,

@@ -206,7 +206,11 @@ fn redis_store_and_options() {
     let s = ok(&text);
     match &s.grants.store {
         StoreSettings::Redis(r) => {
-            assert_eq!(r.url, "redis://127.0.0.1:6379/0");
+            assert!(
+                matches!(&r.target, RedisTarget::Url(u) if u == "redis://127.0.0.1:6379/0"),
+                "{:?}",
+                r.target
+            );
             assert_eq!(r.prefix, "authz");
             assert_eq!(r.connect_timeout, std::time::Duration::from_secs(1));
             assert_eq!(r.command_timeout, std::time::Duration::from_millis(250));
@@ -261,11 +265,14 @@ fn redis_options_and_url_checks() {
         "redis://127.0.0.1:6379/0",
         "redis+sentinel://10.0.0.1:26379/mymaster",
     );
-    assert_one(
+    let e = assert_one(
         &text,
         "redis+sentinel",
-        "Redis Sentinel and Cluster URLs are not supported yet",
+        "Sentinel is configured with `sentinels` and `master_name`, not a URL",
     );
+    assert!(e.help.as_deref().unwrap_or("").contains("master_name"));
+    let text = redis_base("").replace("redis://127.0.0.1:6379/0", "redis+cluster://10.0.0.1:7000");
+    assert_one(&text, "redis+cluster", "Redis Cluster is not supported");
     let text = redis_base("").replace("redis://127.0.0.1:6379/0", "http://user:pw@x");
     let e = assert_one(&text, "http://", "invalid Redis URL");
     assert!(!e.message.contains("pw"), "{}", e.message);
@@ -453,6 +460,29 @@ fn misspelled_key_in_every_section_is_rejected_at_its_line() {
             format!("{BASE}\n[[audit.sinks]]\ntype = \"file\"\npth = \"a.log\"\n"),
             "pth",
             Some("did you mean `path`?"),
+        ),
+        (
+            format!("{BASE}\n[limits]\nmax_bdy = \"1MiB\"\n"),
+            "max_bdy",
+            Some("did you mean `max_body`?"),
+        ),
+        (
+            format!("{BASE}\n[cors]\nallow_origin = \"*\"\n"),
+            "allow_origin",
+            Some("did you mean `allow_origins`?"),
+        ),
+        (
+            base_with(
+                "listen = \"127.0.0.1:8080\"",
+                "listen = \"127.0.0.1:8080\"\n[server.tls]\ncerts = \"a\"\n",
+            ),
+            "certs",
+            Some("did you mean `cert`?"),
+        ),
+        (
+            base_with("targets = ", "max_failure = 2\ntargets = "),
+            "max_failure",
+            Some("did you mean `max_failures`?"),
         ),
     ];
     for (text, key, help) in cases {
@@ -1074,11 +1104,6 @@ fn audit_sinks_and_formats() {
 
 #[test]
 fn unsupported_sections_say_so() {
-    let text = base_with(
-        "listen = \"127.0.0.1:8080\"",
-        "listen = \"127.0.0.1:8080\"\ntls = { cert = \"a\", key = \"b\" }",
-    );
-    assert_one(&text, "tls", "TLS termination is not supported yet");
     let text = format!("{BASE}\n[identity.header]\nsubject = \"x-forwarded-user\"\n");
     assert_one(
         &text,
@@ -1195,5 +1220,270 @@ fn hs256_secret_from_the_environment() {
     assert_eq!(
         (who.tenant.as_str(), who.subject.as_str()),
         ("acme", "alice")
+    );
+}
+
+// === edge: [server] tls, [upstreams.*] pool keys, [limits], [cors] ===
+
+fn with_tls(tls: &str) -> String {
+    base_with(
+        "listen = \"127.0.0.1:8080\"",
+        &format!("listen = \"127.0.0.1:8080\"\ntls = {tls}"),
+    )
+}
+
+#[test]
+fn tls_files_are_checked_at_load() {
+    let text = with_tls("{ cert = \"missing.pem\", key = \"missing.key\" }");
+    let e = assert_one(&text, "tls = ", "cannot read certificates from `");
+    assert!(e.message.contains("missing.pem"), "{}", e.rendered);
+    let text = with_tls("{ cert = \"a.pem\" }");
+    assert_one(&text, "tls = ", "`tls` needs both `cert` and `key`");
+    let text =
+        with_tls("{ cert = \"a\", key = \"b\", client_ca = \"c\", client_auth = \"maybe\" }");
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.message
+                == "invalid `client_auth` value `maybe`; expected `optional`, `required`"),
+        "{}",
+        render(&errs)
+    );
+}
+
+#[test]
+fn tls_loads_generated_cert_relative_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+    let text = with_tls("{ cert = \"c.pem\", key = \"k.pem\", client_ca = \"c.pem\" }").replace(
+        "jwks_file = \"../jwt/jwks.json\"",
+        &format!("jwks_file = \"{}\"", dir_path_jwks()),
+    );
+    let snap = load_str(&text, &dir.path().join("gw.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let tls = snap.server.tls.unwrap();
+    assert_eq!(tls.cert, dir.path().join("c.pem"));
+    assert_eq!(
+        tls.client_auth,
+        Some((dir.path().join("c.pem"), ClientAuth::Required))
+    );
+    assert_eq!(tls.watch_interval, Duration::from_secs(5));
+    // The key of another certificate is refused.
+    let other = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.path().join("k.pem"), other.serialize_pem()).unwrap();
+    let Err(e) = load_str(&text, &dir.path().join("gw.toml")) else {
+        panic!("a mismatched key must not load");
+    };
+    assert!(
+        e.errors[0].message.contains("does not fit the certificate"),
+        "{e}"
+    );
+}
+
+fn dir_path_jwks() -> String {
+    dir().join("../jwt/jwks.json").display().to_string()
+}
+
+#[test]
+fn upstream_pool_keys() {
+    let snap = ok(&base_with(
+        "targets = ",
+        "max_failures = 2\neject_for = \"5s\"\nidle_timeout = \"1m\"\nmax_connections = 8\nprotocol = \"http2\"\ntargets = ",
+    ));
+    let up = &snap.upstreams[0];
+    assert_eq!(up.max_failures, 2);
+    assert_eq!(up.eject_for, Duration::from_secs(5));
+    assert_eq!(up.idle_timeout, Duration::from_secs(60));
+    assert_eq!(up.max_connections, Some(8));
+    assert_eq!(up.protocol, UpstreamProtocol::Http2);
+    assert_eq!(up.tls, None);
+    let snap = ok(&base_with("targets = ", "tls = true\ntargets = "));
+    assert_eq!(snap.upstreams[0].tls, Some(None));
+    let defaults = &ok(BASE).upstreams[0];
+    assert_eq!((defaults.max_failures, defaults.max_connections), (3, None));
+    assert_eq!(defaults.protocol, UpstreamProtocol::Http1);
+
+    let text = base_with("targets = ", "protocol = \"h2\"\ntargets = ");
+    assert_one(&text, "protocol", "invalid `protocol` value `h2`");
+    let text = base_with("targets = ", "ca = \"ca.pem\"\ntargets = ");
+    assert_one(&text, "ca = ", "`ca` is set but `tls` is not enabled");
+    let text = base_with("targets = ", "max_connections = 0\ntargets = ");
+    assert_one(
+        &text,
+        "max_connections",
+        "`max_connections` must be between 1 and",
+    );
+}
+
+#[test]
+fn limits_section() {
+    let snap = ok(BASE);
+    assert_eq!(snap.limits, LimitsSettings::default());
+    assert_eq!(snap.limits.max_body, 10 << 20);
+    let snap = ok(&format!(
+        "{BASE}\n[limits]\nheader_read_timeout = \"2s\"\nmax_header_bytes = \"16KiB\"\nmax_headers = 50\nmax_uri_length = \"2KiB\"\nmax_body = \"1MiB\"\nmax_connections = 100\nmax_requests_per_connection = 10\nshutdown_timeout = \"5s\"\n"
+    ));
+    assert_eq!(
+        snap.limits,
+        LimitsSettings {
+            header_read_timeout: Duration::from_secs(2),
+            max_header_bytes: 16 << 10,
+            max_headers: 50,
+            max_uri_length: 2 << 10,
+            max_body: 1 << 20,
+            max_connections: 100,
+            max_requests_per_connection: Some(10),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    );
+    let text = format!("{BASE}\n[limits]\nmax_header_bytes = \"1KiB\"\n");
+    assert_one(
+        &text,
+        "max_header_bytes",
+        "`max_header_bytes` must be at least 8192 bytes",
+    );
+    let text = format!("{BASE}\n[limits]\nmax_body = \"ten\"\n");
+    assert_one(&text, "max_body", "invalid size `ten`");
+}
+
+#[test]
+fn cors_section() {
+    assert!(ok(BASE).cors.is_none());
+    let snap = ok(&format!(
+        "{BASE}\n[cors]\nallow_origins = [\"https://App.example.com\"]\nallow_credentials = true\nmax_age = \"10m\"\nexpose_headers = [\"x-request-id\"]\n"
+    ));
+    let cors = snap.cors.unwrap();
+    assert_eq!(
+        cors.allow_origins,
+        AllowOrigins::List(vec!["https://app.example.com".into()])
+    );
+    assert!(cors.allow_credentials);
+    assert_eq!(cors.max_age, Some(Duration::from_secs(600)));
+    assert_eq!(cors.allow_headers.len(), 2);
+
+    let text = format!("{BASE}\n[cors]\nallow_origins = \"*\"\nallow_credentials = true\n");
+    let e = assert_one(
+        &text,
+        "allow_credentials",
+        "`allow_credentials = true` cannot be combined with `allow_origins = \"*\"`",
+    );
+    assert_eq!(
+        e.help.as_deref(),
+        Some("list the trusted origins in `allow_origins`")
+    );
+    let text = format!("{BASE}\n[cors]\nallow_origins = [\"https://a.example/path\"]\n");
+    assert_one(
+        &text,
+        "allow_origins",
+        "invalid origin `https://a.example/path`",
+    );
+    let text = format!("{BASE}\n[cors]\nallow_methods = [\"GET\"]\n");
+    assert_one(&text, "[cors]", "missing `allow_origins` in `[cors]`");
+}
+
+/// `[grants.redis]` with `sentinels` in place of `url`.
+fn sentinel_base(redis_section: &str) -> String {
+    base_with(
+        "[grants]\nstore = \"file\"\n",
+        &format!("[grants]\nstore = \"redis\"\n[grants.redis]\n{redis_section}"),
+    )
+}
+
+#[test]
+fn redis_sentinel_settings() {
+    let s = ok(&sentinel_base(
+        "sentinels = [\"10.0.0.1:26379\", \"redis://:pw@10.0.0.2:26379\"]\nmaster_name = \"mymaster\"\ndb = 2\n",
+    ));
+    let StoreSettings::Redis(r) = &s.grants.store else {
+        panic!("redis expected")
+    };
+    let RedisTarget::Sentinel(t) = &r.target else {
+        panic!("sentinel expected: {:?}", r.target)
+    };
+    assert_eq!(
+        t.sentinels,
+        vec![
+            "redis://10.0.0.1:26379".to_owned(),
+            "redis://:pw@10.0.0.2:26379".to_owned()
+        ]
+    );
+    assert_eq!(
+        (t.master_name.as_str(), t.db, t.tls),
+        ("mymaster", 2, false)
+    );
+    // Sentinel passwords never show in Debug.
+    assert!(!format!("{:?}", s.grants.store).contains("pw@"));
+    // TLS sentinels: TLS to the master too; `db` defaults to 0.
+    let s = ok(&sentinel_base(
+        "sentinels = [\"rediss://s1:26379\", \"rediss://s2:26379\"]\nmaster_name = \"m\"\n",
+    ));
+    let StoreSettings::Redis(r) = &s.grants.store else {
+        panic!("redis expected")
+    };
+    assert!(matches!(&r.target, RedisTarget::Sentinel(t) if t.tls && t.db == 0));
+}
+
+#[test]
+fn redis_sentinel_errors_point_at_the_key() {
+    // `url` and `sentinels` together: the error is on `sentinels` and names the url's line.
+    let text = sentinel_base(
+        "url = \"redis://127.0.0.1:6379/0\"\nsentinels = [\"127.0.0.1:26379\"]\nmaster_name = \"m\"\n",
+    );
+    let e = assert_one(&text, "sentinels = [", "`url` (at ");
+    assert!(e.message.contains("mutually exclusive"), "{}", e.message);
+    assert!(
+        e.message
+            .contains(&format!(":{}", line_of(&text, "url = \"redis://"))),
+        "{}",
+        e.message
+    );
+    // Neither.
+    let text = sentinel_base("prefix = \"x\"\n");
+    assert_one(
+        &text,
+        "[grants.redis]",
+        "missing `url` (or `sentinels`) in `[grants.redis]`",
+    );
+    // Sentinels without a master name.
+    let text = sentinel_base("sentinels = [\"127.0.0.1:26379\"]\n");
+    assert_one(&text, "[grants.redis]", "`sentinels` needs `master_name`");
+    // Empty list, bad entries, mixed TLS, bad db, bad name.
+    let text = sentinel_base("sentinels = []\nmaster_name = \"m\"\n");
+    assert_one(&text, "sentinels = []", "`sentinels` is empty");
+    let text = sentinel_base(
+        "sentinels = [\"127.0.0.1:26379\", \"http://u:secret@x:1\"]\nmaster_name = \"m\"\n",
+    );
+    let e = assert_one(&text, "sentinels = [", "invalid sentinel address");
+    assert_eq!(e.key, "grants.redis.sentinels[1]");
+    assert!(!e.message.contains("secret"));
+    let text = sentinel_base("sentinels = [\"127.0.0.1:99999\"]\nmaster_name = \"m\"\n");
+    assert_one(&text, "sentinels = [", "invalid sentinel address");
+    let text = sentinel_base(
+        "sentinels = [\"rediss://a:26379\", \"redis://b:26379\"]\nmaster_name = \"m\"\n",
+    );
+    assert_one(&text, "sentinels = [", "some sentinels use TLS");
+    let text = sentinel_base("sentinels = [\"a:26379\"]\nmaster_name = \"m\"\ndb = -1\n");
+    assert_one(&text, "db = -1", "`db` must be a database number");
+    let text = sentinel_base("sentinels = [\"a:26379\"]\nmaster_name = \"my master\"\n");
+    assert_one(&text, "master_name = ", "invalid master name");
+    // Sentinel-only keys next to `url`.
+    let text = sentinel_base("url = \"redis://127.0.0.1:6379/0\"\ndb = 1\n");
+    let e = assert_one(&text, "db = 1", "`db` belongs to a Sentinel setup");
+    assert!(
+        e.help
+            .as_deref()
+            .unwrap_or("")
+            .contains("redis://host:6379/2")
+    );
+    let text = sentinel_base("url = \"redis://127.0.0.1:6379/0\"\nmaster_name = \"m\"\n");
+    assert_one(
+        &text,
+        "master_name",
+        "`master_name` belongs to a Sentinel setup",
     );
 }

@@ -19,7 +19,8 @@ use super::diagnostic::{FileId, Sources, backticked, did_you_mean, from_toml};
 use super::raw::{self, Map, S, StrList};
 use super::{
     ApiKeySettings, ConfigError, FileStoreData, GrantsSettings, HeaderNames, IdentityKinds,
-    RedisSettings, RouteEntry, ServerSettings, Snapshot, StaleFor, StoreSettings, UpstreamSettings,
+    RedisSettings, RedisTarget, RouteEntry, SentinelSettings, ServerSettings, Snapshot, StaleFor,
+    StoreSettings, UpstreamSettings,
 };
 use crate::identity::{Authenticator, IdentitySetupError, JwtSettings, TenantSource};
 use crate::policy::{
@@ -29,6 +30,7 @@ use crate::policy::{
 use crate::route::{RouteConflict, RouteTableBuilder};
 
 mod audit;
+mod edge;
 
 /// JWT algorithms `identity` verifies.
 const ALGORITHMS: &[&str] = &[
@@ -248,6 +250,8 @@ impl Ctx<'_> {
             tenants,
             assignments,
             audit,
+            limits,
+            cors,
         } = file;
 
         let server = self.check_server(main, server);
@@ -256,6 +260,8 @@ impl Ctx<'_> {
         let (mode, separator, unmatched_status) = self.check_policy_section(main, policy);
         let headers = self.check_headers(main, headers);
         let audit = self.check_audit(main, audit);
+        let limits = self.check_limits(main, limits);
+        let cors = self.check_cors(main, cors);
 
         // Roles, aliases and routes from the main file and every include, in load order.
         let mut all_roles = vec![(main, roles)];
@@ -396,6 +402,8 @@ impl Ctx<'_> {
             route_entries: entries?,
             headers,
             audit,
+            limits,
+            cors,
         })
     }
 
@@ -491,15 +499,8 @@ impl Ctx<'_> {
             admin_listen,
             tls,
         } = server.into_inner();
-        if let Some(tls) = tls {
-            self.err(
-                main,
-                tls.span(),
-                "server.tls",
-                "TLS termination is not supported yet",
-                Some("terminate TLS in front of Portcullis and remove `tls`".into()),
-            );
-        }
+        let tls_given = tls.is_some();
+        let tls = tls.and_then(|tls| self.check_server_tls(main, tls));
         let listen = match listen {
             Some(l) => self.socket_addr(main, &l, "server.listen"),
             None => {
@@ -527,7 +528,11 @@ impl Ctx<'_> {
                 Some("the admin API needs its own address, e.g. `127.0.0.1:9090`".into()),
             );
         }
+        if tls_given && tls.is_none() {
+            return None;
+        }
         Some(ServerSettings {
+            tls,
             listen: listen?,
             admin_listen: match admin {
                 Some((_, a)) => Some(a?),
@@ -572,7 +577,27 @@ impl Ctx<'_> {
                 targets,
                 connect_timeout,
                 request_timeout,
+                idle_timeout,
+                max_failures,
+                eject_for,
+                max_connections,
+                protocol,
+                tls,
+                ca,
             } = up.into_inner();
+            let pool = self.check_pool(
+                main,
+                &key,
+                edge::RawPool {
+                    idle_timeout,
+                    max_failures,
+                    eject_for,
+                    max_connections,
+                    protocol,
+                    tls,
+                    ca,
+                },
+            );
             let mut list = Vec::new();
             match targets {
                 None => self.err(
@@ -616,6 +641,12 @@ impl Ctx<'_> {
                 targets: list,
                 connect_timeout,
                 request_timeout,
+                idle_timeout: pool.idle_timeout,
+                max_failures: pool.max_failures,
+                eject_for: pool.eject_for,
+                max_connections: pool.max_connections,
+                protocol: pool.protocol,
+                tls: pool.tls,
             });
         }
         out
@@ -1191,6 +1222,9 @@ impl Ctx<'_> {
         let rspan = redis.span();
         let raw::Redis {
             url,
+            sentinels,
+            master_name,
+            db,
             prefix,
             username,
             password_env,
@@ -1199,45 +1233,55 @@ impl Ctx<'_> {
             cache_capacity,
             client_tracking,
         } = redis.into_inner();
-        let url = match url {
-            Some(u) => {
-                let v = u.get_ref();
-                let scheme_ok = v.starts_with("redis://")
-                    || v.starts_with("rediss://")
-                    || v.starts_with("unix://");
-                if v.starts_with("redis+sentinel://") || v.starts_with("redis+cluster://") {
-                    self.err(
-                        main,
-                        u.span(),
-                        "grants.redis.url",
-                        "Redis Sentinel and Cluster URLs are not supported yet",
-                        Some(
-                            "point `url` at the primary (or a proxy in front of it), e.g. `redis://redis-primary:6379/0`".into(),
-                        ),
-                    );
-                    None
-                } else if scheme_ok && redis::Client::open(v.as_str()).is_ok() {
-                    Some(v.clone())
-                } else {
-                    self.err(
-                        main,
-                        u.span(),
-                        "grants.redis.url",
-                        "invalid Redis URL (not shown: it may hold a password)",
-                        Some(
-                            "write e.g. `redis://127.0.0.1:6379/0` (or `rediss://` for TLS)".into(),
-                        ),
-                    );
-                    None
+        let target = match (url, sentinels) {
+            (Some(u), None) => {
+                for (key, value) in [
+                    ("master_name", master_name.as_ref().map(S::span)),
+                    ("db", db.as_ref().map(S::span)),
+                ] {
+                    if let Some(span) = value {
+                        self.err(
+                            main,
+                            span,
+                            &format!("grants.redis.{key}"),
+                            format!("`{key}` belongs to a Sentinel setup, but `url` is set"),
+                            Some(if key == "db" {
+                                "put the database in the URL (`redis://host:6379/2`) or use `sentinels`".into()
+                            } else {
+                                "remove it, or replace `url` with `sentinels = [\"host:26379\", ...]`".into()
+                            }),
+                        );
+                    }
                 }
+                self.check_redis_url(main, u).map(RedisTarget::Url)
             }
-            None => {
+            (Some(u), Some(list)) => {
                 self.err(
                     main,
-                    rspan,
+                    list.span(),
+                    "grants.redis.sentinels",
+                    format!(
+                        "`url` (at {}) and `sentinels` are mutually exclusive",
+                        self.src.location(main, &u.span())
+                    ),
+                    Some(
+                        "keep `url` for one server, or `sentinels` + `master_name` to follow a Sentinel-managed master".into(),
+                    ),
+                );
+                None
+            }
+            (None, Some(list)) => self
+                .check_sentinels(main, rspan.clone(), list, master_name, db)
+                .map(RedisTarget::Sentinel),
+            (None, None) => {
+                self.err(
+                    main,
+                    rspan.clone(),
                     "grants.redis.url",
-                    "missing `url` in `[grants.redis]`",
-                    Some("add `url = \"redis://127.0.0.1:6379/0\"`".into()),
+                    "missing `url` (or `sentinels`) in `[grants.redis]`",
+                    Some(
+                        "add `url = \"redis://127.0.0.1:6379/0\"`, or `sentinels = [\"127.0.0.1:26379\"]` with `master_name = \"mymaster\"`".into(),
+                    ),
                 );
                 None
             }
@@ -1314,7 +1358,7 @@ impl Ctx<'_> {
             },
         };
         Some(RedisSettings {
-            url: url?,
+            target: target?,
             prefix: prefix?,
             username: username.map(S::into_inner),
             password: password?,
@@ -1322,6 +1366,178 @@ impl Ctx<'_> {
             command_timeout,
             cache_capacity,
             client_tracking: client_tracking.is_none_or(|t| *t.get_ref()),
+        })
+    }
+
+    /// `[grants.redis] url`: one server.
+    fn check_redis_url(&mut self, main: FileId, u: S<String>) -> Option<String> {
+        let v = u.get_ref();
+        let scheme_ok =
+            v.starts_with("redis://") || v.starts_with("rediss://") || v.starts_with("unix://");
+        if v.starts_with("redis+sentinel://") || v.starts_with("redis-sentinel://") {
+            self.err(
+                main,
+                u.span(),
+                "grants.redis.url",
+                "Sentinel is configured with `sentinels` and `master_name`, not a URL",
+                Some(
+                    "replace `url` with e.g. `sentinels = [\"10.0.0.1:26379\", \"10.0.0.2:26379\"]` and `master_name = \"mymaster\"`".into(),
+                ),
+            );
+            None
+        } else if v.starts_with("redis+cluster://") || v.starts_with("redis-cluster://") {
+            self.err(
+                main,
+                u.span(),
+                "grants.redis.url",
+                "Redis Cluster is not supported",
+                Some(
+                    "the grant store needs one keyspace with pub/sub and client tracking: point `url` at a primary, or use Sentinel (`sentinels` + `master_name`)".into(),
+                ),
+            );
+            None
+        } else if scheme_ok && redis::Client::open(v.as_str()).is_ok() {
+            Some(v.clone())
+        } else {
+            self.err(
+                main,
+                u.span(),
+                "grants.redis.url",
+                "invalid Redis URL (not shown: it may hold a password)",
+                Some("write e.g. `redis://127.0.0.1:6379/0` (or `rediss://` for TLS)".into()),
+            );
+            None
+        }
+    }
+
+    /// `[grants.redis] sentinels`, `master_name`, `db`: a master found through Sentinel.
+    fn check_sentinels(
+        &mut self,
+        main: FileId,
+        rspan: Range<usize>,
+        list: S<StrList>,
+        master_name: Option<S<String>>,
+        db: Option<S<i64>>,
+    ) -> Option<SentinelSettings> {
+        let lspan = list.span();
+        let entries = list.into_inner();
+        let mut ok = true;
+        if entries.is_empty() {
+            self.err(
+                main,
+                lspan.clone(),
+                "grants.redis.sentinels",
+                "`sentinels` is empty",
+                Some("list every sentinel, e.g. `sentinels = [\"10.0.0.1:26379\", \"10.0.0.2:26379\", \"10.0.0.3:26379\"]`".into()),
+            );
+            ok = false;
+        }
+        let mut sentinels = Vec::with_capacity(entries.len());
+        let mut schemes = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let v = e.get_ref();
+            let url = if v.contains("://") {
+                v.clone()
+            } else {
+                format!("redis://{v}")
+            };
+            let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+            let parsed = scheme_ok
+                .then(|| redis::IntoConnectionInfo::into_connection_info(url.as_str()).ok())
+                .flatten();
+            match parsed {
+                Some(info) if info.redis_settings().db() == 0 => {
+                    schemes.push(url.starts_with("rediss://"));
+                    sentinels.push(url);
+                }
+                Some(_) => {
+                    self.err(
+                        main,
+                        e.span(),
+                        &format!("grants.redis.sentinels[{i}]"),
+                        "a sentinel address names no database",
+                        Some("set the master's database with `db = N`".into()),
+                    );
+                    ok = false;
+                }
+                None => {
+                    self.err(
+                        main,
+                        e.span(),
+                        &format!("grants.redis.sentinels[{i}]"),
+                        "invalid sentinel address (not shown: it may hold a password)",
+                        Some(
+                            "write `host:port` (e.g. `10.0.0.1:26379`), or `redis://` / `rediss://` URLs for sentinels with a password or TLS".into(),
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if schemes.iter().any(|&t| t) && schemes.iter().any(|&t| !t) {
+            self.err(
+                main,
+                lspan,
+                "grants.redis.sentinels",
+                "some sentinels use TLS (`rediss://`) and some do not",
+                Some("use `rediss://` for all of them or for none".into()),
+            );
+            ok = false;
+        }
+        let master_name = match master_name {
+            Some(m)
+                if !m.get_ref().is_empty()
+                    && !m
+                        .get_ref()
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                Some(m.into_inner())
+            }
+            Some(m) => {
+                self.err(
+                    main,
+                    m.span(),
+                    "grants.redis.master_name",
+                    "invalid master name",
+                    Some("use the name from `sentinel monitor <name> ...`, e.g. `mymaster`".into()),
+                );
+                None
+            }
+            None => {
+                self.err(
+                    main,
+                    rspan,
+                    "grants.redis.master_name",
+                    "`sentinels` needs `master_name`",
+                    Some("add the name from `sentinel monitor <name> ...`, e.g. `master_name = \"mymaster\"`".into()),
+                );
+                None
+            }
+        };
+        let db = match db {
+            None => Some(0),
+            Some(d) if *d.get_ref() >= 0 => Some(*d.get_ref()),
+            Some(d) => {
+                self.err(
+                    main,
+                    d.span(),
+                    "grants.redis.db",
+                    "`db` must be a database number (0 or more)",
+                    Some("e.g. `db = 0`".into()),
+                );
+                None
+            }
+        };
+        let tls = schemes.first().copied().unwrap_or(false);
+        if !ok {
+            return None;
+        }
+        Some(SentinelSettings {
+            sentinels,
+            master_name: master_name?,
+            db: db?,
+            tls,
         })
     }
 

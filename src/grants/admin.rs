@@ -11,7 +11,7 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RedisSettings;
+use crate::config::{RedisSettings, RedisTarget};
 use crate::policy::{RoleDef, SubjectData, TenantData};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,16 +57,40 @@ fn json(v: &[String]) -> String {
 
 impl Admin {
     pub async fn connect(settings: &RedisSettings) -> Result<Admin, AdminError> {
-        let info = redis::IntoConnectionInfo::into_connection_info(settings.url.as_str())?;
-        let mut redis_settings = info.redis_settings().clone();
-        if let Some(user) = &settings.username {
-            redis_settings = redis_settings.set_username(user);
-        }
-        if let Some(password) = &settings.password {
-            redis_settings = redis_settings.set_password(password);
-        }
-        let client = redis::Client::open(info.set_redis_settings(redis_settings))?;
-        let conn = client.get_multiplexed_async_connection().await?;
+        let auth = |mut rs: redis::RedisConnectionInfo| {
+            if let Some(user) = &settings.username {
+                rs = rs.set_username(user);
+            }
+            if let Some(password) = &settings.password {
+                rs = rs.set_password(password);
+            }
+            rs
+        };
+        let conn = match &settings.target {
+            RedisTarget::Url(url) => {
+                let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
+                let rs = auth(info.redis_settings().clone());
+                redis::Client::open(info.set_redis_settings(rs))?
+                    .get_multiplexed_async_connection()
+                    .await?
+            }
+            // Writes go to the master the sentinels name now.
+            RedisTarget::Sentinel(s) => {
+                let node = auth(redis::RedisConnectionInfo::default().set_db(s.db));
+                let mut node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(node);
+                if s.tls {
+                    node = node.set_tls_mode(redis::TlsMode::Secure);
+                }
+                let mut client = redis::sentinel::SentinelClient::build(
+                    s.sentinels.clone(),
+                    s.master_name.as_str(),
+                    Some(node),
+                    redis::sentinel::SentinelServerType::Master,
+                )?;
+                client.get_async_connection().await?
+            }
+        };
         Ok(Admin {
             conn,
             prefix: settings.prefix.clone(),

@@ -5,8 +5,20 @@
 //! One RESP3 `ConnectionManager` carries the commands, the `{prefix}:invalidate` subscription
 //! and the `CLIENT TRACKING` invalidations; it reconnects by itself with backoff and
 //! resubscribes. Push messages are handled synchronously in the client's push callback (no
-//! queue or task of ours between Redis and the eviction). Losing the connection flushes the cache (entries must be refreshed, but may answer reads
-//! within `max_stale` while Redis is down); resubscribing flushes again.
+//! queue or task of ours between Redis and the eviction). Losing the connection flushes the
+//! cache (entries must be refreshed, but may answer reads within `max_stale` while Redis is
+//! down); resubscribing flushes again.
+//!
+//! With Redis Sentinel (`sentinels` + `master_name`), the supervisor asks the sentinels for the
+//! current master (the redis crate's `SentinelClient`, which also checks `ROLE` on the node it
+//! names) and builds the same RESP3 `ConnectionManager` to it, published through an
+//! `ArcSwapOption` that requests read. When that connection is lost, its `ROLE` is no longer
+//! master (checked after every (re)subscription and every second), or a command fails with
+//! `READONLY`, the manager is abandoned (the cache flushed, caching off) and the master is
+//! resolved again with backoff: a failover is followed without a restart. Pushes carry the
+//! generation of the manager that received them, so a late disconnect or resubscription from
+//! an abandoned manager cannot mark the store healthy. While no master is known, requests are
+//! refused exactly as when a single Redis is down (stale reads within `max_stale`, else 503).
 //!
 //! Data is parsed strictly: a malformed value (bad JSON, unknown field, wrong type) makes that
 //! principal hold no grants; policy-level problems (unknown role, bad pattern) follow
@@ -19,15 +31,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{
+    IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisConnectionInfo, Role,
+    ServerErrorKind, TlsMode, Value,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::cache::{Clocks, L1, Use};
 use super::{Access, GrantsError, Resolved, RoleStore};
-use crate::config::{GrantsSettings, RedisSettings, StaleFor};
+use crate::config::{GrantsSettings, RedisSettings, RedisTarget, SentinelSettings, StaleFor};
 use crate::policy::{Policy, RoleDef, SubjectData, TenantData};
 
 /// The store could not be set up (bad URL, no runtime).
@@ -119,15 +136,21 @@ struct Shared {
     data_errors: AtomicU64,
     round_trips: AtomicU64,
     invalidations: AtomicU64,
-    /// Wakes the supervisor when the subscription comes back (tracking must be re-enabled).
-    resubscribed: tokio::sync::Notify,
+    /// Masters connected through the sentinels (1 after startup, +1 per failover followed).
+    masters: AtomicU64,
+    /// The connection manager whose disconnect/subscribe pushes count; older ones' are ignored.
+    generation: AtomicU64,
+    /// Wakes the supervisor: the subscription came back (tracking must be re-enabled), the
+    /// connection dropped, or a command hinted that the node is no longer the master.
+    wake: tokio::sync::Notify,
 }
 
 /// The Redis store: a cheap handle; clones share the connection and the cache.
 #[derive(Clone)]
 pub struct RedisStore {
     shared: Arc<Shared>,
-    conn: ConnectionManager,
+    /// The connection to use; `None` while Sentinel mode has no master.
+    conn: Arc<ArcSwapOption<ConnectionManager>>,
     cache_ttl: Duration,
     max_stale: Duration,
     stale_for: StaleFor,
@@ -162,28 +185,14 @@ impl RedisStore {
     ) -> Result<RedisStore, RedisSetupError> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| RedisSetupError::NoRuntime)?;
-        if redis.url.starts_with("rediss://") {
+        let tls = match &redis.target {
+            RedisTarget::Url(url) => url.starts_with("rediss://"),
+            RedisTarget::Sentinel(s) => s.tls,
+        };
+        if tls {
             // Already installed (by main or an earlier store) is fine.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         }
-        let info = redis
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| RedisSetupError::Url(format!("{:?}", e.kind())))?;
-        let mut settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        if let Some(user) = &redis.username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &redis.password {
-            settings = settings.set_password(password);
-        }
-        let client = redis::Client::open(info.set_redis_settings(settings))
-            .map_err(|e| RedisSetupError::Url(format!("{:?}", e.kind())))?;
-
         let shared = Arc::new(Shared {
             prefix: redis.prefix.clone(),
             clocks: Clocks::default(),
@@ -195,31 +204,33 @@ impl RedisStore {
             data_errors: AtomicU64::new(0),
             round_trips: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
-            resubscribed: tokio::sync::Notify::new(),
+            masters: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
         });
-        let handler = Arc::downgrade(&shared);
-        let push = move |info: PushInfo| -> Result<(), ()> {
-            if let Some(shared) = handler.upgrade() {
-                shared.on_push(info);
+        let managers = Managers {
+            shared: Arc::downgrade(&shared),
+            connect_timeout: redis.connect_timeout,
+            command_timeout: redis.command_timeout,
+        };
+        let url_error = |e: redis::RedisError| RedisSetupError::Url(format!("{:?}", e.kind()));
+        let (conn, source) = match &redis.target {
+            RedisTarget::Url(url) => {
+                let info = url.as_str().into_connection_info().map_err(url_error)?;
+                let settings = with_auth(info.redis_settings().clone(), redis);
+                let client =
+                    redis::Client::open(info.set_redis_settings(settings)).map_err(url_error)?;
+                let _enter = runtime.enter();
+                (Some(managers.manager(client, 0).map_err(url_error)?), None)
             }
-            Ok(())
+            RedisTarget::Sentinel(s) => (None, Some(sentinel_client(s, redis)?)),
         };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(redis.connect_timeout))
-            .set_response_timeout(Some(redis.command_timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(3)
-            .set_push_sender(push)
-            .set_automatic_resubscription();
-        let conn = {
-            let _enter = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client, config)
-                .map_err(|e| RedisSetupError::Url(format!("{:?}", e.kind())))?
-        };
+        let conn = Arc::new(ArcSwapOption::new(conn.map(Arc::new)));
         let supervisor = runtime.spawn(supervise(
             Arc::downgrade(&shared),
-            conn.clone(),
+            Arc::clone(&conn),
+            source,
+            managers,
             redis.client_tracking,
             redis.command_timeout.max(redis.connect_timeout),
         ));
@@ -268,6 +279,12 @@ impl RedisStore {
     /// Invalidation messages applied (pub/sub and tracking).
     pub fn invalidations(&self) -> u64 {
         self.shared.invalidations.load(Ordering::Relaxed)
+    }
+
+    /// Sentinel mode: masters connected so far (1 after startup, +1 per failover followed);
+    /// always 0 with `url`.
+    pub fn masters_connected(&self) -> u64 {
+        self.shared.masters.load(Ordering::Relaxed)
     }
 
     /// Principals currently cached.
@@ -400,12 +417,24 @@ impl RedisStore {
         );
     }
 
-    /// One round trip; connection-class failures mark the store disconnected.
+    /// One round trip; connection-class failures mark the store disconnected, and they and
+    /// `READONLY` wake the supervisor (with Sentinel: check the node is still the master).
     async fn query(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, GrantsError> {
         self.shared.round_trips.fetch_add(1, Ordering::Relaxed);
-        let mut conn = self.conn.clone();
+        let Some(conn) = self.conn.load_full() else {
+            return Err(GrantsError::Unavailable(
+                "no Redis master known yet (asking the sentinels)".into(),
+            ));
+        };
+        let mut conn = ConnectionManager::clone(&conn);
         match pipe.query_async::<Vec<Value>>(&mut conn).await {
             Ok(values) => {
+                if values.iter().any(is_readonly) {
+                    self.shared.wake.notify_one();
+                    return Err(GrantsError::Unavailable(
+                        "Redis answered READONLY (no longer the master)".into(),
+                    ));
+                }
                 self.shared.connected.store(true, Ordering::Release);
                 Ok(values)
             }
@@ -416,6 +445,9 @@ impl RedisStore {
                     || err.is_connection_refusal()
                 {
                     self.shared.connected.store(false, Ordering::Release);
+                    self.shared.wake.notify_one();
+                } else if err.kind() == ServerErrorKind::ReadOnly.into() {
+                    self.shared.wake.notify_one();
                 }
                 Err(GrantsError::Unavailable(format!("{:?}", err.kind())))
             }
@@ -505,7 +537,10 @@ impl RoleStore for RedisStore {
 
 impl Shared {
     /// Runs in the redis client's push task: cheap, synchronous, never blocks on Redis.
-    fn on_push(&self, info: PushInfo) {
+    /// Invalidations are applied whatever manager they come from (an extra eviction is always
+    /// safe); connection state only from the current one (`generation`).
+    fn on_push(&self, generation: u64, info: PushInfo) {
+        let current = generation == self.generation.load(Ordering::Acquire);
         match info.kind {
             PushKind::Message => {
                 let payload = info.data.get(1).and_then(as_text);
@@ -528,20 +563,32 @@ impl Shared {
                     self.api_keys.clear();
                 }
             },
-            PushKind::Disconnection => {
+            PushKind::Disconnection if current => {
                 self.connected.store(false, Ordering::Release);
                 self.subscribed.store(false, Ordering::Release);
                 self.tracking.store(false, Ordering::Release);
                 self.clocks.set_caching(false);
                 self.flush();
                 tracing::warn!("Lost the Redis connection; cache flushed, reconnecting.");
+                self.wake.notify_one();
             }
-            PushKind::Subscribe => {
+            PushKind::Subscribe if current => {
                 self.connected.store(true, Ordering::Release);
-                self.resubscribed.notify_one();
+                self.wake.notify_one();
             }
             _ => {}
         }
+    }
+
+    /// The current connection can no longer be trusted: ignore its pushes, stop caching,
+    /// flush (invalidations may be missed from here on).
+    fn abandon(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.connected.store(false, Ordering::Release);
+        self.subscribed.store(false, Ordering::Release);
+        self.tracking.store(false, Ordering::Release);
+        self.clocks.set_caching(false);
+        self.flush();
     }
 
     fn flush(&self) {
@@ -606,11 +653,102 @@ impl Shared {
     }
 }
 
+/// Builds the RESP3 connection managers: one at startup with `url`, one per master with
+/// Sentinel. Each one's pushes are tagged with its generation.
+struct Managers {
+    shared: Weak<Shared>,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+impl Managers {
+    /// Lazy: returns at once; the first command (the subscription) connects. Needs a runtime.
+    fn manager(
+        &self,
+        client: redis::Client,
+        generation: u64,
+    ) -> redis::RedisResult<ConnectionManager> {
+        let handler = self.shared.clone();
+        let push = move |info: PushInfo| -> Result<(), ()> {
+            if let Some(shared) = handler.upgrade() {
+                shared.on_push(generation, info);
+            }
+            Ok(())
+        };
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(3)
+            .set_push_sender(push)
+            .set_automatic_resubscription();
+        ConnectionManager::new_lazy_with_config(client, config)
+    }
+}
+
+/// RESP3, plus `username` / `password_env` (which override ones in a URL).
+fn with_auth(settings: RedisConnectionInfo, redis: &RedisSettings) -> RedisConnectionInfo {
+    let mut settings = settings.set_protocol(ProtocolVersion::RESP3);
+    if let Some(user) = &redis.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &redis.password {
+        settings = settings.set_password(password);
+    }
+    settings
+}
+
+/// The redis crate's Sentinel client for the master: sentinels as configured (their own
+/// credentials in their URLs), the master reached with RESP3, `db`, `username` /
+/// `password_env`, and TLS when the sentinels use it.
+fn sentinel_client(
+    s: &SentinelSettings,
+    redis: &RedisSettings,
+) -> Result<SentinelClient, RedisSetupError> {
+    let node = with_auth(RedisConnectionInfo::default().set_db(s.db), redis);
+    let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
+    if s.tls {
+        node = node.set_tls_mode(TlsMode::Secure);
+    }
+    SentinelClient::build(
+        s.sentinels.clone(),
+        s.master_name.as_str(),
+        Some(node),
+        SentinelServerType::Master,
+    )
+    .map_err(|e| RedisSetupError::Url(format!("sentinels: {:?}", e.kind())))
+}
+
+/// A pipeline reply slot holding `READONLY` (the node was demoted to a replica).
+fn is_readonly(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "READONLY")
+}
+
+/// Is the node behind `conn` a master (`ROLE`)? Errors and timeouts count as no.
+async fn is_master(conn: &mut ConnectionManager, limit: Duration) -> bool {
+    let role = redis::cmd("ROLE").clone();
+    matches!(
+        tokio::time::timeout(limit, role.query_async::<Role>(conn)).await,
+        Ok(Ok(Role::Primary { .. }))
+    )
+}
+
+/// Longest pause between two questions to the sentinels while no master is known: short, since
+/// the gateway refuses most requests meanwhile; each question is a few loopback-cheap commands.
+const SENTINEL_MAX_BACKOFF: Duration = Duration::from_millis(200);
+
 /// Subscribe (until it works), enable tracking after every (re)subscription, flush, and keep
 /// probing while disconnected so the manager reconnects even when no request comes.
+///
+/// With Sentinel (`sentinel` is set) there is no connection until the sentinels name a master;
+/// a lost connection, or a node that no longer says it is master, is abandoned and the master
+/// resolved again (backoff 50 ms doubling to `SENTINEL_MAX_BACKOFF`).
 async fn supervise(
     shared: Weak<Shared>,
-    mut conn: ConnectionManager,
+    slot: Arc<ArcSwapOption<ConnectionManager>>,
+    mut sentinel: Option<SentinelClient>,
+    managers: Managers,
     client_tracking: bool,
     attempt_timeout: Duration,
 ) {
@@ -618,12 +756,49 @@ async fn supervise(
         Some(s) => (format!("{}:invalidate", s.prefix), format!("{}:", s.prefix)),
         None => return,
     };
+    // Several round trips: a sentinel's ROLE and SENTINEL MASTERS, then ROLE on the master.
+    let resolve_timeout = attempt_timeout * 4;
+    let mut conn: Option<ConnectionManager> =
+        slot.load_full().map(|c| ConnectionManager::clone(&c));
     let mut subscribed_once = false;
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(s) = shared.upgrade() else { return };
+        if let (None, Some(client)) = (&conn, sentinel.as_mut()) {
+            match tokio::time::timeout(resolve_timeout, client.async_get_client()).await {
+                Ok(Ok(master)) => {
+                    let addr = master.get_connection_info().addr().to_string();
+                    let generation = s.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                    match managers.manager(master, generation) {
+                        Ok(m) => {
+                            tracing::info!(master = %addr, "Sentinel named the Redis master; connecting.");
+                            slot.store(Some(Arc::new(m.clone())));
+                            conn = Some(m);
+                            subscribed_once = false;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = ?err.kind(), "Cannot set up a connection to the Redis master.")
+                        }
+                    }
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(error = ?err.kind(), detail = %err, "No reachable Redis master from the sentinels yet.")
+                }
+                Err(_) => tracing::warn!("The sentinels did not answer in time; retrying."),
+            }
+        }
+        let Some(c) = conn.as_mut() else {
+            let wake = Arc::clone(&s);
+            drop(s);
+            tokio::select! {
+                () = wake.wake.notified() => {}
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(SENTINEL_MAX_BACKOFF);
+            continue;
+        };
         if !subscribed_once {
-            match tokio::time::timeout(attempt_timeout, conn.subscribe(&channel)).await {
+            match tokio::time::timeout(attempt_timeout, c.subscribe(&channel)).await {
                 Ok(Ok(())) => subscribed_once = true,
                 Ok(Err(err)) => {
                     tracing::warn!(error = ?err.kind(), "Cannot subscribe to Redis invalidations yet.")
@@ -631,7 +806,13 @@ async fn supervise(
                 Err(_) => tracing::warn!("Redis subscription timed out; retrying."),
             }
         }
+        let mut demoted = false;
         if subscribed_once && !s.subscribed.load(Ordering::Acquire) {
+            // With Sentinel, trust a (re)connection only to a master: the manager reconnects
+            // to the same address, which a failover may have turned into a replica.
+            demoted = sentinel.is_some() && !is_master(c, attempt_timeout).await;
+        }
+        if subscribed_once && !demoted && !s.subscribed.load(Ordering::Acquire) {
             // The subscription is (back) on this connection: tracking is per connection, so
             // turn it on again, then flush: messages may have been missed meanwhile.
             let tracking = if client_tracking {
@@ -642,9 +823,7 @@ async fn supervise(
                     .arg("PREFIX")
                     .arg(&tracking_prefix)
                     .clone();
-                match tokio::time::timeout(attempt_timeout, cmd.query_async::<Value>(&mut conn))
-                    .await
-                {
+                match tokio::time::timeout(attempt_timeout, cmd.query_async::<Value>(c)).await {
                     Ok(Ok(_)) => true,
                     Ok(Err(err)) => {
                         tracing::warn!(error = ?err.kind(), "CLIENT TRACKING refused; relying on pub/sub and cache_ttl.");
@@ -656,7 +835,7 @@ async fn supervise(
                 false
             };
             let ping = redis::cmd("PING").clone();
-            if tokio::time::timeout(attempt_timeout, ping.query_async::<Value>(&mut conn))
+            if tokio::time::timeout(attempt_timeout, ping.query_async::<Value>(c))
                 .await
                 .is_ok_and(|r| r.is_ok())
             {
@@ -665,31 +844,61 @@ async fn supervise(
                 s.clocks.set_caching(true);
                 s.connected.store(true, Ordering::Release);
                 s.subscribed.store(true, Ordering::Release);
+                if sentinel.is_some() {
+                    s.masters.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::info!(tracking, "Subscribed to Redis invalidations.");
                 backoff = Duration::from_millis(50);
             }
         }
-        let healthy = s.subscribed.load(Ordering::Acquire);
+        let healthy = !demoted && s.subscribed.load(Ordering::Acquire);
         let wake = Arc::clone(&s);
         drop(s);
         if healthy {
             // Until the connection drops (the push handler clears `subscribed`) or comes back.
             tokio::select! {
-                () = wake.resubscribed.notified() => {}
+                () = wake.wake.notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+            // Sentinel: still the master? (A failover reconfigures the old master as a
+            // replica; a command may have seen READONLY.)
+            if sentinel.is_some()
+                && wake.subscribed.load(Ordering::Acquire)
+                && !is_master(c, attempt_timeout).await
+                && wake.subscribed.load(Ordering::Acquire)
+            {
+                tracing::warn!("The Redis node is no longer the master; asking the sentinels.");
+                abandon(&wake, &slot, &mut conn);
+            }
+        } else if sentinel.is_some() {
+            // Lost (or never had) the master: ask the sentinels again rather than wait for
+            // the manager to reconnect to an address that may no longer be the master.
+            tracing::warn!("Lost the Redis master; asking the sentinels.");
+            abandon(&wake, &slot, &mut conn);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(SENTINEL_MAX_BACKOFF);
         } else {
             // Probe: a command on a dead connection makes the manager reconnect (and resubscribe).
             let ping = redis::cmd("PING").clone();
-            let _ =
-                tokio::time::timeout(attempt_timeout, ping.query_async::<Value>(&mut conn)).await;
+            let _ = tokio::time::timeout(attempt_timeout, ping.query_async::<Value>(c)).await;
             tokio::select! {
-                () = wake.resubscribed.notified() => {}
+                () = wake.wake.notified() => {}
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
+}
+
+/// Sentinel mode: drop the current manager; requests see "no master" until the next one.
+fn abandon(
+    shared: &Shared,
+    slot: &ArcSwapOption<ConnectionManager>,
+    conn: &mut Option<ConnectionManager>,
+) {
+    slot.store(None);
+    *conn = None;
+    shared.abandon();
 }
 
 // === parsing ===

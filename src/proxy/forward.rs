@@ -1,22 +1,38 @@
-//! Forwarding to upstreams: keep-alive pools, round robin, timeouts, streamed bodies.
+//! Forwarding to upstreams: keep-alive pools, round robin over healthy targets, passive health,
+//! timeouts, connection limits, streamed bodies, optional HTTP/2 and TLS upstream.
 //!
 //! `forward` takes a `&Grant`: only `policy` can make one, so no code path can send a request
 //! upstream without a decision that allowed it (or monitor mode).
+//!
+//! Passive health (Envoy's consecutive-failure outlier detection): `max_failures` connect
+//! failures or timeouts in a row eject a target for `eject_for`; it then gets traffic again.
+//! When every target is ejected the round-robin pick is used anyway (Envoy's panic mode): a
+//! guess beats refusing everything.
+//!
+//! Retries: only a connect failure is retried (the request never left the gateway), only for
+//! GET, HEAD, OPTIONS, PUT and DELETE without a body, each other healthy target at most once,
+//! all within the one `request_timeout`. Anything that may have reached an upstream is never
+//! replayed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::UpstreamSettings;
+use super::limits::{LimitedBody, is_too_large};
+use super::tls::{self, TlsError};
+use crate::config::{UpstreamProtocol, UpstreamSettings};
 use crate::policy::Grant;
 
-/// Why forwarding failed (502 / 504).
+/// Why forwarding failed (mapped to 413 / 502 / 503 / 504 in the pipeline).
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("upstream `{upstream}` unreachable: {source}")]
@@ -27,27 +43,88 @@ pub enum ForwardError {
     },
     #[error("upstream `{0}` did not answer in time")]
     Timeout(String),
+    #[error("upstream `{0}` is at `max_connections` and none freed up in time")]
+    Busy(String),
+    #[error("request body larger than `max_body`; upstream request to `{0}` aborted")]
+    BodyTooLarge(String),
     #[error("invalid upstream target: {0}")]
     InvalidTarget(String),
     #[error("upstream `{0}` answered 101; tunnels are not relayed")]
     UnexpectedUpgrade(String),
+    #[error("upstream `{upstream}` TLS setup failed: {source}")]
+    TlsSetup {
+        upstream: String,
+        #[source]
+        source: Box<TlsError>,
+    },
+}
+
+type Connector = HttpsConnector<HttpConnector>;
+
+/// One target and its passive-health state.
+struct Target {
+    authority: Authority,
+    /// Consecutive connect failures or timeouts.
+    failures: AtomicU32,
+    /// Milliseconds since `Upstreams::epoch` until which the target is skipped; 0 = healthy.
+    ejected_until: AtomicU64,
 }
 
 struct Pool {
     name: String,
-    targets: Vec<Authority>,
+    targets: Vec<Target>,
     next: AtomicUsize,
     request_timeout: Duration,
-    client: Client<HttpConnector, Incoming>,
+    max_failures: u32,
+    eject_for: Duration,
+    scheme: Scheme,
+    version: Version,
+    /// `max_connections`: one permit per in-flight request, held until its response body ends.
+    limit: Option<Arc<Semaphore>>,
+    client: Client<Connector, LimitedBody>,
 }
 
 /// All configured upstreams, indexed like `Snapshot::upstreams`.
 pub struct Upstreams {
     pools: Vec<Pool>,
+    epoch: Instant,
+    max_body: u64,
+}
+
+fn connector(s: &UpstreamSettings) -> Result<Connector, TlsError> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(s.connect_timeout));
+    http.enforce_http(false);
+    let provider = tls::provider();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match &s.tls {
+        Some(None) => builder
+            .with_provider_and_native_roots(provider)
+            .map_err(TlsError::NativeRoots)?,
+        Some(Some(ca)) => builder.with_tls_config(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(tls::read_roots(ca)?)
+                .with_no_client_auth(),
+        ),
+        // Plain upstream: the TLS side is never used (every URI is `http`).
+        None => builder.with_tls_config(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        ),
+    };
+    let builder = builder.https_or_http();
+    Ok(match s.protocol {
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+    })
 }
 
 impl Upstreams {
-    pub fn build(settings: &[UpstreamSettings]) -> Result<Upstreams, ForwardError> {
+    pub fn build(settings: &[UpstreamSettings], max_body: u64) -> Result<Upstreams, ForwardError> {
         let mut pools = Vec::with_capacity(settings.len());
         for s in settings {
             let targets = s
@@ -55,73 +132,234 @@ impl Upstreams {
                 .iter()
                 .map(|t| {
                     t.parse::<Authority>()
+                        .map(|authority| Target {
+                            authority,
+                            failures: AtomicU32::new(0),
+                            ejected_until: AtomicU64::new(0),
+                        })
                         .map_err(|_| ForwardError::InvalidTarget(t.clone()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(s.connect_timeout));
-            let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
+            let connector = connector(s).map_err(|source| ForwardError::TlsSetup {
+                upstream: s.name.clone(),
+                source: Box::new(source),
+            })?;
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(s.idle_timeout)
                 .pool_timer(TokioTimer::new())
-                .pool_max_idle_per_host(256)
-                .build(connector);
+                .pool_max_idle_per_host(s.max_connections.unwrap_or(256).min(256))
+                .timer(TokioTimer::new());
+            if s.protocol == UpstreamProtocol::Http2 {
+                builder.http2_only(true);
+            }
             pools.push(Pool {
                 name: s.name.clone(),
                 targets,
                 next: AtomicUsize::new(0),
                 request_timeout: s.request_timeout,
-                client,
+                max_failures: s.max_failures,
+                eject_for: s.eject_for,
+                scheme: if s.tls.is_some() {
+                    Scheme::HTTPS
+                } else {
+                    Scheme::HTTP
+                },
+                version: match s.protocol {
+                    UpstreamProtocol::Http1 => Version::HTTP_11,
+                    UpstreamProtocol::Http2 => Version::HTTP_2,
+                },
+                limit: s.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+                client: builder.build(connector),
             });
         }
-        Ok(Upstreams { pools })
+        Ok(Upstreams {
+            pools,
+            epoch: Instant::now(),
+            max_body,
+        })
     }
 
     pub fn name(&self, upstream: usize) -> Option<&str> {
         self.pools.get(upstream).map(|p| p.name.as_str())
     }
 
-    /// Send `parts`/`body` (already sanitized, path canonical) to `upstream`. The request URI is
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Send `request` (already sanitized, path canonical) to `upstream`. The request URI is
     /// rebuilt in origin-form from the canonical path; the client's target bytes are never sent.
     pub async fn forward(
         &self,
         _grant: &Grant,
         upstream: usize,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         path_and_query: PathAndQuery,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
         let pool = self
             .pools
             .get(upstream)
             .ok_or_else(|| ForwardError::InvalidTarget(format!("#{upstream}")))?;
-        let n = pool.next.fetch_add(1, Ordering::Relaxed);
-        let target = pool
-            .targets
-            .get(n % pool.targets.len().max(1))
-            .ok_or_else(|| ForwardError::InvalidTarget(pool.name.clone()))?;
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(target.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| ForwardError::InvalidTarget(e.to_string()))?;
-        *request.uri_mut() = uri;
-        // An h2 downstream request must not reach an HTTP/1 upstream as HTTP/2.
-        *request.version_mut() = Version::HTTP_11;
-        let sent = tokio::time::timeout(pool.request_timeout, pool.client.request(request)).await;
-        let response = match sent {
-            Err(_) => return Err(ForwardError::Timeout(pool.name.clone())),
-            Ok(Err(source)) => {
-                return Err(ForwardError::Unavailable {
-                    upstream: pool.name.clone(),
-                    source,
-                });
-            }
-            Ok(Ok(response)) => response,
+        let deadline = tokio::time::Instant::now() + pool.request_timeout;
+        let permit = match &pool.limit {
+            None => None,
+            Some(sem) => match tokio::time::timeout_at(deadline, sem.clone().acquire_owned()).await
+            {
+                Ok(Ok(permit)) => Some(permit),
+                Ok(Err(_)) | Err(_) => return Err(ForwardError::Busy(pool.name.clone())),
+            },
         };
-        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            return Err(ForwardError::UnexpectedUpgrade(pool.name.clone()));
+        let (mut parts, body) = request.into_parts();
+        // An h2 downstream request must not reach an HTTP/1 upstream as HTTP/2 (and back).
+        parts.version = pool.version;
+        let retry = (pool.targets.len() > 1
+            && body.is_end_stream()
+            && matches!(
+                parts.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+            ))
+        .then(|| (parts.method.clone(), parts.headers.clone()));
+        let mut next = Some(Request::from_parts(
+            parts,
+            LimitedBody::new(body, self.max_body),
+        ));
+        let mut tried: Vec<usize> = Vec::new();
+        loop {
+            let Some(idx) = pool.pick(self.now_ms(), &tried) else {
+                return Err(ForwardError::InvalidTarget(pool.name.clone()));
+            };
+            tried.push(idx);
+            let Some(target) = pool.targets.get(idx) else {
+                return Err(ForwardError::InvalidTarget(pool.name.clone()));
+            };
+            let mut request = match next.take() {
+                Some(r) => r,
+                None => rebuild(retry.as_ref(), pool.version)
+                    .ok_or_else(|| ForwardError::InvalidTarget(pool.name.clone()))?,
+            };
+            *request.uri_mut() = Uri::builder()
+                .scheme(pool.scheme.clone())
+                .authority(target.authority.clone())
+                .path_and_query(path_and_query.clone())
+                .build()
+                .map_err(|e| ForwardError::InvalidTarget(e.to_string()))?;
+            match tokio::time::timeout_at(deadline, pool.client.request(request)).await {
+                Ok(Ok(response)) => {
+                    target.failures.store(0, Ordering::Relaxed);
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(ForwardError::UnexpectedUpgrade(pool.name.clone()));
+                    }
+                    return Ok(response.map(|inner| UpstreamBody {
+                        inner,
+                        _permit: permit,
+                    }));
+                }
+                Err(_) => {
+                    pool.failed(self, target);
+                    return Err(ForwardError::Timeout(pool.name.clone()));
+                }
+                Ok(Err(err)) if err.is_connect() => {
+                    pool.failed(self, target);
+                    tracing::debug!(upstream = %pool.name, target = %target.authority, error = %err, "Upstream connect failed.");
+                    let another = pool.pick(self.now_ms(), &tried).is_some();
+                    if retry.is_none() || !another {
+                        return Err(ForwardError::Unavailable {
+                            upstream: pool.name.clone(),
+                            source: err,
+                        });
+                    }
+                }
+                Ok(Err(err)) if is_too_large(&err) => {
+                    return Err(ForwardError::BodyTooLarge(pool.name.clone()));
+                }
+                Ok(Err(source)) => {
+                    return Err(ForwardError::Unavailable {
+                        upstream: pool.name.clone(),
+                        source,
+                    });
+                }
+            }
         }
-        Ok(response)
+    }
+}
+
+/// A bodyless idempotent request again, for the next target.
+fn rebuild(saved: Option<&(Method, HeaderMap)>, version: Version) -> Option<Request<LimitedBody>> {
+    let (method, headers) = saved?;
+    let mut request = Request::new(LimitedBody::empty());
+    *request.method_mut() = method.clone();
+    *request.headers_mut() = headers.clone();
+    *request.version_mut() = version;
+    Some(request)
+}
+
+impl Pool {
+    /// Round robin over targets not ejected and not yet tried for this request. With every
+    /// target ejected, the first pick of a request takes the round-robin one anyway.
+    fn pick(&self, now_ms: u64, tried: &[usize]) -> Option<usize> {
+        let n = self.targets.len();
+        if n == 0 {
+            return None;
+        }
+        if !tried.is_empty() && tried.len() >= n {
+            return None;
+        }
+        let start = if tried.is_empty() {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.next.load(Ordering::Relaxed)
+        };
+        let healthy = (0..n).map(|i| (start + i) % n).find(|&i| {
+            !tried.contains(&i)
+                && self
+                    .targets
+                    .get(i)
+                    .is_some_and(|t| t.ejected_until.load(Ordering::Relaxed) <= now_ms)
+        });
+        match healthy {
+            Some(i) => Some(i),
+            None if tried.is_empty() => Some(start % n),
+            None => None,
+        }
+    }
+
+    fn failed(&self, upstreams: &Upstreams, target: &Target) {
+        let failures = target.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.max_failures {
+            let until = upstreams
+                .now_ms()
+                .saturating_add(u64::try_from(self.eject_for.as_millis()).unwrap_or(u64::MAX));
+            target.ejected_until.store(until, Ordering::Relaxed);
+            target.failures.store(0, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.name, target = %target.authority, eject_for = ?self.eject_for, "Upstream target ejected after consecutive failures.");
+        }
+    }
+}
+
+/// An upstream response body; holds the `max_connections` permit until the body is done.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

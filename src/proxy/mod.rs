@@ -1,11 +1,14 @@
 //! The data plane: listener, pipeline, header hygiene, forwarding, and the single
 //! refusal → response mapping (`respond`).
 
+pub mod cors;
 pub mod forward;
 pub mod headers;
+pub mod limits;
 pub mod pipeline;
 pub mod respond;
 pub mod server;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -25,6 +28,8 @@ pub enum StartError {
     Upstream(#[from] forward::ForwardError),
     #[error(transparent)]
     Redis(#[from] RedisSetupError),
+    #[error(transparent)]
+    Tls(#[from] Box<tls::TlsError>),
 }
 
 impl Gateway {
@@ -38,7 +43,13 @@ impl Gateway {
                 Store::Redis(RedisStore::start(redis, &snapshot.grants)?)
             }
         };
-        let upstreams = forward::Upstreams::build(&snapshot.upstreams)?;
+        let upstreams = forward::Upstreams::build(&snapshot.upstreams, snapshot.limits.max_body)?;
+        let tls = match &snapshot.server.tls {
+            Some(settings) => Some(Arc::new(
+                tls::Terminator::build(settings).map_err(Box::new)?,
+            )),
+            None => None,
+        };
         let audit = AuditLog::start(&snapshot.audit)?;
         Ok(Gateway {
             authenticator: snapshot.authenticator.clone(),
@@ -46,6 +57,7 @@ impl Gateway {
             store,
             upstreams,
             audit,
+            tls,
         })
     }
 

@@ -26,9 +26,6 @@ use super::forward::{ForwardError, Upstreams};
 use super::headers;
 use super::respond::{BadRequest, Body, Refusal};
 
-/// Longest request target (path + query) accepted, in bytes (R11).
-pub const MAX_TARGET_LEN: usize = 8 * 1024;
-
 /// Everything a request needs, built once from a validated config.
 pub struct Gateway {
     pub snapshot: Snapshot,
@@ -36,13 +33,17 @@ pub struct Gateway {
     pub authenticator: Arc<Authenticator>,
     pub upstreams: Upstreams,
     pub audit: AuditLog,
+    /// `[server] tls`: the listener terminates TLS with this (`proxy::tls`).
+    pub tls: Option<Arc<super::tls::Terminator>>,
 }
 
 /// The connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// Subject of the verified client certificate (mTLS), RFC 4514 style.
+    pub client_cert_subject: Option<Arc<str>>,
 }
 
 /// The decision for one request, as enforce or monitor mode sees it.
@@ -411,7 +412,7 @@ fn preflight(request: &Request<Incoming>, gw: &Gateway) -> Result<(), Refusal> {
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(Refusal::BadRequest(BadRequest::InvalidTarget));
     }
-    if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_TARGET_LEN {
+    if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > gw.snapshot.limits.max_uri_length {
         return Err(Refusal::UriTooLong);
     }
     Ok(())
@@ -426,6 +427,9 @@ async fn handle_inner(
     let snap = &gw.snapshot;
     // Checks first: nothing below may see a request with two readings.
     preflight(&request, gw)?;
+    // Edge limits and CORS (proxy::limits, proxy::cors): answered before any identity work.
+    super::limits::check_declared_length(&request, &snap.limits)?;
+    super::cors::answer_preflight(&request, snap.cors.as_ref())?;
     let canonical = route::canonicalize(request.uri().path())
         .map_err(|_: PathError| Refusal::BadRequest(BadRequest::AmbiguousPath))?
         .into_owned();
@@ -485,7 +489,7 @@ async fn handle_inner(
     {
         out.insert(header::HOST, host.clone());
     }
-    set_forwarding_headers(&mut out, conn, client_host);
+    set_forwarding_headers(&mut out, &conn, client_host);
     out.insert(snap.headers.request_id.clone(), ctx.request_id.clone());
     if let (Some(principal), Some(_)) = (&eval.principal, &eval.resolved) {
         let value = |s: &str| {
@@ -514,9 +518,12 @@ async fn handle_inner(
             tracing::warn!(error = %err, "Upstream request failed.");
             match err {
                 ForwardError::Timeout(_) => Refusal::UpstreamTimeout,
+                ForwardError::Busy(_) => Refusal::UpstreamBusy,
+                ForwardError::BodyTooLarge(_) => Refusal::PayloadTooLarge,
                 ForwardError::Unavailable { .. }
                 | ForwardError::InvalidTarget(_)
-                | ForwardError::UnexpectedUpgrade(_) => Refusal::UpstreamUnavailable,
+                | ForwardError::UnexpectedUpgrade(_)
+                | ForwardError::TlsSetup { .. } => Refusal::UpstreamUnavailable,
             }
         })?;
     headers::sanitize_response(response.headers_mut());
@@ -564,7 +571,7 @@ pub fn refusal_for(snap: &Snapshot, eval: &Evaluation) -> Option<Refusal> {
 }
 
 /// `x-forwarded-*` from the socket, never from the client (the client's copies are gone).
-fn set_forwarding_headers(out: &mut HeaderMap, conn: ConnInfo, client_host: Option<HeaderValue>) {
+fn set_forwarding_headers(out: &mut HeaderMap, conn: &ConnInfo, client_host: Option<HeaderValue>) {
     if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_string()) {
         out.insert("x-forwarded-for", v);
     }

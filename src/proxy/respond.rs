@@ -59,6 +59,16 @@ pub enum Refusal {
     /// The audit spool cannot record the event (`on_full = "block"`): fail closed rather
     /// than serve an unaudited request.
     AuditUnavailable,
+    /// The body is larger than `[limits] max_body` (declared, or counted while streaming).
+    PayloadTooLarge,
+    /// The upstream is at its `max_connections` and none freed up within `request_timeout`.
+    UpstreamBusy,
+    /// A CORS preflight answered by the gateway (`[cors]`): 204 with `headers`; `allowed` is
+    /// false when the origin, method or headers are not allowed (no CORS headers then).
+    Preflight {
+        allowed: bool,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
 }
 
 #[derive(Serialize)]
@@ -93,6 +103,9 @@ impl Refusal {
             Refusal::UpstreamUnavailable => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::AuditUnavailable => 503,
+            Refusal::PayloadTooLarge => 413,
+            Refusal::UpstreamBusy => 503,
+            Refusal::Preflight { .. } => 204,
         }
     }
 
@@ -107,6 +120,10 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "upstream_unavailable",
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::AuditUnavailable => "audit_unavailable",
+            Refusal::PayloadTooLarge => "payload_too_large",
+            Refusal::UpstreamBusy => "upstream_busy",
+            Refusal::Preflight { allowed: true, .. } => "cors_preflight",
+            Refusal::Preflight { allowed: false, .. } => "cors_preflight_rejected",
         }
     }
 
@@ -172,6 +189,27 @@ impl Refusal {
             Refusal::AuditUnavailable => {
                 retry_after = true;
                 plain("audit_unavailable", None, rid)
+            }
+            Refusal::PayloadTooLarge => plain("payload_too_large", None, rid),
+            Refusal::UpstreamBusy => {
+                retry_after = true;
+                plain("upstream_busy", None, rid)
+            }
+            // No body: 204 carries the CORS headers only.
+            Refusal::Preflight { headers, .. } => {
+                let mut response = Response::new(
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                );
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                let out = response.headers_mut();
+                for (name, value) in headers {
+                    out.append(name.clone(), value.clone());
+                }
+                out.insert("x-authz-source", HeaderValue::from_static("gateway"));
+                out.insert(request_id_name.clone(), request_id.clone());
+                return response;
             }
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use portcullis::proxy::{Gateway, server};
 
+pub mod edge;
 pub mod receivers;
 pub mod redis;
 

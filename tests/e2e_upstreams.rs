@@ -1,0 +1,231 @@
+//! Upstream pools end to end: failover and passive health, retries only where safe,
+//! per-upstream connection limits, HTTP/2 and TLS upstreams.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::Version;
+use support::edge::{EdgeGateway, EdgeUpstream, Pki, Speak, config};
+use support::{request, token};
+
+async fn start(targets: &[String], upstream_extra: &str) -> EdgeGateway {
+    let text = config(targets, upstream_extra, "");
+    EdgeGateway::start(&text, std::path::Path::new("tests")).await
+}
+
+/// An address nothing listens on (bound, then released): connecting is refused at once.
+async fn dead_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A listener whose accept queue is full and never drained: new SYNs are dropped, so a
+/// connect hangs until the client's connect timeout. Keep the returned values alive.
+async fn hanging_addr() -> (
+    SocketAddr,
+    tokio::net::TcpListener,
+    Vec<tokio::net::TcpStream>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    // Fill the queue: connects complete until it is full, then one stalls.
+    loop {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => held.push(s),
+            _ => break,
+        }
+        assert!(held.len() < 64, "the backlog never filled");
+    }
+    (addr, listener, held)
+}
+
+#[tokio::test]
+async fn requests_keep_succeeding_when_one_target_dies() {
+    let a = EdgeUpstream::start(Speak::H1).await;
+    let b = EdgeUpstream::start(Speak::H1).await;
+    let gw = start(
+        &[a.addr.to_string(), b.addr.to_string()],
+        "max_failures = 1\neject_for = \"60s\"",
+    )
+    .await;
+    for _ in 0..6 {
+        assert_eq!(
+            request(gw.addr, "GET", "/health", None, &[]).await.status,
+            200
+        );
+    }
+    assert_eq!((a.count(), b.count()), (3, 3), "round robin");
+    b.kill();
+    for _ in 0..10 {
+        let r = request(gw.addr, "GET", "/health", None, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+    }
+    assert_eq!(a.count(), 13);
+    assert_eq!(b.count(), 3);
+}
+
+#[tokio::test]
+async fn a_hanging_target_is_ejected_after_one_timeout() {
+    let live = EdgeUpstream::start(Speak::H1).await;
+    let (hung, _listener, _held) = hanging_addr().await;
+    let gw = start(
+        &[hung.to_string(), live.addr.to_string()],
+        "connect_timeout = \"300ms\"\nmax_failures = 1\neject_for = \"60s\"",
+    )
+    .await;
+    let mut slow = 0;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let r = request(gw.addr, "GET", "/health", None, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+        if started.elapsed() >= Duration::from_millis(250) {
+            slow += 1;
+        }
+    }
+    // Only the first request that hit the hanging target waited for its connect timeout
+    // (then was retried on the live one); after that the target was skipped.
+    assert_eq!(slow, 1);
+    assert_eq!(live.count(), 10);
+}
+
+#[tokio::test]
+async fn only_idempotent_requests_are_retried_and_a_post_is_never_replayed() {
+    let live = EdgeUpstream::start(Speak::H1).await;
+    let dead = dead_addr().await;
+    // max_failures high: the dead target stays in rotation, so every other pick hits it.
+    let gw = start(
+        &[dead.to_string(), live.addr.to_string()],
+        "max_failures = 1000",
+    )
+    .await;
+    let t = token("ed", "acme");
+    let auth = format!("Bearer {t}");
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = support::send_raw(
+            gw.addr,
+            format!("POST /api/items HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi").as_bytes(),
+        )
+        .await;
+        statuses.push(r.status);
+        if r.status == 502 {
+            assert_eq!(r.json()["error"], "upstream_unavailable");
+        }
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 200, 502, 502]);
+    let posts = live.seen().iter().filter(|s| s.method == "POST").count();
+    assert_eq!(posts, 2, "a POST that failed was replayed");
+    // A POST without a body is not retried either.
+    let r = support::send_raw(
+        gw.addr,
+        format!("POST /api/items HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let r2 = support::send_raw(
+        gw.addr,
+        format!("POST /api/items HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let mut pair = [r.status, r2.status];
+    pair.sort_unstable();
+    assert_eq!(pair, [200, 502]);
+
+    // GET, PUT and DELETE without a body hitting the dead target move on to the live one.
+    for method in ["GET", "PUT", "DELETE", "GET", "PUT", "DELETE"] {
+        let r = request(gw.addr, method, "/api/items", Some(&t), &[]).await;
+        assert_eq!(r.status, 200, "{method}: {}", r.raw);
+    }
+}
+
+#[tokio::test]
+async fn max_connections_per_upstream_waits_then_answers_503() {
+    let up = EdgeUpstream::start(Speak::H1).await;
+    let gw = start(
+        &[up.addr.to_string()],
+        "max_connections = 1\nrequest_timeout = \"300ms\"",
+    )
+    .await;
+    let addr = gw.addr;
+    // The one slot is held by a response whose body has not finished (the permit lives as
+    // long as the response body, beyond `request_timeout`, which bounds the head only).
+    let held = tokio::spawn(async move { request(addr, "GET", "/stream", None, &[]).await });
+    support::eventually("the slow request reached the upstream", || {
+        up.heads.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let r = request(gw.addr, "GET", "/health", None, &[]).await;
+    assert_eq!(r.status, 503, "{}", r.raw);
+    assert_eq!(r.json()["error"], "upstream_busy");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(
+        up.heads.load(Ordering::SeqCst),
+        1,
+        "the busy request must not be sent"
+    );
+    up.release(1);
+    let held = held.await.unwrap();
+    assert_eq!(held.status, 200, "{}", held.raw);
+    assert_eq!(held.body, "upstream ok");
+    // The slot is free again.
+    assert_eq!(
+        request(gw.addr, "GET", "/health", None, &[]).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn http2_upstream_by_prior_knowledge() {
+    let up = EdgeUpstream::start(Speak::H2).await;
+    let gw = start(&[up.addr.to_string()], "protocol = \"http2\"").await;
+    let r = request(gw.addr, "GET", "/health", None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(up.seen()[0].version, Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn tls_upstream_with_a_private_ca_over_http1_and_h2() {
+    let pki = Pki::new();
+    for (protocol, alpn, version) in [
+        ("http1", &b"http/1.1"[..], Version::HTTP_11),
+        ("http2", &b"h2"[..], Version::HTTP_2),
+    ] {
+        let config = std::sync::Arc::new(pki.upstream_server_config(&[alpn]));
+        let up = EdgeUpstream::start(Speak::Tls(config)).await;
+        let text = support::edge::config(
+            &[format!("localhost:{}", up.addr.port())],
+            &format!(
+                "tls = true\nca = \"{}\"\nprotocol = \"{protocol}\"",
+                pki.ca_path().display()
+            ),
+            "",
+        );
+        let gw = EdgeGateway::start(&text, pki.dir.path()).await;
+        let r = request(gw.addr, "GET", "/health", None, &[]).await;
+        assert_eq!(r.status, 200, "{protocol}: {}", r.raw);
+        assert_eq!(up.seen()[0].version, version);
+    }
+    // An upstream whose certificate the CA did not sign is refused (502), not trusted.
+    let stranger = std::sync::Arc::new(Pki::new().upstream_server_config(&[b"http/1.1"]));
+    let up = EdgeUpstream::start(Speak::Tls(stranger)).await;
+    let text = support::edge::config(
+        &[format!("localhost:{}", up.addr.port())],
+        &format!("tls = true\nca = \"{}\"", pki.ca_path().display()),
+        "",
+    );
+    let gw = EdgeGateway::start(&text, pki.dir.path()).await;
+    let r = request(gw.addr, "GET", "/health", None, &[]).await;
+    assert_eq!(r.status, 502, "{}", r.raw);
+    assert_eq!(up.count(), 0);
+}
