@@ -225,10 +225,13 @@ fn show(data: &SubjectData) -> String {
     )
 }
 
+/// An edit of one principal's assignment.
+type Edit = Box<dyn Fn(&mut SubjectData)>;
+
 /// Run one `roles` command; the exit code.
 pub async fn run(snap: &Snapshot, actor: &str, cmd: RolesCommand) -> anyhow::Result<i32> {
     let admin = admin(snap).await?;
-    let (tenant, subject, op): (String, String, Box<dyn Fn(&mut SubjectData)>) = match cmd {
+    let (tenant, subject, op): (String, String, Edit) = match cmd {
         RolesCommand::Show { tenant, subject } => {
             println!("{}", show(&admin.subject(&tenant, &subject).await?));
             return Ok(0);

@@ -370,7 +370,7 @@ fn check_trace(ctx: &Ctx<'_>, id: PermId) -> PermissionCheck {
         }
     });
     let mfa_patterns = matching(&def.mfa, sep, name);
-    let mfa = (rule.mfa || policy.mfa.get(i)).then(|| MfaCheck {
+    let mfa = (rule.mfa || policy.mfa.get(i)).then_some(MfaCheck {
         route: rule.mfa,
         patterns: mfa_patterns,
         has_mfa: caller.mfa,
