@@ -739,3 +739,45 @@ fn review_diff_lists_exactly_the_changed_permissions() {
     );
     assert!(csv.contains("acme,eve,editor,content.read;content.create;content.approve;seo.reports.view;video.upload,content.approve,,brand-a\n"), "{csv}");
 }
+
+// === shadow rollout ===
+
+#[tokio::test]
+async fn monitor_mode_would_be_denials_are_distinguishable_in_audit() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let config = E2E.to_owned()
+        + &format!(
+            "\n[[audit.sinks]]\ntype = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
+            audit.display()
+        );
+    assert!(!E2E.contains("[policy]"), "e2e.toml sets no global mode");
+    let config = config + "\n[policy]\nmode = \"monitor\"\n";
+    let gw = start_gateway(&config, &upstream).await;
+    let res = request(
+        gw.addr,
+        "DELETE",
+        "/api/campaigns/1",
+        Some(&token("vic", "acme")),
+        &[],
+    )
+    .await;
+    assert_eq!(res.status, 200, "monitor forwards the would-be denial");
+    assert_eq!(upstream.count(), 1);
+    let mut event = serde_json::Value::Null;
+    eventually("decision event written", || {
+        event = std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["type"] == "authz.decision")
+            .unwrap_or_default();
+        !event.is_null()
+    })
+    .await;
+    assert_eq!(event["decision"], "deny");
+    assert_eq!(event["reason"], "missing_permission");
+    assert_eq!(event["mode"], "monitor");
+    assert_eq!(event["status"], 200);
+}
