@@ -781,3 +781,79 @@ async fn monitor_mode_would_be_denials_are_distinguishable_in_audit() {
     assert_eq!(event["mode"], "monitor");
     assert_eq!(event["status"], 200);
 }
+
+// === /.well-known/portcullis/me ===
+
+#[tokio::test]
+async fn me_lists_the_callers_roles_and_effective_permissions_and_is_audited() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let config = E2E.to_owned()
+        + &format!(
+            "\n[[audit.sinks]]\ntype = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
+            audit.display()
+        );
+    let gw = start_gateway(&config, &upstream).await;
+    let me = "/.well-known/portcullis/me";
+
+    let res = request(gw.addr, "GET", me, Some(&token("ed", "acme")), &[]).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.header("x-authz-source"), Some("gateway"));
+    assert_eq!(res.header("cache-control"), Some("private, no-store"));
+    let body = res.json();
+    assert_eq!(body["tenant"], "acme");
+    assert_eq!(body["subject"], "ed");
+    assert_eq!(body["roles"], serde_json::json!(["editor"]));
+    let perms: Vec<&str> = body["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        perms.contains(&"campaigns.view") && perms.contains(&"content.create"),
+        "{perms:?}"
+    );
+    assert!(!perms.contains(&"campaigns.delete"), "{perms:?}");
+    assert_eq!(
+        body["own_permissions"],
+        serde_json::json!(["profile.edit", "notes.list"])
+    );
+
+    // dee holds `deleter` but a deny override takes campaigns.delete away: not listed.
+    let body = request(gw.addr, "GET", me, Some(&token("dee", "acme")), &[])
+        .await
+        .json();
+    assert_eq!(body["roles"], serde_json::json!(["viewer", "deleter"]));
+    assert!(
+        !body["permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "campaigns.delete")
+    );
+
+    let res = request(gw.addr, "GET", me, None, &[]).await;
+    assert_eq!(
+        (res.status, res.reason()),
+        (401, "missing_token".to_owned())
+    );
+    assert_eq!(upstream.count(), 0, "/me never reaches the upstream");
+
+    let mut events = Vec::new();
+    eventually("three /me events", || {
+        events = std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["path"] == me)
+            .collect();
+        events.len() == 3
+    })
+    .await;
+    assert_eq!(events[0]["decision"], "allow");
+    assert_eq!(events[0]["subject"], "ed");
+    assert_eq!(events[2]["decision"], "deny");
+    assert_eq!(events[2]["status"], 401);
+}
