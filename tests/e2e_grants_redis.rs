@@ -131,6 +131,20 @@ impl Env {
         request(self.gw.addr, method, path, Some(&token(who, "acme")), &[]).await
     }
 
+    /// PUBLISH an invalidation and wait until the gateway has applied it: "the very next
+    /// request" is the next one after the gateway received the message (delivery is async).
+    async fn invalidate(&self, payload: &str) {
+        let portcullis::grants::Store::Redis(store) = &self.gw.gateway.store else {
+            panic!("the Redis store is configured")
+        };
+        let before = store.invalidations();
+        self.redis.publish("t:invalidate", payload).await;
+        eventually("the gateway applied the invalidation", || {
+            store.invalidations() > before
+        })
+        .await;
+    }
+
     /// 200 from the upstream, which saw exactly this request.
     async fn allowed(&self, method: &str, path: &str, who: &str) {
         let before = self.up.count();
@@ -210,12 +224,12 @@ async fn decisions_come_from_redis_data() {
     e.refused("POST", "/api/email/send", "erin", 403, "tier_required")
         .await;
     e.redis.hset("t:acme:tenant", "tier", "growth").await;
-    e.redis.publish("t:invalidate", "acme").await;
+    e.invalidate("acme").await;
     e.allowed("POST", "/api/email/send", "erin").await;
     e.redis
         .hset("t:acme:user:erin", "deny", r#"["email.*"]"#)
         .await;
-    e.redis.publish("t:invalidate", "acme:erin").await;
+    e.invalidate("acme:erin").await;
     e.refused("POST", "/api/email/send", "erin", 403, "denied_by_override")
         .await;
     assert_eq!(e.store().data_errors(), 0);
@@ -230,19 +244,19 @@ async fn revoke_and_publish_is_denied_on_the_very_next_request() {
     e.allowed("PUT", "/api/campaigns/1", "bob").await; // from the cache now
 
     e.roles("bob", "[]").await;
-    e.redis.publish("t:invalidate", "acme:bob").await;
+    e.invalidate("acme:bob").await;
     e.refused("PUT", "/api/campaigns/1", "bob", 403, "missing_permission")
         .await;
 
     // Tenant-wide payload evicts every principal of the tenant.
     e.roles("bob", r#"["editor"]"#).await;
     e.roles("dan", r#"["viewer"]"#).await;
-    e.redis.publish("t:invalidate", "acme").await;
+    e.invalidate("acme").await;
     e.allowed("PUT", "/api/campaigns/1", "bob").await;
     e.allowed("GET", "/api/campaigns/1", "dan").await;
     e.roles("bob", "[]").await;
     e.roles("dan", "[]").await;
-    e.redis.publish("t:invalidate", "acme").await;
+    e.invalidate("acme").await;
     e.refused("PUT", "/api/campaigns/1", "bob", 403, "missing_permission")
         .await;
     e.refused("GET", "/api/campaigns/1", "dan", 403, "missing_permission")
@@ -303,7 +317,7 @@ async fn client_tracking_sees_a_write_without_publish() {
     }
     // The tenant hash is tracked too.
     e.roles("bob", r#"["viewer"]"#).await;
-    e.redis.publish("t:invalidate", "acme:bob").await;
+    e.invalidate("acme:bob").await;
     e.redis
         .hset("t:acme:user:bob", "grant", r#"["email.send"]"#)
         .await;
@@ -391,7 +405,7 @@ async fn a_restarted_redis_is_picked_up_without_restarting_the_gateway() {
         .await;
     // And the subscription is back: a publish on the new server evicts at once.
     e.roles("carol", "[]").await;
-    e.redis.publish("t:invalidate", "acme:carol").await;
+    e.invalidate("acme:carol").await;
     e.refused(
         "PUT",
         "/api/campaigns/1",
@@ -493,13 +507,13 @@ async fn malformed_values_deny_that_principal_and_are_counted() {
 
     // A broken custom role grants nothing; a broken tenant hash voids the tenant's principals.
     e.redis.hset("t:acme:roles", "broken", "{not json").await;
-    e.redis.publish("t:invalidate", "acme").await;
+    e.invalidate("acme").await;
     let before = errors();
     e.refused("GET", "/api/campaigns/1", "ok", 403, "missing_permission")
         .await;
     assert!(errors() > before);
     e.redis.cmd(&["HDEL", "t:acme:roles", "broken"]).await;
-    e.redis.publish("t:invalidate", "acme").await;
+    e.invalidate("acme").await;
     // Other principals were never affected once the data is fixed.
     e.allowed("PUT", "/api/campaigns/1", "ok").await;
 }
@@ -621,7 +635,7 @@ async fn api_keys_allow_expire_and_refuse_unknown_keys() {
 
     // Revoking the key (DEL + publish for its principal) takes effect on the next request.
     e.redis.cmd(&["DEL", &live]).await;
-    e.redis.publish("t:invalidate", "acme:svc").await;
+    e.invalidate("acme:svc").await;
     let r = call(vec![("x-api-key", "live-key-1".into())]).await;
     assert_refused(&r, 401, "invalid_token");
 }
@@ -638,8 +652,8 @@ async fn publish_to_visible_latency() {
             ("[]", 403)
         };
         e.roles("bob", roles).await;
-        e.redis.publish("t:invalidate", "acme:bob").await;
         let published = Instant::now();
+        e.redis.publish("t:invalidate", "acme:bob").await;
         loop {
             let r = e.call("GET", "/api/campaigns/1", "bob").await;
             if r.status == expect {

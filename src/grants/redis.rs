@@ -278,7 +278,7 @@ impl RedisStore {
 
     /// Invalidation messages applied (pub/sub and tracking).
     pub fn invalidations(&self) -> u64 {
-        self.shared.invalidations.load(Ordering::Relaxed)
+        self.shared.invalidations.load(Ordering::Acquire)
     }
 
     /// Sentinel mode: masters connected so far (1 after startup, +1 per failover followed);
@@ -599,11 +599,12 @@ impl Shared {
 
     /// `{tenant}` or `{tenant}:{subject}` (tenants contain no `:`; subjects may).
     fn invalidate_payload(&self, payload: &str) {
-        self.invalidations.fetch_add(1, Ordering::Relaxed);
         match payload.split_once(':') {
             None => self.invalidate_tenant(payload),
             Some((tenant, subject)) => self.invalidate_subject(tenant, subject),
         }
+        // Counted once applied, so an observer of the counter sees the eviction done.
+        self.invalidations.fetch_add(1, Ordering::Release);
     }
 
     fn invalidate_tenant(&self, tenant: &str) {
