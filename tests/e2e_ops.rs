@@ -507,10 +507,27 @@ async fn roles_changes_reach_a_running_gateway_on_the_next_request_and_are_audit
     eventually("store ready", || store.health().ready()).await;
     let config = config_path.to_str().unwrap();
     let env = [("PORTCULLIS_JWT_SECRET", "x")];
-    let roles = |args: &[&str]| {
+    let run_roles = |args: &[&str]| {
         let mut all = vec!["roles", "--config", config, "--actor", "alice"];
         all.extend_from_slice(args);
         portcullis(&all, &env)
+    };
+    // "The very next request" is the next one after the gateway received the invalidation the
+    // CLI published (delivery is asynchronous): wait for it to be applied, then ask.
+    let roles = |args: &[&str]| {
+        let before = store.invalidations();
+        let out = run_roles(args);
+        if out.status.success() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while store.invalidations() <= before {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no invalidation for {args:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        out
     };
     let bob = token("bob", "acme");
     let put = || request(gw.addr, "PUT", "/api/campaigns/1", Some(&bob), &[]);

@@ -146,10 +146,15 @@ async fn follows_a_sentinel_failover_and_never_allows_without_a_master() {
     e.allowed("GET", "carol").await; // cached from here on
     // Revoke + publish on the master: seen on the very next request.
     hset(&redis.master, "bob", "[]").await;
+    let before = store.invalidations();
     redis
         .master
         .cmd(&["PUBLISH", "t:invalidate", "acme:bob"])
         .await;
+    eventually("the gateway applied the invalidation", || {
+        store.invalidations() > before
+    })
+    .await;
     e.refused("GET", "bob", 403, "missing_permission").await;
     // Everything above is on the replica before the master dies (replication is async).
     let acked = redis.master.cmd(&["WAIT", "1", "2000"]).await;
@@ -242,10 +247,15 @@ async fn follows_a_sentinel_failover_and_never_allows_without_a_master() {
     e.allowed("PUT", "carol").await;
     // ...and a change written there, with a publish, is seen on the very next request...
     hset(&redis.replica, "carol", r#"["viewer"]"#).await;
+    let before = store.invalidations();
     redis
         .replica
         .cmd(&["PUBLISH", "t:invalidate", "acme:carol"])
         .await;
+    eventually("the gateway applied the invalidation", || {
+        store.invalidations() > before
+    })
+    .await;
     e.refused("PUT", "carol", 403, "missing_permission").await;
     e.allowed("GET", "carol").await;
     // ...and, through client tracking re-enabled on the new master, even without one.

@@ -634,7 +634,12 @@ impl Shared {
         else {
             return;
         };
-        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.apply_key_invalidation(rest);
+        // Counted once applied (see `invalidate_payload`).
+        self.invalidations.fetch_add(1, Ordering::Release);
+    }
+
+    fn apply_key_invalidation(&self, rest: &str) {
         if let Some(hex_digest) = rest.strip_prefix("apikey:") {
             let mut digest = [0u8; 32];
             if hex::decode_to_slice(hex_digest, &mut digest).is_ok() {
