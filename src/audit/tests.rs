@@ -82,6 +82,7 @@ async fn role_change_and_reload_are_spooled_before_they_resolve_and_seq_survives
     log.record(EventBody::Loss(Loss {
         count: 0,
         cause: "test",
+        bound: None,
     }))
     .await
     .unwrap();
