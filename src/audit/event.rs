@@ -282,7 +282,11 @@ impl Chain {
             return Err(err);
         }
         let mut hash = [0u8; HASH_MAX];
-        let hash = digest_into(self.key.as_deref(), out.get(start..).unwrap_or_default(), &mut hash);
+        let hash = digest_into(
+            self.key.as_deref(),
+            out.get(start..).unwrap_or_default(),
+            &mut hash,
+        );
         // INVARIANT: write_json ends the object with `}`.
         out.pop();
         out.extend_from_slice(b",\"hash\":\"");
@@ -368,7 +372,9 @@ mod tests {
         let mut t = 0u64;
         for _ in 0..2000 {
             // Spread over 1970..2400, with microseconds.
-            t = t.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            t = t
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             let micros = t % 13_569_465_600_000_000;
             let time = UNIX_EPOCH + Duration::from_micros(micros);
             assert_eq!(
@@ -397,7 +403,9 @@ mod tests {
         );
         event.seq = 42;
         let mut out = Vec::new();
-        Chain::new(GENESIS.into(), None).seal(&event, &mut out).unwrap();
+        Chain::new(GENESIS.into(), None)
+            .seal(&event, &mut out)
+            .unwrap();
         let line = String::from_utf8(out).unwrap();
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert!(line.starts_with("{\"id\":\""), "{line}");

@@ -163,7 +163,10 @@ impl Writer {
             // A crash of the previous run comes before everything else of this one.
             let crash = self.crash_loss.take();
             if let Some(count) = crash {
-                jobs.insert(0, self.internal(loss(count, "crash", Some("at_most")), count));
+                jobs.insert(
+                    0,
+                    self.internal(loss(count, "crash", Some("at_most")), count),
+                );
             }
             if last_checkpoint.elapsed() >= self.checkpoint_interval {
                 last_checkpoint = Instant::now();

@@ -192,7 +192,7 @@ impl Sink {
                     settings.format,
                     settings.batch_size,
                 )
-                    .map_err(|e| err(format!("cannot open `{}`: {e}", path.display())))?,
+                .map_err(|e| err(format!("cannot open `{}`: {e}", path.display())))?,
             ),
             SinkKind::Syslog { .. } => {
                 Sink::Syslog(Box::new(syslog::SyslogSink::new(settings).map_err(err)?))
@@ -278,16 +278,17 @@ impl Worker {
                 return;
             }
             let want = self.sink.read_size(self.settings.batch_size);
-            let mut batch = match reader.read(want, BATCH_BYTES * (want / self.settings.batch_size.max(1))) {
-                Ok(batch) => batch,
-                Err(err) => {
-                    tracing::error!(sink = %name, error = %err, "Cannot read the audit spool.");
-                    if self.pause(Duration::from_secs(1)).await {
-                        return;
+            let mut batch =
+                match reader.read(want, BATCH_BYTES * (want / self.settings.batch_size.max(1))) {
+                    Ok(batch) => batch,
+                    Err(err) => {
+                        tracing::error!(sink = %name, error = %err, "Cannot read the audit spool.");
+                        if self.pause(Duration::from_secs(1)).await {
+                            return;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-            };
+                };
             if batch.is_empty() {
                 tokio::select! {
                     changed = self.head.changed() => if changed.is_err() { return },
