@@ -9,6 +9,11 @@
 //!
 //! Sinks run on their own thread and runtime, so a slow SIEM cannot take worker time from
 //! requests either.
+//!
+//! Events answered before they are written (`buffered`, sink failures) hold a crash-loss
+//! ticket (`loss.rs`): after a crash that lost the queue, the restart writes an `audit.loss`
+//! record with `cause = "crash"` and an upper bound of the lost events, which `audit verify`
+//! reports.
 
 pub mod event;
 pub mod format;

@@ -5,6 +5,7 @@
 //! - `<first seq, 20 digits>.seg`: segment files of records
 //!   `[u32 len LE][u32 crc32c LE][u64 seq LE][len bytes payload]`; the CRC covers seq + payload.
 //! - `cursors/<sink>`: the last seq the sink's receiver acknowledged, as decimal text.
+//! - `reserved`: the crash-loss ticket counters (`loss.rs`), not part of the spool proper.
 //!
 //! Without a directory the same structure lives in memory (nothing survives a restart).
 //!
