@@ -8,10 +8,18 @@
 //!   commit), on one current-thread runtime.
 //! - `encode/*`: per-event costs: the baseline `serde_json` of the decision alone, sealing
 //!   (serialize + hash), each rendering, and the request path's `record` (enqueue).
+//! - `request/record-buffered`: the request path's cost in `buffered` mode, ns per event:
+//!   `AuditLog::record` plus one poll of its (already resolved) future, as a request task
+//!   would await it; the event body is built outside the timed region (it is the proxy's
+//!   work either way) and the writer drains concurrently on its own thread. Run it without
+//!   `taskset` to give the writer the other core.
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench audit`.
 
+use std::future::Future;
 use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -156,16 +164,16 @@ fn encode(c: &mut Criterion) {
     group.bench_function("seal", |b| {
         let mut out = Vec::with_capacity(1024);
         b.iter(|| {
-            let mut event = AuditEvent::new("gw".into(), EventBody::Decision(decision(7)));
+            let event = AuditEvent::new("gw".into(), EventBody::Decision(decision(7)));
             out.clear();
-            chain.seal(&mut event, &mut out).unwrap();
+            chain.seal(&event, &mut out).unwrap();
             black_box(out.len())
         })
     });
     let mut sealed = Vec::new();
-    let mut event = AuditEvent::new("gw".into(), EventBody::Decision(decision(7)));
+    let event = AuditEvent::new("gw".into(), EventBody::Decision(decision(7)));
     Chain::new(GENESIS.into(), None)
-        .seal(&mut event, &mut sealed)
+        .seal(&event, &mut sealed)
         .unwrap();
     for (name, f) in [
         ("json", AuditFormat::Json),
@@ -197,5 +205,50 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipeline, encode);
+/// Poll `fut` once, as a request task awaiting an already resolved future would.
+fn poll_once<F: Future>(fut: F) -> Poll<F::Output> {
+    let mut cx = Context::from_waker(Waker::noop());
+    pin!(fut).poll(&mut cx)
+}
+
+fn request(c: &mut Criterion) {
+    let mut group = c.benchmark_group("request");
+    group.throughput(Throughput::Elements(1));
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::start(&settings(dir.path(), Durability::Buffered)).unwrap();
+    const CHUNK: u64 = 8192;
+    let mut n = 0u64;
+    group.bench_function("record-buffered", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let k = left.min(CHUNK);
+                left -= k;
+                let bodies: Vec<EventBody> = (0..k)
+                    .map(|i| EventBody::Decision(decision(n + i)))
+                    .collect();
+                n += k;
+                let start = Instant::now();
+                for body in bodies {
+                    match poll_once(log.record(body)) {
+                        Poll::Ready(Ok(())) => {}
+                        other => panic!("record did not resolve at once: {other:?}"),
+                    }
+                }
+                timed += start.elapsed();
+                // Untimed: let the writer catch up so the queue never fills.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while log.stats().written < n {
+                    assert!(Instant::now() < deadline, "writer stalled");
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+            timed
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline, encode, request);
 criterion_main!(benches);

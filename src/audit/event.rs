@@ -7,7 +7,7 @@
 //! line alone, without re-serializing (and so without depending on field order or escaping).
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -18,32 +18,118 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// `prev` of the first event a spool ever holds.
 pub const GENESIS: &str = "genesis";
 
-/// One audit event. `seq` and `prev` are set by the writer; the rest when it is recorded.
-#[derive(Debug, Clone, Serialize)]
+/// One audit event. `seq` is set by the writer (and `prev` passed to `Chain::seal`); the rest
+/// when it is recorded. Building one allocates nothing beyond the body: the id and the time
+/// are plain values, formatted by the writer straight into the spool batch.
+#[derive(Debug, Clone)]
 pub struct AuditEvent {
-    pub id: String,
+    /// UUIDv7 (its timestamp is `time` in milliseconds).
+    pub id: uuid::Uuid,
     pub seq: u64,
-    pub time: String,
-    #[serde(flatten)]
+    pub time: SystemTime,
     pub body: EventBody,
     pub gateway: Arc<str>,
     pub schema_version: u32,
-    pub prev: String,
 }
 
 impl AuditEvent {
     /// A fresh event with a UUIDv7 id and the current time; `seq`/`prev` are the writer's.
+    /// No system call beyond the clock: the id's random bits come from a thread-local PRNG
+    /// (ids must be unique, not secret).
     pub fn new(gateway: Arc<str>, body: EventBody) -> AuditEvent {
+        let time = SystemTime::now();
+        let millis = time
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut random = [0u8; 10];
+        random[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+        random[8..].copy_from_slice(&fastrand::u16(..).to_le_bytes());
         AuditEvent {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid(),
             seq: 0,
-            time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            time,
             body,
             gateway,
             schema_version: SCHEMA_VERSION,
-            prev: String::new(),
         }
     }
+
+    /// Append the event as one JSON object, with `prev`, without `hash`. Field order is the
+    /// canonical one: id, seq, time, type, the body's fields, gateway, schema_version, prev.
+    pub fn write_json(&self, prev: &str, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(b"{\"id\":\"");
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        out.extend_from_slice(self.id.hyphenated().encode_lower(&mut id).as_bytes());
+        out.extend_from_slice(b"\",\"seq\":");
+        write_u64(out, self.seq);
+        out.extend_from_slice(b",\"time\":\"");
+        out.extend_from_slice(&rfc3339_micros(self.time));
+        out.extend_from_slice(b"\",");
+        // The body serializes as `{"type":"...",...}`: splice it in without its braces.
+        let at = out.len();
+        serde_json::to_writer(&mut *out, &self.body)?;
+        // INVARIANT: an internally tagged enum serializes as an object with at least `type`.
+        out.remove(at);
+        out.pop();
+        out.extend_from_slice(b",\"gateway\":");
+        serde_json::to_writer(&mut *out, &*self.gateway)?;
+        out.extend_from_slice(b",\"schema_version\":");
+        write_u64(out, u64::from(self.schema_version));
+        out.extend_from_slice(b",\"prev\":");
+        serde_json::to_writer(&mut *out, prev)?;
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// Decimal digits of `n`, without allocating.
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (what `humantime::format_rfc3339_micros` writes), on the
+/// stack. Times before 1970 print as the epoch (a clock that far off is not an audit time).
+pub fn rfc3339_micros(time: SystemTime) -> [u8; 27] {
+    let d = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let micros = d.subsec_micros();
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, u64::try_from(year).unwrap_or(0));
+    put(5, 2, u64::try_from(month).unwrap_or(0));
+    put(8, 2, u64::try_from(day).unwrap_or(0));
+    put(11, 2, rem / 3600);
+    put(14, 2, rem / 60 % 60);
+    put(17, 2, rem % 60);
+    put(20, 6, u64::from(micros));
+    out
 }
 
 /// The event types; `type` in JSON.
@@ -150,11 +236,16 @@ pub struct Checkpoint {
     pub dropped_since_last: u64,
 }
 
-/// Events dropped before they were sequenced (spool full with `on_full = "drop"`).
+/// Events that were never written: dropped before they were sequenced (`spool_full`, spool
+/// full with `on_full = "drop"`; exact), or lost with the in-memory queue when the previous
+/// run crashed (`crash`, counted at restart; `bound = "at_most"`: an upper bound).
 #[derive(Debug, Clone, Serialize)]
 pub struct Loss {
     pub count: u64,
     pub cause: &'static str,
+    /// `"at_most"` when `count` is an upper bound; absent when it is exact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bound: Option<&'static str>,
 }
 
 /// The chain state: previous hash and optional HMAC key.
@@ -162,6 +253,9 @@ pub struct Chain {
     prev: String,
     key: Option<Vec<u8>>,
 }
+
+/// Longest hash text: `hmac-sha256:` + 64 hex digits.
+const HASH_MAX: usize = 12 + 64;
 
 impl Chain {
     pub fn new(prev: String, key: Option<Vec<u8>>) -> Chain {
@@ -173,44 +267,59 @@ impl Chain {
     }
 
     /// Go back to `prev` (a batch that was sealed but could not be written).
-    pub fn restore(&mut self, prev: String) {
-        self.prev = prev;
+    pub fn restore(&mut self, prev: &str) {
+        self.prev.clear();
+        self.prev.push_str(prev);
     }
 
-    /// Serialize `event` with `prev` set, hash it and append the `hash` member. Advances the
-    /// chain only on success.
-    pub fn seal(
-        &mut self,
-        event: &mut AuditEvent,
-        out: &mut Vec<u8>,
-    ) -> Result<(), serde_json::Error> {
-        event.prev.clone_from(&self.prev);
+    /// Serialize `event` with `prev` into `out`, hash those bytes and append the `hash`
+    /// member. Advances the chain only on success. Allocates nothing once `out` and the
+    /// chain's own buffer have grown to size.
+    pub fn seal(&mut self, event: &AuditEvent, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         let start = out.len();
-        serde_json::to_writer(&mut *out, event)?;
-        let hash = digest(self.key.as_deref(), out.get(start..).unwrap_or_default());
-        // INVARIANT: serde_json writes an object, so the last byte is `}`.
+        if let Err(err) = event.write_json(&self.prev, out) {
+            out.truncate(start);
+            return Err(err);
+        }
+        let mut hash = [0u8; HASH_MAX];
+        let hash = digest_into(
+            self.key.as_deref(),
+            out.get(start..).unwrap_or_default(),
+            &mut hash,
+        );
+        // INVARIANT: write_json ends the object with `}`.
         out.pop();
         out.extend_from_slice(b",\"hash\":\"");
         out.extend_from_slice(hash.as_bytes());
         out.extend_from_slice(b"\"}");
-        self.prev = hash;
+        self.prev.clear();
+        self.prev.push_str(hash);
         Ok(())
     }
 }
 
+/// `digest`, written into `buf` (no allocation).
+fn digest_into<'b>(key: Option<&[u8]>, bytes: &[u8], buf: &'b mut [u8; HASH_MAX]) -> &'b str {
+    let (prefix, sum): (&str, [u8; 32]) = match key.map(Hmac::<Sha256>::new_from_slice) {
+        None => ("sha256:", Sha256::digest(bytes).into()),
+        Some(Ok(mut mac)) => {
+            mac.update(bytes);
+            ("hmac-sha256:", mac.finalize().into_bytes().into())
+        }
+        // HMAC accepts keys of any length; unreachable, but never emit an unsealed event.
+        Some(Err(_)) => ("sha256:", Sha256::digest(bytes).into()),
+    };
+    let n = prefix.len() + 64;
+    buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    // 64 bytes of room for 32 bytes: cannot fail.
+    let _ = hex::encode_to_slice(sum, &mut buf[prefix.len()..n]);
+    std::str::from_utf8(&buf[..n]).unwrap_or_default()
+}
+
 /// `sha256:<hex>` or, with a key, `hmac-sha256:<hex>` of `bytes`.
 pub fn digest(key: Option<&[u8]>, bytes: &[u8]) -> String {
-    match key {
-        None => format!("sha256:{}", hex::encode(Sha256::digest(bytes))),
-        Some(key) => match Hmac::<Sha256>::new_from_slice(key) {
-            Ok(mut mac) => {
-                mac.update(bytes);
-                format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
-            }
-            // HMAC accepts keys of any length; unreachable, but never emit an unsealed event.
-            Err(_) => format!("sha256:{}", hex::encode(Sha256::digest(bytes))),
-        },
-    }
+    let mut buf = [0u8; HASH_MAX];
+    digest_into(key, bytes, &mut buf).to_owned()
 }
 
 /// Split a sealed line into (hashed bytes, stated hash): the line must end with
@@ -239,11 +348,12 @@ mod tests {
             EventBody::Loss(Loss {
                 count: 3,
                 cause: "spool_full",
+                bound: None,
             }),
         );
         event.seq = 7;
         let mut out = Vec::new();
-        chain.seal(&mut event, &mut out).unwrap();
+        chain.seal(&event, &mut out).unwrap();
         let line = String::from_utf8(out).unwrap();
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["type"], "audit.loss");
@@ -254,6 +364,65 @@ mod tests {
         let edited = line.replace("\"count\":3", "\"count\":2");
         let (hashed, stated) = unseal(&edited).unwrap();
         assert_ne!(digest(None, hashed.as_bytes()), stated);
+    }
+
+    #[test]
+    fn time_is_formatted_like_humantime() {
+        use std::time::Duration;
+        let mut t = 0u64;
+        for _ in 0..2000 {
+            // Spread over 1970..2400, with microseconds.
+            t = t
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let micros = t % 13_569_465_600_000_000;
+            let time = UNIX_EPOCH + Duration::from_micros(micros);
+            assert_eq!(
+                std::str::from_utf8(&rfc3339_micros(time)).unwrap(),
+                humantime::format_rfc3339_micros(time).to_string()
+            );
+        }
+        for edge in [0, 951_782_400_000_000, 4_107_542_399_999_999] {
+            let time = UNIX_EPOCH + Duration::from_micros(edge);
+            assert_eq!(
+                std::str::from_utf8(&rfc3339_micros(time)).unwrap(),
+                humantime::format_rfc3339_micros(time).to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn canonical_layout_is_unchanged() {
+        let mut event = AuditEvent::new(
+            "gw\"1".into(),
+            EventBody::Decision(Decision {
+                decision: "deny",
+                method: "GET".into(),
+                ..Decision::default()
+            }),
+        );
+        event.seq = 42;
+        let mut out = Vec::new();
+        Chain::new(GENESIS.into(), None)
+            .seal(&event, &mut out)
+            .unwrap();
+        let line = String::from_utf8(out).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(line.starts_with("{\"id\":\""), "{line}");
+        let at: Vec<usize> = [
+            "\"seq\":42,\"time\":\"",
+            "\",\"type\":\"authz.decision\",\"decision\":\"deny\"",
+            "\"gateway\":",
+            "\"schema_version\":1,\"prev\":\"genesis\",\"hash\":\"sha256:",
+        ]
+        .iter()
+        .map(|k| line.find(k).unwrap_or_else(|| panic!("{k} in {line}")))
+        .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{line}");
+        assert_eq!(value["gateway"], "gw\"1");
+        assert_eq!(value["id"], event.id.to_string());
+        assert_eq!(event.id.get_version_num(), 7);
+        assert_eq!(value["seq"], 42);
     }
 
     #[test]

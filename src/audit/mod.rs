@@ -9,9 +9,15 @@
 //!
 //! Sinks run on their own thread and runtime, so a slow SIEM cannot take worker time from
 //! requests either.
+//!
+//! Events answered before they are written (`buffered`, sink failures) hold a crash-loss
+//! ticket (`loss.rs`): after a crash that lost the queue, the restart writes an `audit.loss`
+//! record with `cause = "crash"` and an upper bound of the lost events, which `audit verify`
+//! reports.
 
 pub mod event;
 pub mod format;
+mod loss;
 pub mod sink;
 pub mod spool;
 pub mod verify;
@@ -65,8 +71,9 @@ pub enum AuditSetupError {
 }
 
 /// Counters shared by the request path, the writer and the sinks.
-#[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Ticket counters of the crash-loss accounting (`loss.rs`).
+    pub tickets: loss::Tickets,
     /// Events appended to the spool.
     pub written: AtomicU64,
     /// Events that never reached the spool (full queue or spool).
@@ -166,6 +173,7 @@ impl AuditLog {
             .map(|k| read_secret(k, "audit HMAC key"))
             .transpose()?;
         let recovered = Spool::open(&options, &names)?;
+        let (tickets, crash_loss) = loss::Tickets::open(options.dir.as_deref())?;
         let spool = recovered.spool.clone();
         let (prev, next_seq) = match &recovered.last {
             Some(record) => {
@@ -177,7 +185,14 @@ impl AuditLog {
             None => (event::GENESIS.to_owned(), 1),
         };
         let gateway: Arc<str> = settings.gateway_name.as_str().into();
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            tickets,
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            loss_pending: AtomicU64::new(0),
+            full: AtomicBool::new(false),
+        });
         refresh_full(&spool, &counters);
         let (tx, rx) = sync_channel(QUEUE_CAPACITY);
         let (head_tx, head_rx) = watch::channel(next_seq - 1);
@@ -199,6 +214,7 @@ impl AuditLog {
                 emitter: sink::Emitter {
                     tx: tx.clone(),
                     gateway: gateway.clone(),
+                    counters: counters.clone(),
                 },
                 counters: counters.clone(),
                 dead_letter: options.dir.as_ref().map(|d| d.join("dead-letter")),
@@ -217,6 +233,8 @@ impl AuditLog {
             gateway: gateway.clone(),
             counters: counters.clone(),
             head: head_tx,
+            crash_loss: crash_loss.map(|l| l.count),
+            stall_after: writer::stall_after(),
         };
         let mut threads = Vec::new();
         threads.push(
@@ -332,9 +350,22 @@ impl AuditLog {
         } else {
             (None, None)
         };
-        let immediate = match self.tx.try_send(Job::Event { event, done, sync }) {
+        // Answered before it is written: take a ticket so a crash that loses it is counted.
+        let ticket = !wait;
+        if ticket {
+            self.counters.tickets.issue();
+        }
+        let immediate = match self.tx.try_send(Job::Event {
+            event,
+            done,
+            sync,
+            ticket,
+        }) {
             Ok(()) => None,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                if ticket {
+                    self.counters.tickets.hand_back();
+                }
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 if self.on_full == OnFull::Drop && !critical {
                     self.counters.loss_pending.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 //! - `<first seq, 20 digits>.seg`: segment files of records
 //!   `[u32 len LE][u32 crc32c LE][u64 seq LE][len bytes payload]`; the CRC covers seq + payload.
 //! - `cursors/<sink>`: the last seq the sink's receiver acknowledged, as decimal text.
+//! - `reserved`: the crash-loss ticket counters (`loss.rs`), not part of the spool proper.
 //!
 //! Without a directory the same structure lives in memory (nothing survives a restart).
 //!
@@ -52,6 +53,28 @@ pub fn encode_record(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) {
     buf.extend_from_slice(&crc.to_le_bytes());
     buf.extend_from_slice(&seq_bytes);
     buf.extend_from_slice(payload);
+}
+
+/// Start a record in `buf` whose payload the caller appends next (no intermediate buffer);
+/// returns where it starts, for `finish_record`.
+pub fn begin_record(buf: &mut Vec<u8>) -> usize {
+    let at = buf.len();
+    buf.extend_from_slice(&[0u8; HEADER]);
+    at
+}
+
+/// Fill in the header of the record started at `at` (`begin_record`): the payload is
+/// everything after the header.
+pub fn finish_record(buf: &mut [u8], at: usize, seq: u64) {
+    let Some((head, payload)) = buf.get_mut(at..).map(|b| b.split_at_mut(HEADER)) else {
+        return;
+    };
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let seq_bytes = seq.to_le_bytes();
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&seq_bytes), payload);
+    head[0..4].copy_from_slice(&len.to_le_bytes());
+    head[4..8].copy_from_slice(&crc.to_le_bytes());
+    head[8..16].copy_from_slice(&seq_bytes);
 }
 
 /// What decoding found at one offset.

@@ -76,12 +76,21 @@ async fn role_change_and_reload_are_spooled_before_they_resolve_and_seq_survives
     assert_eq!(events[0]["actor"], "admin@acme");
     assert_eq!(events[1]["type"], "config.reload");
     assert_eq!(events[1]["prev"], events[0]["hash"]);
+    // Let the file sink persist its cursor first: `drop` joins only the writer, and a sink
+    // caught between its write and its cursor update would (rightly, at-least-once) send
+    // the line again after the restart, or race the new run's cursor file.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.stats().sinks[0].cursor < 2 {
+        assert!(Instant::now() < deadline, "cursor never reached the head");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     drop(log);
 
     let log = AuditLog::start(&settings(dir.path(), Duration::from_secs(300))).unwrap();
     log.record(EventBody::Loss(Loss {
         count: 0,
         cause: "test",
+        bound: None,
     }))
     .await
     .unwrap();

@@ -40,9 +40,13 @@ pub enum Finding {
         line: usize,
         seq: u64,
     },
+    /// An `audit.loss` record: `count` events were never written (`cause`); with
+    /// `at_most` (a crash counted at restart) the count is an upper bound.
     Loss {
         line: usize,
         count: u64,
+        cause: String,
+        at_most: bool,
     },
     /// HMAC-sealed events without a key to check them.
     Unverifiable {
@@ -78,9 +82,20 @@ impl std::fmt::Display for Finding {
             Finding::Conflict { line, seq } => {
                 write!(f, "line {line}: two different events claim seq {seq}")
             }
-            Finding::Loss { line, count } => write!(
+            Finding::Loss {
+                line,
+                count,
+                cause,
+                at_most: true,
+            } => write!(
                 f,
-                "line {line}: the gateway recorded {count} dropped events (audit.loss)"
+                "line {line}: the gateway recorded that at most {count} events were lost (audit.loss, cause {cause}; an upper bound)"
+            ),
+            Finding::Loss {
+                line, count, cause, ..
+            } => write!(
+                f,
+                "line {line}: the gateway recorded {count} dropped events (audit.loss, cause {cause})"
             ),
             Finding::Unverifiable { line, seq } => write!(
                 f,
@@ -167,7 +182,16 @@ pub fn verify(text: &str, key: Option<&[u8]>) -> Report {
         }
         if value.get("type").and_then(Value::as_str) == Some("audit.loss") {
             let count = value.get("count").and_then(Value::as_u64).unwrap_or(0);
-            report.findings.push(Finding::Loss { line: n, count });
+            report.findings.push(Finding::Loss {
+                line: n,
+                count,
+                cause: value
+                    .get("cause")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                at_most: value.get("bound").and_then(Value::as_str) == Some("at_most"),
+            });
         }
         let stream = streams.entry(gateway.to_owned()).or_default();
         if let Some(existing) = stream.get(&seq) {

@@ -1,9 +1,11 @@
 //! The writer thread: sequence, chain, group-commit to the spool, complete the waiters.
 //!
 //! Every event passes through here, in one thread, so `seq` and `prev` follow spool order.
-//! Each loop takes everything queued (up to `MAX_BATCH`), seals it, appends it with one write
-//! and then completes every request waiting on it: that is the group commit that lets
+//! Each loop takes everything queued (up to `MAX_BATCH`), seals each event straight into the
+//! batch buffer (header, JSON, hash: no per-event allocation), appends the batch with one
+//! write and then completes every request waiting on it: that is the group commit that lets
 //! `durability = "spooled"` cost one write per batch of concurrent requests, not per request.
+//! It also settles the crash-loss tickets (`loss.rs`) of what it wrote.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,17 +15,29 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use super::event::{AuditEvent, Chain, Checkpoint, EventBody, Loss};
-use super::spool::{SpoolError, SpoolWriter, encode_record};
+use super::spool::{SpoolError, SpoolWriter, begin_record, finish_record};
 use super::{AuditUnavailable, Counters};
 use crate::config::{FsyncPolicy, OnFull};
 
 /// Events sealed per group commit at most.
 const MAX_BATCH: usize = 4096;
+/// How long the queue stays drained before the loss reservation shrinks (`Tickets::settle`).
+const SETTLE: Duration = Duration::from_millis(20);
 
 /// The sender completed once an event is in the spool.
 pub(crate) type Done = oneshot::Sender<Result<(), AuditUnavailable>>;
-/// An event waiting in the writer: (event, waiter, fsync before completing).
-type Pending = (Box<AuditEvent>, Option<Done>, bool);
+
+/// An event waiting in the writer.
+struct Pending {
+    event: Box<AuditEvent>,
+    done: Option<Done>,
+    /// fsync before completing.
+    sync: bool,
+    /// Holds a crash-loss ticket.
+    ticket: bool,
+    /// A crash `audit.loss` record: tickets it accounts for once written.
+    covers: u64,
+}
 
 /// A request to the writer.
 pub(crate) enum Job {
@@ -33,9 +47,44 @@ pub(crate) enum Job {
         done: Option<Done>,
         /// fsync before completing (role changes).
         sync: bool,
+        /// The event holds a crash-loss ticket (it was answered before being written).
+        ticket: bool,
     },
     /// Stop after what is queued (the `AuditLog` was dropped).
     Shutdown,
+}
+
+impl Job {
+    fn pending(self) -> Option<Pending> {
+        match self {
+            Job::Event {
+                event,
+                done,
+                sync,
+                ticket,
+            } => Some(Pending {
+                event,
+                done,
+                sync,
+                ticket,
+                covers: 0,
+            }),
+            Job::Shutdown => None,
+        }
+    }
+}
+
+/// Fault injection for the crash-loss test (debug builds only): with
+/// `PORTCULLIS_TEST_AUDIT_WRITER_STALL_AFTER=N` the writer stops writing once `N` events are
+/// in the spool, as a stuck disk would, while requests keep being answered (`buffered`).
+pub(crate) fn stall_after() -> Option<u64> {
+    if cfg!(debug_assertions) {
+        std::env::var("PORTCULLIS_TEST_AUDIT_WRITER_STALL_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    } else {
+        None
+    }
 }
 
 pub(crate) struct Writer {
@@ -51,6 +100,10 @@ pub(crate) struct Writer {
     pub counters: Arc<Counters>,
     /// Published after every commit: the last seq sinks may read.
     pub head: watch::Sender<u64>,
+    /// Upper bound of the events a crash of the previous run lost (`loss.rs`).
+    pub crash_loss: Option<u64>,
+    /// `stall_after()`.
+    pub stall_after: Option<u64>,
 }
 
 impl Writer {
@@ -61,9 +114,16 @@ impl Writer {
         let mut dropped_at_checkpoint = self.counters.dropped.load(Ordering::Relaxed);
         let mut jobs: Vec<Pending> = Vec::new();
         let mut stop = false;
-        let mut buf = Vec::with_capacity(256 * 1024);
-        let mut records = Vec::with_capacity(256 * 1024);
+        let mut records = Vec::with_capacity(1 << 20);
+        let mut saved_prev = String::new();
+        let mut settle_at: Option<Instant> = None;
         while !stop {
+            if let Some(n) = self.stall_after
+                && self.counters.written.load(Ordering::Relaxed) >= n
+            {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
             let now = Instant::now();
             let mut wait = self
                 .checkpoint_interval
@@ -71,60 +131,83 @@ impl Writer {
             if self.fsync == FsyncPolicy::Interval {
                 wait = wait.min(self.fsync_interval.saturating_sub(now - last_sync));
             }
+            if let Some(at) = settle_at {
+                wait = wait.min(at.saturating_duration_since(now));
+            }
+            if self.crash_loss.is_some() {
+                // Record the previous run's loss now, not with the next event.
+                wait = Duration::ZERO;
+            }
             match self.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
-                Ok(Job::Event { event, done, sync }) => jobs.push((event, done, sync)),
-                Ok(Job::Shutdown) | Err(RecvTimeoutError::Disconnected) => stop = true,
+                Ok(job) => match job.pending() {
+                    Some(p) => jobs.push(p),
+                    None => stop = true,
+                },
+                Err(RecvTimeoutError::Disconnected) => stop = true,
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            while jobs.len() < MAX_BATCH {
+            while jobs.len() < MAX_BATCH && !stop {
                 match self.rx.try_recv() {
-                    Ok(Job::Event { event, done, sync }) => jobs.push((event, done, sync)),
-                    Ok(Job::Shutdown) => {
-                        stop = true;
-                        break;
-                    }
+                    Ok(job) => match job.pending() {
+                        Some(p) => jobs.push(p),
+                        None => stop = true,
+                    },
                     Err(_) => break,
                 }
             }
             // Loss first: it explains the requests that were dropped before this batch.
             let pending_loss = self.counters.loss_pending.swap(0, Ordering::Relaxed);
             if pending_loss > 0 {
-                let loss = AuditEvent::new(
-                    self.gateway.clone(),
-                    EventBody::Loss(Loss {
-                        count: pending_loss,
-                        cause: "spool_full",
-                    }),
+                jobs.insert(0, self.internal(loss(pending_loss, "spool_full", None), 0));
+            }
+            // A crash of the previous run comes before everything else of this one.
+            let crash = self.crash_loss.take();
+            if let Some(count) = crash {
+                jobs.insert(
+                    0,
+                    self.internal(loss(count, "crash", Some("at_most")), count),
                 );
-                jobs.insert(0, (Box::new(loss), None, false));
             }
             if last_checkpoint.elapsed() >= self.checkpoint_interval {
                 last_checkpoint = Instant::now();
                 let dropped = self.counters.dropped.load(Ordering::Relaxed);
-                let checkpoint = AuditEvent::new(
-                    self.gateway.clone(),
-                    EventBody::Checkpoint(Checkpoint {
-                        head_seq: self.next_seq.saturating_sub(1),
-                        head_hash: self.chain.prev().to_owned(),
-                        events_since_last: since_checkpoint,
-                        dropped_since_last: dropped - dropped_at_checkpoint,
-                    }),
-                );
+                let checkpoint = EventBody::Checkpoint(Checkpoint {
+                    head_seq: self.next_seq.saturating_sub(1),
+                    head_hash: self.chain.prev().to_owned(),
+                    events_since_last: since_checkpoint,
+                    dropped_since_last: dropped - dropped_at_checkpoint,
+                });
                 dropped_at_checkpoint = dropped;
                 since_checkpoint = 0;
-                jobs.push((Box::new(checkpoint), None, false));
+                jobs.push(self.internal(checkpoint, 0));
             }
             if !jobs.is_empty() {
                 let n = jobs.len() as u64;
-                let written = self.commit(&mut jobs, &mut buf, &mut records);
+                let written = self.commit(&mut jobs, &mut records, &mut saved_prev);
                 if written {
                     since_checkpoint += n;
-                } else if pending_loss > 0 {
-                    // The loss record itself could not be written: keep it pending.
-                    self.counters
-                        .loss_pending
-                        .fetch_add(pending_loss, Ordering::Relaxed);
+                } else {
+                    if pending_loss > 0 {
+                        // The loss record itself could not be written: keep it pending.
+                        self.counters
+                            .loss_pending
+                            .fetch_add(pending_loss, Ordering::Relaxed);
+                    }
+                    self.crash_loss = self.crash_loss.or(crash);
                 }
+                if settle_at.is_none() {
+                    settle_at = Some(Instant::now() + SETTLE);
+                }
+            }
+            if let Some(at) = settle_at
+                && (Instant::now() >= at || stop)
+            {
+                settle_at = if self.counters.tickets.drained() {
+                    self.counters.tickets.settle();
+                    None
+                } else {
+                    Some(Instant::now() + SETTLE)
+                };
             }
             let sync_due = match self.fsync {
                 FsyncPolicy::Always => true,
@@ -140,28 +223,44 @@ impl Writer {
         }
     }
 
+    fn internal(&self, body: EventBody, covers: u64) -> Pending {
+        Pending {
+            event: Box::new(AuditEvent::new(self.gateway.clone(), body)),
+            done: None,
+            sync: false,
+            ticket: false,
+            covers,
+        }
+    }
+
     /// Seal and append `jobs`, complete their waiters; returns whether they were written.
     fn commit(
         &mut self,
         jobs: &mut Vec<Pending>,
-        buf: &mut Vec<u8>,
         records: &mut Vec<u8>,
+        saved_prev: &mut String,
     ) -> bool {
         records.clear();
-        let saved_prev = self.chain.prev().to_owned();
+        saved_prev.clear();
+        saved_prev.push_str(self.chain.prev());
         let first = self.next_seq;
         let mut seq = first;
         let mut sync = false;
-        for (event, _, s) in jobs.iter_mut() {
-            sync |= *s;
-            event.seq = seq;
-            buf.clear();
-            if let Err(err) = self.chain.seal(event, buf) {
+        let mut tickets = 0u64;
+        let mut covers = 0u64;
+        for p in jobs.iter_mut() {
+            sync |= p.sync;
+            tickets += u64::from(p.ticket);
+            p.event.seq = seq;
+            let at = begin_record(records);
+            if let Err(err) = self.chain.seal(&p.event, records) {
                 // Cannot happen for these types; never write a half event.
+                records.truncate(at);
                 tracing::error!(error = %err, "Audit event did not serialize.");
                 continue;
             }
-            encode_record(records, seq, buf);
+            finish_record(records, at, seq);
+            covers += p.covers;
             seq += 1;
         }
         let last = seq - 1;
@@ -177,14 +276,16 @@ impl Writer {
                 self.counters
                     .written
                     .fetch_add(seq - first, Ordering::Relaxed);
+                // After the append: a crash in between overcounts, never undercounts.
+                self.counters.tickets.settled(tickets + covers);
                 self.head.send_replace(last);
                 if !self.spool.spool().has_readers()
                     && let Err(err) = self.spool.spool().release()
                 {
                     tracing::error!(error = %err, "Cannot trim the audit spool.");
                 }
-                for (_, done, _) in jobs.drain(..) {
-                    if let Some(done) = done {
+                for p in jobs.drain(..) {
+                    if let Some(done) = p.done {
                         let _ = done.send(Ok(()));
                     }
                 }
@@ -201,12 +302,12 @@ impl Writer {
                 // Loss records are bookkeeping about other events: never counted themselves.
                 let mut lost = 0u64;
                 let mut refused = 0u64;
-                for (event, done, sync) in jobs.iter() {
-                    if matches!(event.body, EventBody::Loss(_)) {
+                for p in jobs.iter() {
+                    if matches!(p.event.body, EventBody::Loss(_)) {
                         continue;
                     }
-                    let refuses = done.is_some()
-                        && (!drop_ok || *sync || matches!(event.body, EventBody::RoleChange(_)));
+                    let refuses = p.done.is_some()
+                        && (!drop_ok || p.sync || matches!(p.event.body, EventBody::RoleChange(_)));
                     if refuses {
                         refused += 1;
                     } else {
@@ -218,17 +319,18 @@ impl Writer {
                     .fetch_add(lost + refused, Ordering::Relaxed);
                 self.counters.refused.fetch_add(refused, Ordering::Relaxed);
                 // Served (or never waited for) without being written: a loss record follows
-                // once the spool has room.
+                // once the spool has room, so their crash-loss tickets are settled.
                 self.counters
                     .loss_pending
                     .fetch_add(lost, Ordering::Relaxed);
+                self.counters.tickets.settled(tickets);
                 self.counters.full.store(full, Ordering::Relaxed);
-                for (event, done, sync) in jobs.drain(..) {
-                    if let Some(done) = done {
+                for p in jobs.drain(..) {
+                    if let Some(done) = p.done {
                         // Role changes never proceed unaudited, whatever `on_full` says.
                         let outcome = if drop_ok
-                            && !sync
-                            && !matches!(event.body, EventBody::RoleChange(_))
+                            && !p.sync
+                            && !matches!(p.event.body, EventBody::RoleChange(_))
                         {
                             Ok(())
                         } else {
@@ -245,4 +347,12 @@ impl Writer {
         }
         written
     }
+}
+
+fn loss(count: u64, cause: &'static str, bound: Option<&'static str>) -> EventBody {
+    EventBody::Loss(Loss {
+        count,
+        cause,
+        bound,
+    })
 }

@@ -24,7 +24,7 @@ fn sealed(decision: &'static str, path: &str) -> Vec<u8> {
     );
     event.seq = 1042;
     let mut out = Vec::new();
-    chain.seal(&mut event, &mut out).unwrap();
+    chain.seal(&event, &mut out).unwrap();
     out
 }
 

@@ -1,7 +1,9 @@
 //! `file` (JSON lines or any format, size-based rotation) and `stdout`.
 //!
 //! Delivered means written and `fdatasync`ed: the cursor never runs ahead of what a machine
-//! crash would keep.
+//! crash would keep. With a backlog the worker hands the file sink up to `FILE_GROUP`
+//! batches at once: each batch of `batch_size` events is one `write`, and the group shares
+//! one `fdatasync` and one cursor update (a sync per 500 events was most of the wall time).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -14,6 +16,12 @@ use crate::config::AuditFormat;
 
 fn render_lines(format: AuditFormat, batch: &[Record], out: &mut Vec<u8>) {
     for r in batch {
+        if format == AuditFormat::Json {
+            // The sealed bytes as they are: no copy through a rendering.
+            out.extend_from_slice(&r.payload);
+            out.push(b'\n');
+            continue;
+        }
         match format::render(format, &r.payload) {
             Ok(line) => out.extend_from_slice(&line),
             // Unreadable record: keep the raw bytes rather than lose the line.
@@ -30,6 +38,8 @@ pub(crate) struct FileSink {
     max_size: Option<u64>,
     max_files: usize,
     format: AuditFormat,
+    /// Events per `write`.
+    batch_size: usize,
     buf: Vec<u8>,
 }
 
@@ -39,6 +49,7 @@ impl FileSink {
         max_size: Option<u64>,
         max_files: usize,
         format: AuditFormat,
+        batch_size: usize,
     ) -> io::Result<FileSink> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
@@ -52,6 +63,7 @@ impl FileSink {
             max_size,
             max_files,
             format,
+            batch_size: batch_size.max(1),
             buf: Vec::with_capacity(256 * 1024),
         })
     }
@@ -80,19 +92,22 @@ impl FileSink {
         Ok(())
     }
 
+    /// Write `batch` (one `write` per `batch_size` events), then one `fdatasync`.
     pub fn send(&mut self, batch: &[Record]) -> Result<(), SinkError> {
-        self.buf.clear();
-        render_lines(self.format, batch, &mut self.buf);
-        let len = self.buf.len() as u64;
-        if let Some(max) = self.max_size
-            && self.size > 0
-            && self.size + len > max
-        {
-            self.rotate()?;
+        for chunk in batch.chunks(self.batch_size) {
+            self.buf.clear();
+            render_lines(self.format, chunk, &mut self.buf);
+            let len = self.buf.len() as u64;
+            if let Some(max) = self.max_size
+                && self.size > 0
+                && self.size + len > max
+            {
+                self.rotate()?;
+            }
+            self.file.write_all(&self.buf)?;
+            self.size += len;
         }
-        self.file.write_all(&self.buf)?;
         self.file.sync_data()?;
-        self.size += len;
         Ok(())
     }
 }

@@ -28,6 +28,8 @@ pub use http::classify_hec;
 
 /// Bytes read from the spool per batch at most (on top of `batch_size`).
 const BATCH_BYTES: usize = 4 << 20;
+/// A file sink with a backlog takes up to this many batches per `fdatasync` and cursor update.
+const FILE_GROUP: usize = 16;
 
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
@@ -140,16 +142,22 @@ impl SinkStats {
 pub(crate) struct Emitter {
     pub tx: SyncSender<Job>,
     pub gateway: Arc<str>,
+    pub counters: Arc<Counters>,
 }
 
 impl Emitter {
     fn emit(&self, body: EventBody) {
         let event = Box::new(AuditEvent::new(self.gateway.clone(), body));
-        let _ = self.tx.try_send(Job::Event {
+        self.counters.tickets.issue();
+        let sent = self.tx.try_send(Job::Event {
             event,
             done: None,
             sync: false,
+            ticket: true,
         });
+        if sent.is_err() {
+            self.counters.tickets.hand_back();
+        }
     }
 }
 
@@ -177,8 +185,14 @@ impl Sink {
                 max_size,
                 max_files,
             } => Sink::File(
-                file::FileSink::open(path, *max_size, *max_files, settings.format)
-                    .map_err(|e| err(format!("cannot open `{}`: {e}", path.display())))?,
+                file::FileSink::open(
+                    path,
+                    *max_size,
+                    *max_files,
+                    settings.format,
+                    settings.batch_size,
+                )
+                .map_err(|e| err(format!("cannot open `{}`: {e}", path.display())))?,
             ),
             SinkKind::Syslog { .. } => {
                 Sink::Syslog(Box::new(syslog::SyslogSink::new(settings).map_err(err)?))
@@ -201,6 +215,14 @@ impl Sink {
     /// File and stdout write whatever is there; network sinks wait to fill a batch.
     fn waits_for_batch(&self) -> bool {
         matches!(self, Sink::Syslog(_) | Sink::Http(_))
+    }
+
+    /// Events to read per delivery: a file sink groups batches under one sync.
+    fn read_size(&self, batch_size: usize) -> usize {
+        match self {
+            Sink::File(_) => batch_size.saturating_mul(FILE_GROUP),
+            _ => batch_size,
+        }
     }
 }
 
@@ -255,16 +277,18 @@ impl Worker {
             if *self.stop.borrow() {
                 return;
             }
-            let mut batch = match reader.read(self.settings.batch_size, BATCH_BYTES) {
-                Ok(batch) => batch,
-                Err(err) => {
-                    tracing::error!(sink = %name, error = %err, "Cannot read the audit spool.");
-                    if self.pause(Duration::from_secs(1)).await {
-                        return;
+            let want = self.sink.read_size(self.settings.batch_size);
+            let mut batch =
+                match reader.read(want, BATCH_BYTES * (want / self.settings.batch_size.max(1))) {
+                    Ok(batch) => batch,
+                    Err(err) => {
+                        tracing::error!(sink = %name, error = %err, "Cannot read the audit spool.");
+                        if self.pause(Duration::from_secs(1)).await {
+                            return;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-            };
+                };
             if batch.is_empty() {
                 tokio::select! {
                     changed = self.head.changed() => if changed.is_err() { return },
