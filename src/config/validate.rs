@@ -18,7 +18,7 @@ use http::{HeaderName, Method};
 use super::diagnostic::{FileId, Sources, backticked, did_you_mean, from_toml};
 use super::raw::{self, Map, S, StrList};
 use super::{
-    ApiKeySettings, ConfigError, FileStoreData, GrantsSettings, HeaderNames, IdentityKinds,
+    AdminToken, ApiKeySettings, ConfigError, FileStoreData, GrantsSettings, HeaderNames, IdentityKinds,
     RedisSettings, RedisTarget, RouteEntry, SentinelSettings, ServerSettings, Snapshot, StaleFor,
     StoreSettings, UpstreamSettings,
 };
@@ -202,6 +202,8 @@ struct RoutePlan {
     mfa: bool,
     mode: Option<Mode>,
     deny_status: Option<u16>,
+    websocket: bool,
+    websocket_max_lifetime: Option<Duration>,
 }
 
 enum ReqPlan {
@@ -252,6 +254,7 @@ impl Ctx<'_> {
             audit,
             limits,
             cors,
+            log,
         } = file;
 
         let server = self.check_server(main, server);
@@ -262,6 +265,7 @@ impl Ctx<'_> {
         let audit = self.check_audit(main, audit);
         let limits = self.check_limits(main, limits);
         let cors = self.check_cors(main, cors);
+        let log = self.check_log(main, log);
 
         // Roles, aliases and routes from the main file and every include, in load order.
         let mut all_roles = vec![(main, roles)];
@@ -382,8 +386,22 @@ impl Ctx<'_> {
         if !self.errors.is_empty() {
             return None;
         }
+        let files: Vec<PathBuf> = (0..self.src.len())
+            .map(|id| self.src.path(id).to_path_buf())
+            .collect();
+        let sha256 = {
+            use sha2::Digest;
+            let mut hash = sha2::Sha256::new();
+            for id in 0..self.src.len() {
+                hash.update(self.src.text(id).as_bytes());
+            }
+            hex::encode(hash.finalize())
+        };
         Some(Snapshot {
             source: self.src.path(main).to_path_buf(),
+            files,
+            sha256,
+            log,
             server: server?,
             upstreams,
             jwt: jwt?.0,
@@ -497,8 +515,34 @@ impl Ctx<'_> {
         let raw::Server {
             listen,
             admin_listen,
+            admin_token_env,
             tls,
         } = server.into_inner();
+        let admin_token = admin_token_env.and_then(|name| {
+            match std::env::var(name.get_ref()) {
+                Ok(token) if token.len() >= 16 => Some(AdminToken(token)),
+                Ok(_) => {
+                    self.err(
+                        main,
+                        name.span(),
+                        "server.admin_token_env",
+                        format!("the admin token in `{}` is shorter than 16 characters", name.get_ref()),
+                        Some("use a random token, e.g. `openssl rand -hex 32`".into()),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.err(
+                        main,
+                        name.span(),
+                        "server.admin_token_env",
+                        format!("environment variable `{}` is not set", name.get_ref()),
+                        Some("export the admin API token in that variable, or remove `admin_token_env`".into()),
+                    );
+                    None
+                }
+            }
+        });
         let tls_given = tls.is_some();
         let tls = tls.and_then(|tls| self.check_server_tls(main, tls));
         let listen = match listen {
@@ -533,6 +577,7 @@ impl Ctx<'_> {
         }
         Some(ServerSettings {
             tls,
+            admin_token,
             listen: listen?,
             admin_listen: match admin {
                 Some((_, a)) => Some(a?),
@@ -2089,6 +2134,8 @@ impl Ctx<'_> {
             mfa,
             mode,
             deny_status,
+            websocket,
+            websocket_max_lifetime,
         } = route.get_ref();
         let errors_before = self.errors.len();
 
@@ -2330,6 +2377,40 @@ impl Ctx<'_> {
             },
         };
 
+        let websocket_on = websocket.as_ref().is_some_and(|w| *w.get_ref());
+        if let Some(w) = websocket
+            && websocket_on
+            && !method_list.contains(&Method::GET)
+        {
+            self.err(
+                file,
+                w.span(),
+                &format!("{key}.websocket"),
+                format!("websocket route `{name}` does not allow `GET`"),
+                Some("a WebSocket handshake is a `GET`; add it to `methods`".into()),
+            );
+        }
+        let websocket_max_lifetime = match websocket_max_lifetime {
+            Some(l) if !websocket_on => {
+                self.err(
+                    file,
+                    l.span(),
+                    &format!("{key}.websocket_max_lifetime"),
+                    format!("`websocket_max_lifetime` on route `{name}`, which is not a websocket route"),
+                    Some("add `websocket = true`, or remove the key".into()),
+                );
+                None
+            }
+            Some(_) => Some(self.duration(
+                file,
+                websocket_max_lifetime,
+                &format!("{key}.websocket_max_lifetime"),
+                Duration::from_secs(3600),
+                true,
+            )),
+            None => None,
+        };
+
         if self.errors.len() > errors_before || !path_ok {
             return (None, name_at);
         }
@@ -2345,6 +2426,8 @@ impl Ctx<'_> {
                 mfa: mfa.as_ref().is_some_and(|m| *m.get_ref()),
                 mode,
                 deny_status,
+                websocket: websocket_on,
+                websocket_max_lifetime,
             }),
             _ => None,
         };
@@ -2485,6 +2568,8 @@ impl Ctx<'_> {
                 mfa,
                 mode: route_mode,
                 deny_status,
+                websocket,
+                websocket_max_lifetime,
             } = plan;
             let mut missing = None;
             let mut id = |name: &str| {
@@ -2531,6 +2616,8 @@ impl Ctx<'_> {
                 owner_param,
                 scope_param,
                 deny_status,
+                websocket,
+                websocket_max_lifetime,
             });
         }
         out
