@@ -19,6 +19,7 @@ use crate::audit::{AuditLog, AuditUnavailable, Decision, EventBody};
 use crate::config::{RouteEntry, Snapshot};
 use crate::grants::{Access, GrantsError, Resolved, Store};
 use crate::identity::{Authenticator, AuthnError, Principal};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::{self, Caller, Outcome, Reason, Verdict};
 use crate::route::{self, PathError};
 
@@ -31,10 +32,17 @@ pub struct Gateway {
     pub snapshot: Snapshot,
     pub store: Store,
     pub authenticator: Arc<Authenticator>,
-    pub upstreams: Upstreams,
-    pub audit: AuditLog,
+    /// Shared with the next generation when `[upstreams.*]` did not change (pools and health).
+    pub upstreams: Arc<Upstreams>,
+    /// Shared by every generation: one spool, one hash chain per process.
+    pub audit: Arc<AuditLog>,
     /// `[server] tls`: the listener terminates TLS with this (`proxy::tls`).
     pub tls: Option<Arc<super::tls::Terminator>>,
+    /// 1 at start, +1 per applied reload; the Redis cache is keyed by it.
+    pub generation: u64,
+    pub metrics: Arc<Metrics>,
+    /// Indexed like `snapshot.route_entries`.
+    pub route_metrics: Vec<Arc<RouteMetrics>>,
 }
 
 /// The connection a request arrived on.
@@ -271,6 +279,10 @@ struct RequestCtx {
     outcome: Option<Outcome>,
     required: Vec<String>,
     mode: policy::Mode,
+    /// Arrival → decision, once there is one.
+    decided_after: Option<std::time::Duration>,
+    /// Time to the upstream's response head, once forwarded.
+    upstream_time: Option<std::time::Duration>,
 }
 
 /// Entry point for every request on the public listener.
@@ -302,6 +314,8 @@ pub async fn handle(
         outcome: None,
         required: Vec::new(),
         mode: gw.snapshot.mode,
+        decided_after: None,
+        upstream_time: None,
     };
     // Fail closed before forwarding when the spool is known to be full (`on_full = "block"`):
     // the upstream never sees a request whose event cannot be written.
@@ -320,12 +334,58 @@ pub async fn handle(
         }
     };
     // Spooled durability: the response leaves only after its event is in the spool.
-    match audit(&gw, &ctx, response.status().as_u16(), refusal_reason).await {
+    let response = match audit(&gw, &ctx, response.status().as_u16(), refusal_reason).await {
         Ok(()) => response,
         Err(AuditUnavailable) => {
             tracing::error!("Audit event could not be spooled; answering 503.");
             Refusal::AuditUnavailable.into_response(&request_id, request_id_name)
         }
+    };
+    observe(&gw, &ctx, response.status().as_u16(), refusal_reason);
+    response
+}
+
+/// Metrics and the access log for one finished request (labels: route pattern, never path).
+fn observe(gw: &Gateway, ctx: &RequestCtx, status: u16, refusal_reason: Option<&'static str>) {
+    let (decision, reason) = match &ctx.outcome {
+        Some(Outcome::Allow { .. }) => ("allow", refusal_reason.unwrap_or("")),
+        Some(Outcome::Deny(denial)) => ("deny", denial.reason.as_str()),
+        None => ("error", refusal_reason.unwrap_or("")),
+    };
+    let route = ctx
+        .route
+        .and_then(|id| gw.route_metrics.get(id))
+        .unwrap_or(&gw.metrics.unrouted);
+    route.request(decision, reason);
+    if let Some(d) = ctx.decided_after {
+        route.decision_latency.observe(d);
+    }
+    if let Some(d) = ctx.upstream_time {
+        route.upstream_latency.observe(d);
+    }
+    // Monitor mode: denied, yet forwarded. What an enforce rollout would refuse.
+    if let Some(Outcome::Deny(denial)) = &ctx.outcome
+        && ctx.mode == policy::Mode::Monitor
+        && denial.reason != Reason::NoRoute
+    {
+        route.shadow_denial(denial.reason.as_str());
+    }
+    if gw.snapshot.log.access_log {
+        let route = ctx.route.and_then(|id| gw.route_entry(id)).map(|e| e.path.as_str());
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = ctx.request_id.to_str().unwrap_or_default(),
+            method = %ctx.method,
+            route = route.unwrap_or(""),
+            status,
+            decision,
+            reason,
+            latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            tenant = ctx.principal.as_ref().map_or("", |p| p.tenant.as_str()),
+            subject = ctx.principal.as_ref().map_or("", |p| p.subject.as_str()),
+            client_ip = %ctx.client_ip.ip(),
+            "Request served."
+        );
     }
 }
 
@@ -455,6 +515,7 @@ async fn handle_inner(
         ctx.required = required_names(snap, entry);
     }
     ctx.outcome = Some(eval.verdict.outcome.clone());
+    ctx.decided_after = Some(ctx.started.elapsed());
 
     let (Some(grant), Some(entry)) = (
         eval.verdict.grant(),
@@ -510,7 +571,8 @@ async fn handle_inner(
     }
     .map_err(|_| Refusal::BadRequest(BadRequest::InvalidTarget))?;
     let request = Request::from_parts(parts, body);
-    let mut response = gw
+    let sent = Instant::now();
+    let forwarded = gw
         .upstreams
         .forward(grant, entry.upstream, request, path_and_query)
         .await
@@ -525,7 +587,9 @@ async fn handle_inner(
                 | ForwardError::UnexpectedUpgrade(_)
                 | ForwardError::TlsSetup { .. } => Refusal::UpstreamUnavailable,
             }
-        })?;
+        });
+    ctx.upstream_time = Some(sent.elapsed());
+    let mut response = forwarded?;
     headers::sanitize_response(response.headers_mut());
     if !response.headers().contains_key(&snap.headers.request_id) {
         response
