@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod respond;
 pub mod server;
 pub mod tls;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

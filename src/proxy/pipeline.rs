@@ -481,7 +481,7 @@ fn preflight(request: &Request<Incoming>, gw: &Gateway) -> Result<(), Refusal> {
 async fn handle_inner(
     gw: &Gateway,
     ctx: &mut RequestCtx,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     conn: ConnInfo,
 ) -> Result<Response<Body>, Refusal> {
     let snap = &gw.snapshot;
@@ -494,6 +494,15 @@ async fn handle_inner(
         .map_err(|_: PathError| Refusal::BadRequest(BadRequest::AmbiguousPath))?
         .into_owned();
     ctx.path.clone_from(&canonical);
+
+    // A WebSocket handshake listens for revocations before its grants are resolved, so one
+    // racing the decision still closes the tunnel (`proxy::upgrade`).
+    let websocket = super::upgrade::is_websocket_handshake(&request);
+    let revocations = if websocket {
+        gw.store.redis().map(|r| r.revocations())
+    } else {
+        None
+    };
 
     // Identity before the store: a request without valid credentials never costs a grants
     // round trip (an API key costs one lookup, cached like grants).
@@ -523,6 +532,10 @@ async fn handle_inner(
     ) else {
         return Err(refusal_for(snap, &eval).unwrap_or(Refusal::AuthorizationUnavailable));
     };
+
+    // Only now, after the full decision, may a websocket route take the upgrade.
+    let tunnel = websocket && entry.websocket;
+    let downstream = tunnel.then(|| hyper::upgrade::on(&mut request));
 
     // Strip, then set (R5): the client's map is sanitized before any gateway header goes in.
     let (mut parts, body) = request.into_parts();
@@ -563,6 +576,9 @@ async fn handle_inner(
     if grant.own_only() {
         out.insert(snap.headers.scope.clone(), HeaderValue::from_static("own"));
     }
+    if tunnel {
+        super::upgrade::set_upgrade_headers(&mut out);
+    }
     parts.headers = out;
 
     let path_and_query = match parts.uri.query() {
@@ -574,7 +590,7 @@ async fn handle_inner(
     let sent = Instant::now();
     let forwarded = gw
         .upstreams
-        .forward(grant, entry.upstream, request, path_and_query)
+        .forward(grant, entry.upstream, request, path_and_query, tunnel)
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "Upstream request failed.");
@@ -585,12 +601,41 @@ async fn handle_inner(
                 ForwardError::Unavailable { .. }
                 | ForwardError::InvalidTarget(_)
                 | ForwardError::UnexpectedUpgrade(_)
+                | ForwardError::UpgradeUnsupported(_)
                 | ForwardError::TlsSetup { .. } => Refusal::UpstreamUnavailable,
             }
         });
     ctx.upstream_time = Some(sent.elapsed());
     let mut response = forwarded?;
+    // `forward` returns a 101 only when `tunnel` asked for it.
+    let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let upstream_upgrade = if switching {
+        if !super::upgrade::upstream_accepted(response.headers()) {
+            tracing::warn!("Upstream answered 101 without `Upgrade: websocket`; refusing.");
+            return Err(Refusal::UpstreamUnavailable);
+        }
+        Some(hyper::upgrade::on(&mut response))
+    } else {
+        None
+    };
     headers::sanitize_response(response.headers_mut());
+    if let (Some(up), Some(down)) = (upstream_upgrade, downstream) {
+        super::upgrade::set_upgrade_headers(response.headers_mut());
+        let (tenant, subject) = eval
+            .principal
+            .as_ref()
+            .map(|p| (p.tenant.clone(), p.subject.clone()))
+            .unwrap_or_default();
+        let guard = super::upgrade::TunnelGuard {
+            tenant,
+            subject,
+            revocations,
+            max_lifetime: entry
+                .websocket_max_lifetime
+                .unwrap_or(snap.limits.websocket_max_lifetime),
+        };
+        super::upgrade::spawn_tunnel(down, up, guard, gw.metrics.clone());
+    }
     if !response.headers().contains_key(&snap.headers.request_id) {
         response
             .headers_mut()
