@@ -176,8 +176,9 @@ pub(crate) struct Jwt {
     pub algorithms: Option<S<StrList>>,
     pub secret_env: Option<S<String>>,
     pub jwks_file: Option<S<String>>,
-    /// Not supported yet.
     pub jwks_url: Option<S<String>>,
+    pub jwks_refresh_interval: Option<S<String>>,
+    pub jwks_min_refresh_interval: Option<S<String>>,
     pub issuer: Option<S<String>>,
     pub audience: Option<S<String>>,
     pub subject_claim: Option<S<String>>,

@@ -1339,6 +1339,7 @@ fn limits_section() {
             max_connections: 100,
             max_requests_per_connection: Some(10),
             shutdown_timeout: Duration::from_secs(5),
+            websocket_max_lifetime: Duration::from_secs(3600),
         }
     );
     let text = format!("{BASE}\n[limits]\nmax_header_bytes = \"1KiB\"\n");

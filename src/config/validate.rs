@@ -22,7 +22,7 @@ use super::{
     RedisSettings, RedisTarget, RouteEntry, SentinelSettings, ServerSettings, Snapshot, StaleFor,
     StoreSettings, UpstreamSettings,
 };
-use crate::identity::{Authenticator, IdentitySetupError, JwtSettings, TenantSource};
+use crate::identity::{Authenticator, IdentitySetupError, JwksUrl, JwtSettings, TenantSource};
 use crate::policy::{
     Location, Mode, Policy, PolicyDef, PolicyError, Requirement, RoleDef, Rule, SubjectData,
     TenantData,
@@ -893,6 +893,8 @@ impl Ctx<'_> {
             secret_env,
             jwks_file,
             jwks_url,
+            jwks_refresh_interval,
+            jwks_min_refresh_interval,
             issuer,
             audience,
             subject_claim,
@@ -950,15 +952,65 @@ impl Ctx<'_> {
         }
         let has_hs = algs.iter().any(|a| a.starts_with("HS"));
         let has_asym = algs.iter().any(|a| !a.starts_with("HS"));
-        if let Some(url) = &jwks_url {
-            self.err(
-                main,
-                url.span(),
-                "identity.jwt.jwks_url",
-                "`jwks_url` is not supported yet",
-                Some("download the key set and point `jwks_file` at it".into()),
-            );
+        let refresh = self.duration(
+            main,
+            &jwks_refresh_interval,
+            "identity.jwt.jwks_refresh_interval",
+            Duration::from_secs(300),
+            true,
+        );
+        let min_interval = self.duration(
+            main,
+            &jwks_min_refresh_interval,
+            "identity.jwt.jwks_min_refresh_interval",
+            Duration::from_secs(10),
+            true,
+        );
+        for (v, key) in [
+            (&jwks_refresh_interval, "jwks_refresh_interval"),
+            (&jwks_min_refresh_interval, "jwks_min_refresh_interval"),
+        ] {
+            if let (Some(v), None) = (v, &jwks_url) {
+                self.err(
+                    main,
+                    v.span(),
+                    &format!("identity.jwt.{key}"),
+                    format!("`{key}` is set without `jwks_url`"),
+                    Some("add `jwks_url`, or remove the key".into()),
+                );
+            }
         }
+        let jwks_url_settings = match &jwks_url {
+            None => None,
+            Some(url) => {
+                let parsed = url.get_ref().parse::<http::Uri>().ok().filter(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+                });
+                if parsed.is_none() {
+                    self.err(
+                        main,
+                        url.span(),
+                        "identity.jwt.jwks_url",
+                        format!("invalid `jwks_url` `{}`", url.get_ref()),
+                        Some("write an absolute `https://` URL, e.g. `https://idp.example.com/.well-known/jwks.json`".into()),
+                    );
+                }
+                if jwks_file.is_some() {
+                    self.err(
+                        main,
+                        url.span(),
+                        "identity.jwt.jwks_url",
+                        "`jwks_url` and `jwks_file` are both set",
+                        Some("use one key source".into()),
+                    );
+                }
+                parsed.map(|url| JwksUrl {
+                    url,
+                    refresh,
+                    min_interval,
+                })
+            }
+        };
         if let Some(env) = &secret_env {
             let name = env.get_ref();
             let valid = !name.is_empty()
@@ -1063,6 +1115,7 @@ impl Ctx<'_> {
             algorithms: algs,
             secret_env: secret_env.map(S::into_inner),
             jwks_file: jwks_file.map(|f| self.base.join(f.into_inner())),
+            jwks_url: jwks_url_settings,
             issuer: issuer.map(S::into_inner),
             audience: audience.map(S::into_inner),
             subject_claim: subject_claim.map_or_else(|| "sub".to_owned(), S::into_inner),

@@ -62,6 +62,9 @@ impl Gateway {
             None => None,
         };
         let audit = Arc::new(AuditLog::start(&snapshot.audit)?);
+        if let Some(jwks) = snapshot.authenticator.jwks_source() {
+            jwks.start(metrics.clone());
+        }
         metrics.generation.store(1, Ordering::Relaxed);
         metrics.loaded_at.store(unix_now(), Ordering::Relaxed);
         Ok(Gateway {
@@ -110,6 +113,10 @@ impl Gateway {
                 snapshot.limits.max_body,
             )?)
         };
+        snapshot.authenticator.adopt_keys(&self.authenticator);
+        if let Some(jwks) = snapshot.authenticator.jwks_source() {
+            jwks.start(self.metrics.clone());
+        }
         Ok(Gateway {
             authenticator: snapshot.authenticator.clone(),
             route_metrics: self.metrics.routes_for(&snapshot),
