@@ -5,7 +5,7 @@
 //! | `GET /healthz` | the process is up |
 //! | `GET /readyz` | config loaded, grant store reachable, audit spool writable (503 if not) |
 //! | `GET /metrics` | Prometheus text (`metrics`) |
-//! | `POST /v1/explain` | one `explain --batch` line in, the same answer `portcullis explain` gives |
+//! | `POST /v1/explain` | one `explain --batch` line in; `portcullis explain --format json`'s answer (decision, route, trace) plus `text`, the human trace |
 //! | `POST /v1/reload` | reload now (`runtime`); 200 applied or unchanged, 422 rejected |
 //! | `GET /v1/config` | active config hash and generation, the last reload error |
 //!
@@ -29,7 +29,8 @@ use hyper_util::server::conn::auto;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use crate::cli::{ExplainQuery, explain_one};
+use crate::cli::ExplainQuery;
+use crate::cli::explain::{explain_request, render_text};
 use crate::runtime::Runtime;
 
 /// Largest `/v1/explain` body.
@@ -178,8 +179,13 @@ async fn handle(runtime: &Runtime, request: Request<Incoming>) -> AdminResponse 
                     );
                 }
             };
-            let answer = explain_one(&gateway, &query).await;
-            json(StatusCode::OK, &serde_json::to_value(&answer).unwrap_or_default())
+            // The same library call as `portcullis explain --format json`, plus the text trace.
+            let explanation = explain_request(&gateway, &query).await;
+            let mut value = serde_json::to_value(&explanation).unwrap_or_default();
+            if let Some(object) = value.as_object_mut() {
+                object.insert("text".into(), render_text(&explanation).into());
+            }
+            json(StatusCode::OK, &value)
         }
         (_, "/healthz" | "/readyz" | "/metrics" | "/v1/config" | "/v1/reload" | "/v1/explain") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")

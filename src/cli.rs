@@ -19,7 +19,12 @@ use crate::proxy::{Gateway, server};
 use crate::route;
 use crate::runtime::{ReloadSource, Runtime};
 
+pub mod cases;
 mod demo;
+pub mod explain;
+pub mod review;
+pub mod roles;
+pub mod routes;
 
 /// Portcullis: an authorization enforcement gateway.
 #[derive(Debug, Parser)]
@@ -72,6 +77,45 @@ pub enum Command {
         /// Extra token claims as JSON, e.g. '{"amr":["mfa"]}'.
         #[arg(long)]
         claims: Option<String>,
+        /// `text` (the trace, default on a terminal) or `json` (default otherwise; `--batch`
+        /// always answers JSON lines).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
+    /// Run decision tables (`[[cases]]`: tenant, subject, claims, method, path, expect,
+    /// reason, status) against the config; exit 1 on any mismatch. Policy under CI.
+    Test {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The cases file (TOML).
+        cases: PathBuf,
+    },
+    /// The compiled route table, lint findings, and coverage against an OpenAPI 3 spec.
+    Routes {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// OpenAPI 3 document (YAML or JSON): report operations without a route and routes
+        /// without an operation.
+        #[arg(long)]
+        openapi: Option<PathBuf>,
+        /// Print a starting `[[routes]]` map generated from `--openapi` instead.
+        #[arg(long, requires = "openapi")]
+        emit: bool,
+    },
+    /// Manage grants in Redis; every change is audited as `role.change`.
+    Roles {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Who makes the change (default: $USER), recorded in the audit event.
+        #[arg(long, global = true)]
+        actor: Option<String>,
+        #[command(subcommand)]
+        command: roles::RolesCommand,
+    },
+    /// Access reviews: snapshot a tenant's grants, or compare two snapshots.
+    Review {
+        #[command(subcommand)]
+        command: ReviewCommand,
     },
     /// Mint an HS256 development token from the configured secret.
     Token {
@@ -107,6 +151,46 @@ pub enum AuditCommand {
         #[arg(long)]
         hmac_key_file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReviewCommand {
+    /// Every principal of a tenant: roles, effective permissions, overrides, scopes.
+    Export {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: ReviewFormat,
+    },
+    /// Who gained or lost which permission between two JSON snapshots.
+    Diff { before: PathBuf, after: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReviewFormat {
+    Csv,
+    Json,
+}
+
+/// Output format of the commands that have two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+impl Format {
+    /// Text on a terminal, JSON when piped (scripts keep working unchanged).
+    fn or_default(format: Option<Format>) -> Format {
+        use std::io::IsTerminal;
+        format.unwrap_or(if std::io::stdout().is_terminal() {
+            Format::Text
+        } else {
+            Format::Json
+        })
+    }
 }
 
 /// Install the process's tracing subscriber: `[log]` format and level (`RUST_LOG` wins), on
@@ -167,14 +251,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             method,
             path,
             claims,
+            format,
         } => {
-            let gateway = Gateway::build_offline(load_or_print(&config)?)?;
-            if let Some(store) = gateway.store.redis()
-                && !store.wait_ready(Duration::from_secs(3)).await
-            {
-                // Still answers: every decision then reports 503, as the gateway would.
-                eprintln!("warning: Redis is not reachable; decisions report 503");
-            }
+            let gateway = build_for_queries(&config).await?;
             match batch {
                 Some(source) => explain_batch(&gateway, &source).await,
                 None => {
@@ -194,11 +273,89 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                         path,
                         claims,
                     };
-                    let answer = explain_one(&gateway, &query).await;
-                    println!("{}", serde_json::to_string(&answer)?);
-                    Ok(if answer.decision == "allow" { 0 } else { 2 })
+                    let explanation = explain::explain_request(&gateway, &query).await;
+                    match Format::or_default(format) {
+                        Format::Json => println!("{}", serde_json::to_string(&explanation)?),
+                        Format::Text => print!("{}", explain::render_text(&explanation)),
+                    }
+                    Ok(if explanation.answer.decision == "allow" {
+                        0
+                    } else {
+                        2
+                    })
                 }
             }
+        }
+        Command::Test { config, cases } => {
+            let file = cases::load(&cases)?;
+            let gateway = build_for_queries(&config).await?;
+            let report = cases::run(&gateway, &config, &file).await?;
+            print!("{}", report.text);
+            Ok(i32::from(report.failed > 0 || report.total == 0))
+        }
+        Command::Routes {
+            config,
+            openapi,
+            emit,
+        } => {
+            let snap = load_or_print(&config)?;
+            let ops = openapi.as_deref().map(routes::load_spec).transpose()?;
+            if emit {
+                let upstream = snap.upstreams.first().map_or("api", |u| u.name.as_str());
+                let ops = ops.unwrap_or_default();
+                print!("{}", routes::emit(&ops, snap.policy.separator(), upstream));
+                return Ok(0);
+            }
+            print!("{}", routes::table(&snap));
+            let findings = routes::lint(&snap);
+            println!("\nlint: {} finding(s)", findings.len());
+            for f in &findings {
+                println!("  {:<17} {}", f.kind, f.message);
+            }
+            if let Some(ops) = ops {
+                println!();
+                print!(
+                    "{}",
+                    routes::render_coverage(&routes::coverage(&snap, &ops))
+                );
+            }
+            Ok(0)
+        }
+        Command::Roles {
+            config,
+            actor,
+            command,
+        } => {
+            let Some(config) = config else {
+                bail!("roles needs --config");
+            };
+            let snap = load_or_print(&config)?;
+            roles::run(&snap, &roles::actor(actor), command).await
+        }
+        Command::Review {
+            command:
+                ReviewCommand::Export {
+                    config,
+                    tenant,
+                    format,
+                },
+        } => {
+            let snap = load_or_print(&config)?;
+            let snapshot = review::export(&snap, &tenant).await?;
+            // INTEGRATION: `audit::event::EventBody` has no `access.review` variant yet; when it
+            // does, record it here (tenant, principal count, actor) before printing.
+            match format {
+                ReviewFormat::Json => println!("{}", serde_json::to_string_pretty(&snapshot)?),
+                ReviewFormat::Csv => print!("{}", review::to_csv(&snapshot)),
+            }
+            Ok(0)
+        }
+        Command::Review {
+            command: ReviewCommand::Diff { before, after },
+        } => {
+            let d = review::diff(&review::load(&before)?, &review::load(&after)?);
+            print!("{}", review::render_diff(&d));
+            Ok(0)
         }
         Command::Token {
             config,
@@ -221,6 +378,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 },
         } => audit_verify(&file, hmac_key_env, hmac_key_file),
     }
+}
+
+/// A gateway for synthetic queries (`explain`, `test`): waits briefly for Redis.
+async fn build_for_queries(config: &Path) -> anyhow::Result<Gateway> {
+    let gateway = Gateway::build_offline(load_or_print(config)?)?;
+    if let Some(store) = gateway.store.redis()
+        && !store.wait_ready(Duration::from_secs(3)).await
+    {
+        // Still answers: every decision then reports 503, as the gateway would.
+        eprintln!("warning: Redis is not reachable; decisions report 503");
+    }
+    Ok(gateway)
 }
 
 fn audit_verify(
@@ -454,24 +623,12 @@ async fn explain_batch(gateway: &Gateway, source: &str) -> anyhow::Result<i32> {
 
 /// Decide one synthetic request exactly as the live pipeline would.
 pub async fn explain_one(gateway: &Gateway, query: &ExplainQuery) -> ExplainAnswer {
-    let mode = gateway.snapshot.mode.as_str().to_owned();
-    let deny = |status: u16, reason: &str| ExplainAnswer {
-        decision: "deny".into(),
-        status,
-        reason: Some(reason.into()),
-        required_permission: None,
-        route: None,
-        scope: None,
-        mode: mode.clone(),
-    };
-    let Ok(method) = query.method.parse::<http::Method>() else {
-        return deny(400, "invalid_method");
-    };
-    let raw_path = query.path.split('?').next().unwrap_or_default();
-    let Ok(path) = route::canonicalize(raw_path) else {
-        return deny(400, "ambiguous_path");
-    };
-    let identity = match (&query.subject, &query.tenant) {
+    evaluate_query(gateway, query).await.0
+}
+
+/// The principal a query stands for, as the authenticator would have produced it.
+fn query_identity(query: &ExplainQuery) -> Result<Principal, AuthnError> {
+    match (&query.subject, &query.tenant) {
         (None, _) => Err(AuthnError::MissingToken),
         (Some(_), None) => Err(AuthnError::MissingTenant),
         (Some(subject), Some(tenant)) => Ok(Principal {
@@ -484,11 +641,44 @@ pub async fn explain_one(gateway: &Gateway, query: &ExplainQuery) -> ExplainAnsw
                 .is_some_and(|a| a.iter().any(|v| v == "mfa")),
             expires_at: u64::MAX,
         }),
+    }
+}
+
+/// Run one query through `Gateway::evaluate`: the answer enforce mode gives, plus the
+/// canonical path and evaluation when the request got that far (for traces).
+pub(crate) async fn evaluate_query(
+    gateway: &Gateway,
+    query: &ExplainQuery,
+) -> (ExplainAnswer, Option<(String, crate::proxy::Evaluation)>) {
+    let mode = gateway.snapshot.mode.as_str().to_owned();
+    let deny = |status: u16, reason: &str| ExplainAnswer {
+        decision: "deny".into(),
+        status,
+        reason: Some(reason.into()),
+        required_permission: None,
+        route: None,
+        scope: None,
+        mode: mode.clone(),
     };
-    let eval = match gateway.evaluate(&method, &path, identity).await {
+    let Ok(method) = query.method.parse::<http::Method>() else {
+        return (deny(400, "invalid_method"), None);
+    };
+    let raw_path = query.path.split('?').next().unwrap_or_default();
+    let Ok(path) = route::canonicalize(raw_path) else {
+        return (deny(400, "ambiguous_path"), None);
+    };
+    let eval = match gateway
+        .evaluate(&method, &path, query_identity(query))
+        .await
+    {
         Ok(eval) => eval,
-        Err(_) => return deny(503, "authorization_unavailable"),
+        Err(_) => return (deny(503, "authorization_unavailable"), None),
     };
+    let answer = answer_for(gateway, &eval);
+    (answer, Some((path.into_owned(), eval)))
+}
+
+fn answer_for(gateway: &Gateway, eval: &crate::proxy::Evaluation) -> ExplainAnswer {
     let snap = &gateway.snapshot;
     let entry = eval.route.and_then(|id| gateway.route_entry(id));
     let mode = entry.map_or(snap.mode, |e| e.rule.mode).as_str().to_owned();
@@ -507,7 +697,7 @@ pub async fn explain_one(gateway: &Gateway, query: &ExplainQuery) -> ExplainAnsw
             mode,
         },
         Outcome::Deny(denial) => {
-            let status = refusal_for(snap, &eval).map_or(403, |r| r.status());
+            let status = refusal_for(snap, eval).map_or(403, |r| r.status());
             ExplainAnswer {
                 decision: "deny".into(),
                 status,

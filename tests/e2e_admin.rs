@@ -507,6 +507,14 @@ async fn explain_on_the_admin_api_matches_the_cli_answer() {
         let expected = portcullis::cli::explain_one(&gateway, &query).await;
         let got: portcullis::cli::ExplainAnswer = serde_json::from_str(&r.body).unwrap();
         assert_eq!(got, expected, "{line}");
+        let body = r.json();
+        let text = portcullis::cli::explain::render_text(
+            &portcullis::cli::explain::explain_request(&gateway, &query).await,
+        );
+        assert_eq!(body["text"], text, "{line}");
+        if expected.route.is_some() {
+            assert!(!body["trace"].is_null(), "{line}: trace missing");
+        }
     }
     let bad = "POST /v1/explain HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 5\r\n\r\n{\"x\":";
     assert_eq!(send_raw(live.admin, bad.as_bytes()).await.status, 400);

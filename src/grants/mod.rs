@@ -6,6 +6,7 @@
 //! does bit tests. Stores never decide anything, and an error is never an allow: the pipeline
 //! turns `GrantsError` into 503.
 
+pub mod admin;
 mod cache;
 pub mod file;
 pub mod redis;

@@ -495,7 +495,29 @@ impl Policy {
                 .map(Vec::into_boxed_slice)
                 .collect(),
             mfa,
+            def: std::sync::Arc::new(def.clone()),
         })
+    }
+
+    /// The definitions this policy was compiled from (roles, aliases, entitlement patterns).
+    pub fn definition(&self) -> &PolicyDef {
+        &self.def
+    }
+
+    /// The name of a tier rank.
+    pub(crate) fn tier_name(&self, rank: u32) -> Option<&str> {
+        self.tiers.get(rank as usize).map(String::as_str)
+    }
+
+    /// `(full, own)` permission names a built-in role (or alias) grants, inheritance included.
+    pub fn role_grants(&self, name_or_alias: &str) -> Option<(Vec<&str>, Vec<&str>)> {
+        let role = self.builtin(name_or_alias)?;
+        let names = |bits: &BitSet| {
+            bits.iter()
+                .filter_map(|i| self.universe.get(i).map(String::as_str))
+                .collect()
+        };
+        Some((names(&role.full), names(&role.own)))
     }
 
     pub fn separator(&self) -> char {
@@ -669,12 +691,16 @@ impl Policy {
             .enumerate()
             .map(|(i, r)| (r.name.clone(), i))
             .collect();
+        let custom_defs = accepted.into_iter().cloned().collect();
         (
             TenantGrants {
                 tier,
                 features,
                 roles,
                 role_index,
+                custom_defs,
+                data_tier: data.tier.clone(),
+                data_features: data.features.clone(),
             },
             problems,
         )
@@ -706,7 +732,11 @@ impl Policy {
             problems.push(err);
         });
         if !deny_ok {
-            return (PrincipalGrants::default(), problems);
+            let voided = PrincipalGrants {
+                source: subject.clone(),
+                ..PrincipalGrants::default()
+            };
+            return (voided, problems);
         }
 
         let mut p = PrincipalGrants {
@@ -717,6 +747,7 @@ impl Policy {
             deny,
             scopes: subject.scopes.clone().into_boxed_slice(),
             role_names: Vec::new(),
+            source: subject.clone(),
         };
         for (index, name) in subject.roles.iter().enumerate() {
             let role = self.builtin(name).or_else(|| {

@@ -11,12 +11,12 @@ use super::{
 };
 
 /// The facts one decision consults.
-struct Ctx<'a> {
-    policy: &'a Policy,
-    rule: &'a Rule,
-    caller: &'a Caller<'a>,
-    tenant: &'a TenantGrants,
-    principal: &'a PrincipalGrants,
+pub(super) struct Ctx<'a> {
+    pub(super) policy: &'a Policy,
+    pub(super) rule: &'a Rule,
+    pub(super) caller: &'a Caller<'a>,
+    pub(super) tenant: &'a TenantGrants,
+    pub(super) principal: &'a PrincipalGrants,
 }
 
 fn denial(reason: Reason, id: PermId) -> Denial {
@@ -30,7 +30,7 @@ fn denial(reason: Reason, id: PermId) -> Denial {
 
 impl Ctx<'_> {
     /// Check one permission through every stage. `Ok(own_only)` when it passes.
-    fn check(&self, id: PermId) -> Result<bool, Denial> {
+    pub(super) fn check(&self, id: PermId) -> Result<bool, Denial> {
         let Ctx {
             policy,
             rule,

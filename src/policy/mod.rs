@@ -61,6 +61,7 @@
 mod bitset;
 mod compile;
 mod eval;
+pub mod explain;
 pub mod permission;
 #[cfg(test)]
 mod tests;
@@ -243,6 +244,8 @@ pub struct Policy {
     perm_features: Box<[Box<[u32]>]>,
     /// Permissions matching an `[entitlements.mfa]` pattern.
     mfa: BitSet,
+    /// The definitions as written, kept for explain traces and lint (never read by `decide`).
+    def: std::sync::Arc<PolicyDef>,
 }
 
 /// A tenant's compiled custom roles and entitlements (tier rank, features).
@@ -253,6 +256,11 @@ pub struct TenantGrants {
     features: BitSet,
     roles: Vec<CompiledRole>,
     role_index: HashMap<String, usize>,
+    /// The accepted custom roles as written (explain traces; same order as `roles`).
+    custom_defs: Vec<RoleDef>,
+    /// The tier and features as the store holds them (explain, `/me`).
+    data_tier: Option<String>,
+    data_features: Vec<String>,
 }
 
 /// A principal's effective grants in one tenant: what `decide` consults.
@@ -268,9 +276,17 @@ pub struct PrincipalGrants {
     deny: BitSet,
     scopes: Box<[String]>,
     role_names: Vec<String>,
+    /// The assignment as the store holds it (role names before alias resolution, override
+    /// patterns), kept for explain traces and access reviews; `decide` reads the bitsets only.
+    source: SubjectData,
 }
 
 impl PrincipalGrants {
+    /// The assignment this was compiled from (roles as assigned, `grant`/`deny` patterns).
+    pub fn source(&self) -> &SubjectData {
+        &self.source
+    }
+
     /// The principal's sub-tenant scopes (empty: unrestricted).
     pub fn scopes(&self) -> &[String] {
         &self.scopes

@@ -5,6 +5,7 @@ pub mod cors;
 pub mod forward;
 pub mod headers;
 pub mod limits;
+pub mod me;
 pub mod pipeline;
 pub mod respond;
 pub mod server;

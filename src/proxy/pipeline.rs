@@ -510,6 +510,18 @@ async fn handle_inner(
         .identify(request.headers(), request.method(), unix_now())
         .await
         .map_err(|_| Refusal::AuthorizationUnavailable)?;
+    // The caller's own grants (DESIGN.md §7): answered by the gateway, audited like any request.
+    if canonical == super::me::PATH && request.method() == Method::GET {
+        let me = super::me::answer(gw, identity).await;
+        ctx.principal = me.principal;
+        ctx.roles = me.roles;
+        ctx.outcome = Some(me.outcome);
+        let mut response = me.response?;
+        response
+            .headers_mut()
+            .insert(snap.headers.request_id.clone(), ctx.request_id.clone());
+        return Ok(response);
+    }
     let eval = gw
         .evaluate(request.method(), &canonical, identity)
         .await
