@@ -187,3 +187,96 @@ async fn jwks_url_fails_closed_while_the_provider_is_unreachable() {
     assert_eq!(request(gw.addr, "GET", "/items", Some(&rsa), &[]).await.status, 401);
     assert_eq!(upstream.count(), 0);
 }
+
+const HEADER_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[upstreams.api]
+targets = ["{UPSTREAM}"]
+
+[identity]
+kinds = ["jwt", "header"]
+[identity.jwt]
+algorithms = ["HS256"]
+secret_env = "PORTCULLIS_TEST_SECRET"
+[identity.header]
+subject = "x-auth-user"
+tenant = "x-auth-tenant"
+trusted_peers = ["{PEERS}"]
+
+[grants]
+store = "file"
+
+[roles.viewer]
+permissions = ["items.view"]
+
+[[routes]]
+methods = ["GET"]
+path = "/items"
+permission = "items.view"
+upstream = "api"
+
+[[assignments]]
+tenant = "acme"
+subject = "vic"
+roles = ["viewer"]
+"#;
+
+const AS_VIC: &[(&str, &str)] = &[("X-Auth-User", "vic"), ("X-Auth-Tenant", "acme")];
+
+#[tokio::test]
+async fn trusted_headers_are_honoured_from_a_trusted_peer() {
+    let upstream = Upstream::start().await;
+    let gw = start_gateway(&HEADER_CONFIG.replace("{PEERS}", "127.0.0.1/32"), &upstream).await;
+    let r = request(gw.addr, "GET", "/items", None, AS_VIC).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = upstream.last().unwrap();
+    assert_eq!(seen.header("x-authz-subject"), Some("vic"));
+    assert_eq!(seen.header("x-authz-tenant"), Some("acme"));
+    assert_eq!(seen.header("x-auth-user"), None, "identity header passed through");
+    assert_eq!(seen.header("x-auth-tenant"), None);
+    // Asserted identities are still authorized like any other.
+    let r = request(
+        gw.addr,
+        "GET",
+        "/items",
+        None,
+        &[("X-Auth-User", "nobody"), ("X-Auth-Tenant", "acme")],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    // Malformed assertions are refused, never half-used.
+    let r = request(gw.addr, "GET", "/items", None, &[("X-Auth-User", "vic")]).await;
+    assert_eq!((r.status, r.reason().as_str()), (401, "missing_tenant"));
+    let r = request(
+        gw.addr,
+        "GET",
+        "/items",
+        None,
+        &[("X-Auth-User", "vic"), ("X-Auth-User", "root"), ("X-Auth-Tenant", "acme")],
+    )
+    .await;
+    assert_eq!((r.status, r.reason().as_str()), (401, "invalid_token"));
+}
+
+#[tokio::test]
+async fn trusted_headers_are_ignored_and_stripped_from_other_peers() {
+    let upstream = Upstream::start().await;
+    // Our loopback client is not in 10.0.0.0/8.
+    let gw = start_gateway(&HEADER_CONFIG.replace("{PEERS}", "10.0.0.0/8"), &upstream).await;
+    let r = request(gw.addr, "GET", "/items", None, AS_VIC).await;
+    assert_eq!((r.status, r.reason().as_str()), (401, "missing_token"));
+    assert_eq!(upstream.count(), 0);
+    // A token for someone else plus forged headers claiming vic: the token decides.
+    let r = request(gw.addr, "GET", "/items", Some(&support::token("nobody", "acme")), AS_VIC).await;
+    assert_eq!(r.status, 403);
+    // A valid token: allowed as the token's subject; the forged headers never reach upstream.
+    let forged = &[("X-Auth-User", "root"), ("X-Auth-Tenant", "globex")];
+    let r = request(gw.addr, "GET", "/items", Some(&support::token("vic", "acme")), forged).await;
+    assert_eq!(r.status, 200);
+    let seen = upstream.last().unwrap();
+    assert_eq!(seen.header("x-authz-subject"), Some("vic"));
+    assert_eq!(seen.header("x-auth-user"), None);
+    assert_eq!(seen.header("x-auth-tenant"), None);
+}

@@ -329,6 +329,52 @@ pub struct IdentityKinds {
     pub jwt: bool,
     /// `[identity.api_key]`: keys looked up in the grant store (Redis only).
     pub api_key: Option<ApiKeySettings>,
+    /// `[identity.header]`: identity headers honoured from trusted peers only.
+    pub header: Option<HeaderIdentitySettings>,
+}
+
+/// `[identity.header]` (security.md §3.10): honoured only from `trusted_peers` (CIDRs) or
+/// mTLS clients whose certificate subject is in `trusted_client_certs`; stripped from
+/// everyone else before anything reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderIdentitySettings {
+    pub subject: http::HeaderName,
+    pub tenant: http::HeaderName,
+    /// `(network, prefix length)`.
+    pub trusted_peers: Vec<(std::net::IpAddr, u8)>,
+    /// Exact RFC 4514 subjects, as `ConnInfo::client_cert_subject` renders them.
+    pub trusted_client_certs: Vec<String>,
+}
+
+impl HeaderIdentitySettings {
+    /// Is this connection allowed to assert identity by header?
+    pub fn trusts(&self, peer: std::net::IpAddr, client_cert: Option<&str>) -> bool {
+        let peer = match peer {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_peers
+            .iter()
+            .any(|&(net, len)| in_cidr(peer, net, len))
+            || client_cert.is_some_and(|c| self.trusted_client_certs.iter().any(|t| t == c))
+    }
+}
+
+fn in_cidr(ip: std::net::IpAddr, net: std::net::IpAddr, len: u8) -> bool {
+    use std::net::IpAddr;
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
 }
 
 impl Default for IdentityKinds {
@@ -336,6 +382,7 @@ impl Default for IdentityKinds {
         IdentityKinds {
             jwt: true,
             api_key: None,
+            header: None,
         }
     }
 }

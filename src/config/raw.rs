@@ -166,8 +166,17 @@ pub(crate) struct Identity {
     pub jwt: Option<S<Jwt>>,
     pub tenant: Option<S<TenantFrom>>,
     pub api_key: Option<S<ApiKey>>,
-    /// Trusted-header identity (§8); not supported yet.
-    pub header: Option<S<toml::Value>>,
+    pub header: Option<S<HeaderIdentity>>,
+}
+
+/// `[identity.header]`: identity set by a trusted authenticating proxy in front of us.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeaderIdentity {
+    pub subject: Option<S<String>>,
+    pub tenant: Option<S<String>>,
+    pub trusted_peers: Option<S<StrList>>,
+    pub trusted_client_certs: Option<S<StrList>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,7 +18,7 @@ use http::{HeaderName, Method};
 use super::diagnostic::{FileId, Sources, backticked, did_you_mean, from_toml};
 use super::raw::{self, Map, S, StrList};
 use super::{
-    AdminToken, ApiKeySettings, ConfigError, FileStoreData, GrantsSettings, HeaderNames, IdentityKinds,
+    AdminToken, ApiKeySettings, ConfigError, HeaderIdentitySettings, FileStoreData, GrantsSettings, HeaderNames, IdentityKinds,
     RedisSettings, RedisTarget, RouteEntry, SentinelSettings, ServerSettings, Snapshot, StaleFor,
     StoreSettings, UpstreamSettings,
 };
@@ -800,15 +800,9 @@ impl Ctx<'_> {
             api_key,
             header,
         } = identity.into_inner();
-        if let Some(header) = &header {
-            self.err(
-                main,
-                header.span(),
-                "identity.header",
-                "trusted-header identity is not supported yet",
-                Some("use `[identity.jwt]` or `[identity.api_key]`".into()),
-            );
-        }
+        let header_span = header.as_ref().map(S::span);
+        let header_settings = header.and_then(|h| self.check_header_identity(main, h));
+        let mut header_kind = None;
         let mut api_key_kind = None;
         if let Some(kinds) = &kinds {
             if kinds.get_ref().is_empty() {
@@ -826,13 +820,7 @@ impl Ctx<'_> {
                 match kind.get_ref().as_str() {
                     "jwt" => out.jwt = true,
                     "api_key" => api_key_kind = Some(kind.span()),
-                    "header" => self.err(
-                        main,
-                        kind.span(),
-                        &key,
-                        "identity kind `header` is not supported yet",
-                        Some("supported kinds: `jwt`, `api_key`".into()),
-                    ),
+                    "header" => header_kind = Some(kind.span()),
                     other => self.err(
                         main,
                         kind.span(),
@@ -840,11 +828,31 @@ impl Ctx<'_> {
                         format!("unknown identity kind `{other}`"),
                         Some(
                             did_you_mean(other, ["jwt", "api_key", "header"])
-                                .unwrap_or_else(|| "supported kinds: `jwt`, `api_key`".into()),
+                                .unwrap_or_else(|| {
+                                    "supported kinds: `jwt`, `api_key`, `header`".into()
+                                }),
                         ),
                     ),
                 }
             }
+        }
+        match (&header_kind, &header_span) {
+            (Some(_), Some(_)) => out.header = header_settings,
+            (Some(kind), None) => self.err(
+                main,
+                kind.clone(),
+                "identity.kinds",
+                "identity kind `header` needs `[identity.header]`",
+                Some("add `[identity.header]` with `subject`, `tenant` and `trusted_peers`".into()),
+            ),
+            (None, Some(s)) => self.err(
+                main,
+                s.clone(),
+                "identity.header",
+                "`[identity.header]` is set but `header` is not in `kinds`",
+                Some("write `kinds = [\"jwt\", \"header\"]`".into()),
+            ),
+            (None, None) => {}
         }
         let api_key_span = api_key.as_ref().map(S::span);
         let header_name = match api_key.map(S::into_inner) {
@@ -879,6 +887,75 @@ impl Ctx<'_> {
             return (None, out, api_key_kind);
         };
         (self.check_jwt(main, jwt, tenant), out, api_key_kind)
+    }
+
+    fn check_header_identity(
+        &mut self,
+        main: FileId,
+        header: S<raw::HeaderIdentity>,
+    ) -> Option<HeaderIdentitySettings> {
+        let span = header.span();
+        let raw::HeaderIdentity {
+            subject,
+            tenant,
+            trusted_peers,
+            trusted_client_certs,
+        } = header.into_inner();
+        let mut name = |v: Option<S<String>>, key: &str| match v {
+            Some(v) => self.header_name(main, &v, v.get_ref(), &format!("identity.header.{key}")),
+            None => {
+                self.err(
+                    main,
+                    span.clone(),
+                    &format!("identity.header.{key}"),
+                    format!("missing `{key}` in `[identity.header]`"),
+                    Some(format!("name the header carrying the {key}, e.g. `x-auth-{key}`")),
+                );
+                None
+            }
+        };
+        let subject = name(subject, "subject");
+        let tenant = name(tenant, "tenant");
+        let mut peers = Vec::new();
+        for (i, cidr) in trusted_peers.iter().flat_map(|l| l.get_ref()).enumerate() {
+            let text = cidr.get_ref();
+            let (addr, len) = text.split_once('/').unwrap_or((text, ""));
+            let parsed = addr.parse::<std::net::IpAddr>().ok().and_then(|ip| {
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let len = if len.is_empty() { Some(max) } else { len.parse::<u8>().ok() };
+                len.filter(|&l| l <= max).map(|l| (ip, l))
+            });
+            match parsed {
+                Some(p) => peers.push(p),
+                None => self.err(
+                    main,
+                    cidr.span(),
+                    &format!("identity.header.trusted_peers[{i}]"),
+                    format!("invalid CIDR `{text}`"),
+                    Some("write an address with a prefix length, e.g. `10.0.0.5/32` or `fd00::/64`".into()),
+                ),
+            }
+        }
+        let certs: Vec<String> = trusted_client_certs
+            .iter()
+            .flat_map(|l| l.get_ref())
+            .map(|c| c.get_ref().clone())
+            .collect();
+        if peers.is_empty() && certs.is_empty() {
+            self.err(
+                main,
+                span,
+                "identity.header.trusted_peers",
+                "`[identity.header]` trusts nobody",
+                Some("list the authenticating proxy in `trusted_peers = [\"10.0.0.5/32\"]` or its mTLS subject in `trusted_client_certs`".into()),
+            );
+        }
+        Some(HeaderIdentitySettings {
+            subject: subject?,
+            tenant: tenant?,
+            trusted_peers: peers,
+            trusted_client_certs: certs,
+        })
     }
 
     fn check_jwt(

@@ -235,6 +235,44 @@ impl Gateway {
     }
 }
 
+/// `[identity.header]`: `None` when the peer is not trusted or sent no subject header (then
+/// the other identity kinds apply); otherwise the asserted principal, checked like a token's.
+fn header_identity(
+    settings: &crate::config::HeaderIdentitySettings,
+    headers: &HeaderMap,
+    conn: &ConnInfo,
+) -> Option<Result<Principal, AuthnError>> {
+    if !settings.trusts(conn.peer.ip(), conn.client_cert_subject.as_deref()) {
+        return None;
+    }
+    let mut subjects = headers.get_all(&settings.subject).iter();
+    let subject = subjects.next()?;
+    let mut tenants = headers.get_all(&settings.tenant).iter();
+    let tenant = tenants.next();
+    if subjects.next().is_some() || tenants.next().is_some() {
+        return Some(Err(AuthnError::InvalidToken));
+    }
+    if !crate::identity::valid_subject(subject.as_bytes()) {
+        return Some(Err(AuthnError::InvalidToken));
+    }
+    let Some(tenant) = tenant.filter(|t| !t.is_empty()) else {
+        return Some(Err(AuthnError::MissingTenant));
+    };
+    if !crate::identity::valid_tenant(tenant.as_bytes()) {
+        return Some(Err(AuthnError::InvalidToken));
+    }
+    let text = |v: &HeaderValue| v.to_str().map(str::to_owned).ok();
+    Some(match (text(subject), text(tenant)) {
+        (Some(subject), Some(tenant)) => Ok(Principal {
+            tenant,
+            subject,
+            mfa: false,
+            expires_at: u64::MAX,
+        }),
+        _ => Err(AuthnError::InvalidToken),
+    })
+}
+
 /// `ApiKey <key>` (scheme case-insensitive): the key.
 fn api_key_scheme(authorization: &[u8]) -> Option<&[u8]> {
     let scheme = authorization.get(..7)?;
@@ -506,10 +544,20 @@ async fn handle_inner(
 
     // Identity before the store: a request without valid credentials never costs a grants
     // round trip (an API key costs one lookup, cached like grants).
-    let identity = gw
-        .identify(request.headers(), request.method(), unix_now())
-        .await
-        .map_err(|_| Refusal::AuthorizationUnavailable)?;
+    // Trusted-header identity first, and only from a trusted peer: from anyone else the
+    // headers are never read (and are stripped before forwarding, below).
+    let trusted = snap
+        .identity
+        .header
+        .as_ref()
+        .and_then(|h| header_identity(h, request.headers(), &conn));
+    let identity = match trusted {
+        Some(identity) => identity,
+        None => gw
+            .identify(request.headers(), request.method(), unix_now())
+            .await
+            .map_err(|_| Refusal::AuthorizationUnavailable)?,
+    };
     // The caller's own grants (DESIGN.md §7): answered by the gateway, audited like any request.
     if canonical == super::me::PATH && request.method() == Method::GET {
         let me = super::me::answer(gw, identity).await;
@@ -562,6 +610,12 @@ async fn handle_inner(
         .get(header::AUTHORIZATION)
         .is_some_and(|v| api_key_scheme(v.as_bytes()).is_some());
     let mut out = headers::sanitize_request(std::mem::take(&mut parts.headers), &snap.headers);
+    // Identity headers of `[identity.header]` never pass through, trusted or not: the
+    // upstream gets the gateway's own identity headers instead.
+    if let Some(h) = &snap.identity.header {
+        out.remove(&h.subject);
+        out.remove(&h.tenant);
+    }
     // A gateway credential never reaches the upstream (a JWT does: upstreams may verify it).
     if let Some(api_key) = &snap.identity.api_key {
         out.remove(&api_key.header);
