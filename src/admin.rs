@@ -37,7 +37,11 @@ use crate::runtime::Runtime;
 const MAX_BODY: usize = 64 * 1024;
 
 /// Serve the admin API until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    runtime: Arc<Runtime>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -103,13 +103,15 @@ impl RouteMetrics {
     pub fn request(&self, decision: &'static str, reason: &'static str) {
         {
             let list = self.outcomes.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some((_, _, n)) = list.iter().find(|(d, r, _)| *d == decision && *r == reason)
-            {
+            if let Some((_, _, n)) = list.iter().find(|(d, r, _)| *d == decision && *r == reason) {
                 n.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }
-        let mut list = self.outcomes.write().unwrap_or_else(PoisonError::into_inner);
+        let mut list = self
+            .outcomes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         match list.iter().find(|(d, r, _)| *d == decision && *r == reason) {
             Some((_, _, n)) => {
                 n.fetch_add(1, Ordering::Relaxed);
@@ -279,8 +281,11 @@ impl Metrics {
         for r in &routes {
             if r.decision_latency.count() > 0 {
                 let labels = format!("route=\"{}\"", r.label);
-                r.decision_latency
-                    .render(&mut out, "portcullis_decision_duration_seconds", &labels);
+                r.decision_latency.render(
+                    &mut out,
+                    "portcullis_decision_duration_seconds",
+                    &labels,
+                );
             }
         }
         header(
@@ -292,8 +297,11 @@ impl Metrics {
         for r in &routes {
             if r.upstream_latency.count() > 0 {
                 let labels = format!("route=\"{}\"", r.label);
-                r.upstream_latency
-                    .render(&mut out, "portcullis_upstream_duration_seconds", &labels);
+                r.upstream_latency.render(
+                    &mut out,
+                    "portcullis_upstream_duration_seconds",
+                    &labels,
+                );
             }
         }
 
@@ -533,7 +541,10 @@ mod tests {
         h.observe(Duration::from_millis(30));
         let mut out = String::new();
         h.render(&mut out, "x", "route=\"r\"");
-        assert!(out.contains("x_bucket{route=\"r\",le=\"0.0005\"} 1"), "{out}");
+        assert!(
+            out.contains("x_bucket{route=\"r\",le=\"0.0005\"} 1"),
+            "{out}"
+        );
         assert!(out.contains("x_bucket{route=\"r\",le=\"0.05\"} 2"), "{out}");
         assert!(out.contains("x_bucket{route=\"r\",le=\"+Inf\"} 2"), "{out}");
         assert!(out.contains("x_count{route=\"r\"} 2"), "{out}");

@@ -90,13 +90,25 @@ impl Runtime {
         let _one = self.reloading.lock().await;
         let old = self.current();
         let Some(source) = self.source.clone() else {
-            return self.failed(&old, trigger, "", vec!["this gateway was not started from a config file; reload is unavailable".into()]).await;
+            return self
+                .failed(
+                    &old,
+                    trigger,
+                    "",
+                    vec![
+                        "this gateway was not started from a config file; reload is unavailable"
+                            .into(),
+                    ],
+                )
+                .await;
         };
         let path = source.path.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let text = std::fs::read_to_string(&source.path);
             let snapshot = match &text {
-                Ok(text) => config::load_str_with_secret(text, &source.path, source.secret.as_deref()),
+                Ok(text) => {
+                    config::load_str_with_secret(text, &source.path, source.secret.as_deref())
+                }
                 // `load` renders the read error exactly as `check` would.
                 Err(_) => config::load(&source.path),
             };
@@ -107,7 +119,12 @@ impl Runtime {
             Ok(loaded) => loaded,
             Err(err) => {
                 return self
-                    .failed(&old, trigger, "", vec![format!("reload task failed: {err}")])
+                    .failed(
+                        &old,
+                        trigger,
+                        "",
+                        vec![format!("reload task failed: {err}")],
+                    )
                     .await;
             }
         };
@@ -129,7 +146,11 @@ impl Runtime {
         }
         let next = match old.successor(snapshot) {
             Ok(next) => Arc::new(next),
-            Err(err) => return self.failed(&old, trigger, &text, vec![err.to_string()]).await,
+            Err(err) => {
+                return self
+                    .failed(&old, trigger, &text, vec![err.to_string()])
+                    .await;
+            }
         };
         let (generation, sha256) = (next.generation, next.snapshot.sha256.clone());
         self.current.store(next);
@@ -139,7 +160,10 @@ impl Runtime {
         metrics
             .loaded_at
             .store(crate::proxy::unix_now(), Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         tracing::info!(generation, sha256 = %sha256, trigger, path = %path.display(), "Configuration reloaded.");
         let _ = old
             .audit
@@ -170,7 +194,10 @@ impl Runtime {
             errors,
         };
         let count = failure.errors.len();
-        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(failure.clone());
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(failure.clone());
         let source = self
             .source
             .as_ref()

@@ -82,7 +82,10 @@ impl Live {
         Self::start_with(extra, |_| {}).await
     }
 
-    async fn start_with(extra: &str, tweak: impl FnOnce(&mut portcullis::config::Snapshot)) -> Live {
+    async fn start_with(
+        extra: &str,
+        tweak: impl FnOnce(&mut portcullis::config::Snapshot),
+    ) -> Live {
         let upstream = Upstream::start().await;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
@@ -225,7 +228,9 @@ impl Metrics {
                 continue;
             }
             let (series, value) = line.rsplit_once(' ').expect("sample has a value");
-            let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in `{line}`"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in `{line}`"));
             let (name, labels) = match series.split_once('{') {
                 None => (series, HashMap::new()),
                 Some((name, rest)) => {
@@ -236,9 +241,15 @@ impl Metrics {
             assert!(valid_name(name), "bad metric name in `{line}`");
             let family = ["_bucket", "_sum", "_count"]
                 .iter()
-                .find_map(|s| name.strip_suffix(s).filter(|f| typed.get(*f).is_some_and(|t| t == "histogram")))
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|f| typed.get(*f).is_some_and(|t| t == "histogram"))
+                })
                 .unwrap_or(name);
-            assert!(typed.contains_key(family), "sample before its TYPE: `{line}`");
+            assert!(
+                typed.contains_key(family),
+                "sample before its TYPE: `{line}`"
+            );
             samples.push((name.to_owned(), labels, value));
         }
         Metrics { samples }
@@ -252,7 +263,9 @@ impl Metrics {
             .filter(|(n, l, _)| {
                 n == name
                     && l.len() == labels.len()
-                    && labels.iter().all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
             })
             .map(|(_, _, v)| *v)
             .collect();
@@ -273,7 +286,9 @@ fn parse_labels(body: &str, line: &str) -> HashMap<String, String> {
     let mut labels = HashMap::new();
     let mut rest = body;
     while !rest.is_empty() {
-        let (key, after) = rest.split_once("=\"").unwrap_or_else(|| panic!("bad label in `{line}`"));
+        let (key, after) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("bad label in `{line}`"));
         assert!(valid_name(key), "bad label name in `{line}`");
         let mut value = String::new();
         let mut chars = after.char_indices();
@@ -366,7 +381,9 @@ async fn a_bad_reload_keeps_the_old_config_and_is_reported() {
     assert_eq!(config["generation"], 1);
     let errors = config["last_error"]["errors"].as_array().unwrap();
     assert!(
-        errors.iter().any(|e| e.as_str().unwrap().contains("missing")),
+        errors
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("missing")),
         "{errors:?}"
     );
     assert_eq!(config["last_error"]["trigger"], "admin");
@@ -399,7 +416,10 @@ async fn the_file_watch_reloads_after_the_debounce() {
         live.runtime.current().generation == 2
     })
     .await;
-    assert!(started.elapsed() >= Duration::from_millis(150), "reloaded before the debounce");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "reloaded before the debounce"
+    );
     assert_eq!(request(live.addr, "GET", "/b", None, &[]).await.status, 200);
 }
 
@@ -411,13 +431,41 @@ async fn metrics_parse_and_count_exactly_what_the_test_did() {
     for _ in 0..3 {
         assert_eq!(request(live.addr, "GET", "/a", None, &[]).await.status, 200);
     }
-    assert_eq!(request(live.addr, "GET", "/items", Some(&vic), &[]).await.status, 200);
-    assert_eq!(request(live.addr, "GET", "/items", None, &[]).await.status, 401);
-    assert_eq!(request(live.addr, "GET", "/items", Some(&nobody), &[]).await.status, 403);
-    assert_eq!(request(live.addr, "GET", "/items", Some(&nobody), &[]).await.status, 403);
-    assert_eq!(request(live.addr, "GET", "/nowhere", None, &[]).await.status, 404);
+    assert_eq!(
+        request(live.addr, "GET", "/items", Some(&vic), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        request(live.addr, "GET", "/items", None, &[]).await.status,
+        401
+    );
+    assert_eq!(
+        request(live.addr, "GET", "/items", Some(&nobody), &[])
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        request(live.addr, "GET", "/items", Some(&nobody), &[])
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        request(live.addr, "GET", "/nowhere", None, &[])
+            .await
+            .status,
+        404
+    );
     // Monitor mode: denied, forwarded anyway, counted as a shadow denial.
-    assert_eq!(request(live.addr, "GET", "/shadow", Some(&nobody), &[]).await.status, 200);
+    assert_eq!(
+        request(live.addr, "GET", "/shadow", Some(&nobody), &[])
+            .await
+            .status,
+        200
+    );
 
     let m = live.metrics().await;
     let req = |route: &str, decision: &str, reason: &str| {
@@ -448,9 +496,18 @@ async fn metrics_parse_and_count_exactly_what_the_test_did() {
     assert_eq!(total, 9.0, "no request counted twice or missed");
     // Every decided request is in the decision histogram; only forwarded ones upstream.
     let count = |name: &str, route: &str| m.get(name, &[("route", route)]);
-    assert_eq!(count("portcullis_decision_duration_seconds_count", "GET /items"), 4.0);
-    assert_eq!(count("portcullis_upstream_duration_seconds_count", "GET /items"), 1.0);
-    assert_eq!(count("portcullis_upstream_duration_seconds_count", "GET /a"), 3.0);
+    assert_eq!(
+        count("portcullis_decision_duration_seconds_count", "GET /items"),
+        4.0
+    );
+    assert_eq!(
+        count("portcullis_upstream_duration_seconds_count", "GET /items"),
+        1.0
+    );
+    assert_eq!(
+        count("portcullis_upstream_duration_seconds_count", "GET /a"),
+        3.0
+    );
     assert_eq!(
         m.get(
             "portcullis_decision_duration_seconds_bucket",
@@ -459,7 +516,10 @@ async fn metrics_parse_and_count_exactly_what_the_test_did() {
         3.0
     );
     assert!(m.get("portcullis_audit_events_written_total", &[]) >= 5.0);
-    assert_eq!(m.get("portcullis_config_reloads_total", &[("result", "failure")]), 0.0);
+    assert_eq!(
+        m.get("portcullis_config_reloads_total", &[("result", "failure")]),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -477,11 +537,16 @@ async fn the_admin_token_is_required_when_configured() {
     ] {
         let r = live.admin(method, path, None).await;
         assert_eq!(r.status, 401, "{method} {path} without a token");
-        let r = live.admin(method, path, Some("admin-token-0123456789abcdeX")).await;
+        let r = live
+            .admin(method, path, Some("admin-token-0123456789abcdeX"))
+            .await;
         assert_eq!(r.status, 401, "{method} {path} with a wrong token");
     }
     assert_eq!(live.admin("GET", "/metrics", Some(TOKEN)).await.status, 200);
-    assert_eq!(live.admin("GET", "/v1/config", Some(TOKEN)).await.status, 200);
+    assert_eq!(
+        live.admin("GET", "/v1/config", Some(TOKEN)).await.status,
+        200
+    );
     // Probes stay open for the kubelet.
     assert_eq!(live.admin("GET", "/healthz", None).await.status, 200);
     assert_eq!(live.admin("GET", "/readyz", None).await.status, 200);
@@ -534,11 +599,7 @@ connect_timeout = "200ms"
 async fn readyz_flips_when_redis_goes_down_and_back() {
     let mut redis = RedisServer::start().await;
     let base = BASE.replace("[grants]\nstore = \"file\"\n", "");
-    let base = base
-        .split("[[assignments]]")
-        .next()
-        .unwrap()
-        .to_owned();
+    let base = base.split("[[assignments]]").next().unwrap().to_owned();
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path: &Path = &dir.path().join("gateway.toml");
@@ -556,7 +617,10 @@ async fn readyz_flips_when_redis_goes_down_and_back() {
         std::future::pending(),
     ));
     let ready = || async { admin_request(admin, "GET", "/readyz", None).await };
-    wait_until("ready with Redis up", || async { ready().await.status == 200 }).await;
+    wait_until("ready with Redis up", || async {
+        ready().await.status == 200
+    })
+    .await;
     assert_eq!(ready().await.json()["checks"]["grant_store"], true);
 
     redis.kill();
@@ -570,7 +634,10 @@ async fn readyz_flips_when_redis_goes_down_and_back() {
     let m = Metrics::parse(&admin_request(admin, "GET", "/metrics", None).await.body);
     assert_eq!(m.get("portcullis_redis_up", &[]), 0.0);
     // Liveness does not depend on Redis.
-    assert_eq!(admin_request(admin, "GET", "/healthz", None).await.status, 200);
+    assert_eq!(
+        admin_request(admin, "GET", "/healthz", None).await.status,
+        200
+    );
 
     redis.restart().await;
     wait_until("ready again", || async { ready().await.status == 200 }).await;

@@ -58,7 +58,9 @@ impl JwksServer {
                     let service = service_fn(move |_req| {
                         h.fetch_add(1, Ordering::SeqCst);
                         let doc = b.lock().unwrap().clone();
-                        async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(doc)))) }
+                        async move {
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(doc))))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -124,7 +126,9 @@ roles = ["viewer"]
 async fn poll_status(addr: SocketAddr, token: &str, want: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = request(addr, "GET", "/items", Some(token), &[]).await.status;
+        let status = request(addr, "GET", "/items", Some(token), &[])
+            .await
+            .status;
         if status == want {
             return;
         }
@@ -154,14 +158,28 @@ async fn jwks_url_rotation_is_picked_up_in_the_background() {
     assert_eq!(first.reason(), "invalid_token");
     poll_status(gw.addr, &ec, 200).await;
     // The retired key is gone with the refresh.
-    assert_eq!(request(gw.addr, "GET", "/items", Some(&rsa), &[]).await.status, 401);
+    assert_eq!(
+        request(gw.addr, "GET", "/items", Some(&rsa), &[])
+            .await
+            .status,
+        401
+    );
 
     // A burst of made-up kids costs at most one download per `jwks_min_refresh_interval`.
     let before = idp.hits();
     let started = Instant::now();
     for i in 0..30 {
-        let forged = signed("ec.pem", jsonwebtoken::Algorithm::ES256, &format!("forged-{i}"));
-        assert_eq!(request(gw.addr, "GET", "/items", Some(&forged), &[]).await.status, 401);
+        let forged = signed(
+            "ec.pem",
+            jsonwebtoken::Algorithm::ES256,
+            &format!("forged-{i}"),
+        );
+        assert_eq!(
+            request(gw.addr, "GET", "/items", Some(&forged), &[])
+                .await
+                .status,
+            401
+        );
     }
     let elapsed = started.elapsed().as_millis() as usize;
     let allowed = 1 + elapsed / 200 + 1;
@@ -184,7 +202,12 @@ async fn jwks_url_fails_closed_while_the_provider_is_unreachable() {
         m.jwks_refreshes_failed.load(Ordering::Relaxed) >= 1
     })
     .await;
-    assert_eq!(request(gw.addr, "GET", "/items", Some(&rsa), &[]).await.status, 401);
+    assert_eq!(
+        request(gw.addr, "GET", "/items", Some(&rsa), &[])
+            .await
+            .status,
+        401
+    );
     assert_eq!(upstream.count(), 0);
 }
 
@@ -234,7 +257,11 @@ async fn trusted_headers_are_honoured_from_a_trusted_peer() {
     let seen = upstream.last().unwrap();
     assert_eq!(seen.header("x-authz-subject"), Some("vic"));
     assert_eq!(seen.header("x-authz-tenant"), Some("acme"));
-    assert_eq!(seen.header("x-auth-user"), None, "identity header passed through");
+    assert_eq!(
+        seen.header("x-auth-user"),
+        None,
+        "identity header passed through"
+    );
     assert_eq!(seen.header("x-auth-tenant"), None);
     // Asserted identities are still authorized like any other.
     let r = request(
@@ -254,7 +281,11 @@ async fn trusted_headers_are_honoured_from_a_trusted_peer() {
         "GET",
         "/items",
         None,
-        &[("X-Auth-User", "vic"), ("X-Auth-User", "root"), ("X-Auth-Tenant", "acme")],
+        &[
+            ("X-Auth-User", "vic"),
+            ("X-Auth-User", "root"),
+            ("X-Auth-Tenant", "acme"),
+        ],
     )
     .await;
     assert_eq!((r.status, r.reason().as_str()), (401, "invalid_token"));
@@ -269,11 +300,25 @@ async fn trusted_headers_are_ignored_and_stripped_from_other_peers() {
     assert_eq!((r.status, r.reason().as_str()), (401, "missing_token"));
     assert_eq!(upstream.count(), 0);
     // A token for someone else plus forged headers claiming vic: the token decides.
-    let r = request(gw.addr, "GET", "/items", Some(&support::token("nobody", "acme")), AS_VIC).await;
+    let r = request(
+        gw.addr,
+        "GET",
+        "/items",
+        Some(&support::token("nobody", "acme")),
+        AS_VIC,
+    )
+    .await;
     assert_eq!(r.status, 403);
     // A valid token: allowed as the token's subject; the forged headers never reach upstream.
     let forged = &[("X-Auth-User", "root"), ("X-Auth-Tenant", "globex")];
-    let r = request(gw.addr, "GET", "/items", Some(&support::token("vic", "acme")), forged).await;
+    let r = request(
+        gw.addr,
+        "GET",
+        "/items",
+        Some(&support::token("vic", "acme")),
+        forged,
+    )
+    .await;
     assert_eq!(r.status, 200);
     let seen = upstream.last().unwrap();
     assert_eq!(seen.header("x-authz-subject"), Some("vic"));

@@ -202,12 +202,23 @@ async fn a_websocket_route_upgrades_after_the_decision_and_echoes() {
     let seen = &ws.heads()[0];
     assert!(seen.contains("\r\nupgrade: websocket\r\n"), "{seen}");
     assert!(seen.contains("\r\nx-authz-subject: vic\r\n"), "{seen}");
-    assert!(seen.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="), "{seen}");
+    assert!(
+        seen.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="),
+        "{seen}"
+    );
     let metrics = &gw.gateway.metrics;
-    assert_eq!(metrics.tunnels_open.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        metrics
+            .tunnels_open
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     drop(stream);
     eventually("tunnel counted closed", || {
-        metrics.tunnels_open.load(std::sync::atomic::Ordering::Relaxed) == 0
+        metrics
+            .tunnels_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
     })
     .await;
 }
@@ -222,7 +233,10 @@ async fn upgrades_are_refused_without_permission_and_on_other_routes() {
     assert_eq!(status, 401);
     let (status, _, _) = handshake(gw.addr, "/ws", Some(&token("nobody", "acme"))).await;
     assert_eq!(status, 403);
-    assert!(ws.heads().is_empty(), "a refused handshake reached the upstream");
+    assert!(
+        ws.heads().is_empty(),
+        "a refused handshake reached the upstream"
+    );
 
     // A route without `websocket = true`: forwarded as a plain request, `Upgrade` stripped.
     let (status, _, _) = handshake(gw.addr, "/plain", Some(&token("vic", "acme"))).await;
@@ -250,9 +264,16 @@ async fn the_tunnel_closes_at_its_max_lifetime() {
     let opened = Instant::now();
     echo(&mut stream, "hi").await;
     closed_within(&mut stream, Duration::from_secs(5)).await;
-    assert!(opened.elapsed() >= Duration::from_millis(250), "closed too early");
+    assert!(
+        opened.elapsed() >= Duration::from_millis(250),
+        "closed too early"
+    );
     eventually("lifetime counted", || {
-        gw.gateway.metrics.tunnels_open.load(std::sync::atomic::Ordering::Relaxed) == 0
+        gw.gateway
+            .metrics
+            .tunnels_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
     })
     .await;
 }
@@ -260,8 +281,12 @@ async fn the_tunnel_closes_at_its_max_lifetime() {
 #[tokio::test]
 async fn the_tunnel_closes_when_the_grant_is_revoked() {
     let redis = RedisServer::start().await;
-    redis.hset("t:acme:user:vic", "roles", r#"["viewer"]"#).await;
-    redis.hset("t:acme:user:val", "roles", r#"["viewer"]"#).await;
+    redis
+        .hset("t:acme:user:vic", "roles", r#"["viewer"]"#)
+        .await;
+    redis
+        .hset("t:acme:user:val", "roles", r#"["viewer"]"#)
+        .await;
     let store = format!(
         "[grants]\nstore = \"redis\"\n[grants.redis]\nurl = \"{}\"\nprefix = \"t\"\n",
         redis.url()

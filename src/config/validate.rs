@@ -18,9 +18,9 @@ use http::{HeaderName, Method};
 use super::diagnostic::{FileId, Sources, backticked, did_you_mean, from_toml};
 use super::raw::{self, Map, S, StrList};
 use super::{
-    AdminToken, ApiKeySettings, ConfigError, HeaderIdentitySettings, FileStoreData, GrantsSettings, HeaderNames, IdentityKinds,
-    RedisSettings, RedisTarget, RouteEntry, SentinelSettings, ServerSettings, Snapshot, StaleFor,
-    StoreSettings, UpstreamSettings,
+    AdminToken, ApiKeySettings, ConfigError, FileStoreData, GrantsSettings, HeaderIdentitySettings,
+    HeaderNames, IdentityKinds, RedisSettings, RedisTarget, RouteEntry, SentinelSettings,
+    ServerSettings, Snapshot, StaleFor, StoreSettings, UpstreamSettings,
 };
 use crate::identity::{Authenticator, IdentitySetupError, JwksUrl, JwtSettings, TenantSource};
 use crate::policy::{
@@ -518,29 +518,33 @@ impl Ctx<'_> {
             admin_token_env,
             tls,
         } = server.into_inner();
-        let admin_token = admin_token_env.and_then(|name| {
-            match std::env::var(name.get_ref()) {
-                Ok(token) if token.len() >= 16 => Some(AdminToken(token)),
-                Ok(_) => {
-                    self.err(
-                        main,
-                        name.span(),
-                        "server.admin_token_env",
-                        format!("the admin token in `{}` is shorter than 16 characters", name.get_ref()),
-                        Some("use a random token, e.g. `openssl rand -hex 32`".into()),
-                    );
-                    None
-                }
-                Err(_) => {
-                    self.err(
-                        main,
-                        name.span(),
-                        "server.admin_token_env",
-                        format!("environment variable `{}` is not set", name.get_ref()),
-                        Some("export the admin API token in that variable, or remove `admin_token_env`".into()),
-                    );
-                    None
-                }
+        let admin_token = admin_token_env.and_then(|name| match std::env::var(name.get_ref()) {
+            Ok(token) if token.len() >= 16 => Some(AdminToken(token)),
+            Ok(_) => {
+                self.err(
+                    main,
+                    name.span(),
+                    "server.admin_token_env",
+                    format!(
+                        "the admin token in `{}` is shorter than 16 characters",
+                        name.get_ref()
+                    ),
+                    Some("use a random token, e.g. `openssl rand -hex 32`".into()),
+                );
+                None
+            }
+            Err(_) => {
+                self.err(
+                    main,
+                    name.span(),
+                    "server.admin_token_env",
+                    format!("environment variable `{}` is not set", name.get_ref()),
+                    Some(
+                        "export the admin API token in that variable, or remove `admin_token_env`"
+                            .into(),
+                    ),
+                );
+                None
             }
         });
         let tls_given = tls.is_some();
@@ -827,10 +831,9 @@ impl Ctx<'_> {
                         &key,
                         format!("unknown identity kind `{other}`"),
                         Some(
-                            did_you_mean(other, ["jwt", "api_key", "header"])
-                                .unwrap_or_else(|| {
-                                    "supported kinds: `jwt`, `api_key`, `header`".into()
-                                }),
+                            did_you_mean(other, ["jwt", "api_key", "header"]).unwrap_or_else(
+                                || "supported kinds: `jwt`, `api_key`, `header`".into(),
+                            ),
                         ),
                     ),
                 }
@@ -909,7 +912,9 @@ impl Ctx<'_> {
                     span.clone(),
                     &format!("identity.header.{key}"),
                     format!("missing `{key}` in `[identity.header]`"),
-                    Some(format!("name the header carrying the {key}, e.g. `x-auth-{key}`")),
+                    Some(format!(
+                        "name the header carrying the {key}, e.g. `x-auth-{key}`"
+                    )),
                 );
                 None
             }
@@ -922,7 +927,11 @@ impl Ctx<'_> {
             let (addr, len) = text.split_once('/').unwrap_or((text, ""));
             let parsed = addr.parse::<std::net::IpAddr>().ok().and_then(|ip| {
                 let max = if ip.is_ipv4() { 32 } else { 128 };
-                let len = if len.is_empty() { Some(max) } else { len.parse::<u8>().ok() };
+                let len = if len.is_empty() {
+                    Some(max)
+                } else {
+                    len.parse::<u8>().ok()
+                };
                 len.filter(|&l| l <= max).map(|l| (ip, l))
             });
             match parsed {
@@ -932,7 +941,10 @@ impl Ctx<'_> {
                     cidr.span(),
                     &format!("identity.header.trusted_peers[{i}]"),
                     format!("invalid CIDR `{text}`"),
-                    Some("write an address with a prefix length, e.g. `10.0.0.5/32` or `fd00::/64`".into()),
+                    Some(
+                        "write an address with a prefix length, e.g. `10.0.0.5/32` or `fd00::/64`"
+                            .into(),
+                    ),
                 ),
             }
         }
@@ -2526,7 +2538,9 @@ impl Ctx<'_> {
                     file,
                     l.span(),
                     &format!("{key}.websocket_max_lifetime"),
-                    format!("`websocket_max_lifetime` on route `{name}`, which is not a websocket route"),
+                    format!(
+                        "`websocket_max_lifetime` on route `{name}`, which is not a websocket route"
+                    ),
                     Some("add `websocket = true`, or remove the key".into()),
                 );
                 None

@@ -163,7 +163,10 @@ impl Revocation {
     /// Does this revocation cover `(tenant, subject)`?
     pub fn covers(&self, tenant: &str, subject: &str) -> bool {
         match self {
-            Revocation::Subject { tenant: t, subject: s } => **t == *tenant && **s == *subject,
+            Revocation::Subject {
+                tenant: t,
+                subject: s,
+            } => **t == *tenant && **s == *subject,
             Revocation::Tenant(t) => **t == *tenant,
             Revocation::All => true,
         }

@@ -73,7 +73,12 @@ impl JwksSource {
     }
 
     pub(super) fn stop(&self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(task) = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             task.abort();
         }
     }
@@ -85,7 +90,8 @@ impl JwksSource {
             .https_or_http()
             .enable_http1()
             .build();
-        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+        let client: Client<_, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
         let request = http::Request::get(self.settings.url.clone())
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::new())
@@ -133,7 +139,9 @@ async fn run(source: Weak<JwksSource>, metrics: Arc<Metrics>) {
                 tracing::debug!(url = %src.settings.url, keys = count, "JWKS refreshed.");
             }
             Err(err) => {
-                metrics.jwks_refreshes_failed.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .jwks_refreshes_failed
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(url = %src.settings.url, error = %err, "JWKS refresh failed; keeping the previous keys.");
             }
         }

@@ -595,7 +595,7 @@ fn parse_jwks(bytes: &[u8], source: &str, pinned: AlgSet) -> Result<KeyMap, Iden
         path: source.to_owned(),
         message,
     };
-    let set: JwkSet = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
 
     let mut keys = Vec::new();
     let mut by_kid = HashMap::new();

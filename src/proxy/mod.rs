@@ -17,9 +17,9 @@ use std::sync::atomic::Ordering;
 
 use crate::audit::{AuditLog, AuditSetupError};
 use crate::config::{RedisSettings, RedisTarget, Snapshot, StoreSettings};
-use crate::metrics::Metrics;
 use crate::grants::redis::RedisSetupError;
 use crate::grants::{FileStore, RedisStore, Store};
+use crate::metrics::Metrics;
 
 pub use pipeline::{ConnInfo, Evaluation, Gateway};
 
@@ -87,7 +87,11 @@ impl Gateway {
     /// and audit are the process's and stay (changing them needs a restart).
     pub fn successor(&self, snapshot: Snapshot) -> Result<Gateway, StartError> {
         let generation = self.generation + 1;
-        let store = match (&snapshot.grants.store, &self.snapshot.grants.store, &self.store) {
+        let store = match (
+            &snapshot.grants.store,
+            &self.snapshot.grants.store,
+            &self.store,
+        ) {
             (StoreSettings::File(data), _, _) => {
                 Store::File(FileStore::build(&snapshot.policy, data).0)
             }
@@ -99,9 +103,9 @@ impl Gateway {
             {
                 Store::Redis(store.with_policy_epoch(generation))
             }
-            (StoreSettings::Redis(new), _, _) => {
-                Store::Redis(RedisStore::start(new, &snapshot.grants)?.with_policy_epoch(generation))
-            }
+            (StoreSettings::Redis(new), _, _) => Store::Redis(
+                RedisStore::start(new, &snapshot.grants)?.with_policy_epoch(generation),
+            ),
         };
         let same_pools = format!("{:?}", snapshot.upstreams)
             == format!("{:?}", self.snapshot.upstreams)

@@ -409,7 +409,10 @@ fn observe(gw: &Gateway, ctx: &RequestCtx, status: u16, refusal_reason: Option<&
         route.shadow_denial(denial.reason.as_str());
     }
     if gw.snapshot.log.access_log {
-        let route = ctx.route.and_then(|id| gw.route_entry(id)).map(|e| e.path.as_str());
+        let route = ctx
+            .route
+            .and_then(|id| gw.route_entry(id))
+            .map(|e| e.path.as_str());
         tracing::info!(
             target: "portcullis::access",
             request_id = ctx.request_id.to_str().unwrap_or_default(),

@@ -161,7 +161,11 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let max_requests = runtime.current().snapshot.limits.max_requests_per_connection;
+    let max_requests = runtime
+        .current()
+        .snapshot
+        .limits
+        .max_requests_per_connection;
     let state = Arc::new(ConnState {
         served: AtomicU64::new(0),
         done: Notify::new(),

@@ -68,7 +68,9 @@ pub fn spawn_tunnel(
     guard: TunnelGuard,
     metrics: Arc<Metrics>,
 ) {
-    metrics.tunnels_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .tunnels_open
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
         let end = run(downstream, upstream, guard).await;
         metrics.tunnel_closed(end);
