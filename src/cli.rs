@@ -17,6 +17,7 @@ use crate::policy::Outcome;
 use crate::proxy::pipeline::refusal_for;
 use crate::proxy::{Gateway, server};
 use crate::route;
+use crate::runtime::{ReloadSource, Runtime};
 
 pub mod cases;
 mod demo;
@@ -192,12 +193,34 @@ impl Format {
     }
 }
 
+/// Install the process's tracing subscriber: `[log]` format and level (`RUST_LOG` wins), on
+/// stderr. Access lines use the target `portcullis::access`. Later calls are ignored.
+pub fn init_logging(settings: Option<&config::LogSettings>) {
+    let default = config::LogSettings::default();
+    let settings = settings.unwrap_or(&default);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match settings.format {
+        config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}
+
 /// Run a command; the returned code is the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run { config } => {
             let snapshot = load_or_print(&config)?;
-            serve_until_signal(snapshot).await?;
+            init_logging(Some(&snapshot.log));
+            let source = ReloadSource {
+                path: config.clone(),
+                secret: None,
+            };
+            serve_until_signal(snapshot, Some(source)).await?;
             Ok(0)
         }
         Command::Demo {
@@ -415,21 +438,76 @@ fn load_or_print(path: &Path) -> anyhow::Result<Snapshot> {
     })
 }
 
-/// Serve the public listener until SIGINT/SIGTERM, then drain.
-pub async fn serve_until_signal(snapshot: Snapshot) -> anyhow::Result<()> {
+/// Serve the public listener (and the admin API on `admin_listen`) until SIGINT/SIGTERM,
+/// then drain. With a `source`, SIGHUP and changes to the config files reload it.
+pub async fn serve_until_signal(
+    snapshot: Snapshot,
+    source: Option<ReloadSource>,
+) -> anyhow::Result<()> {
     let listen = snapshot.server.listen;
+    let admin_listen = snapshot.server.admin_listen;
     let gateway = Arc::new(Gateway::build(snapshot)?);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let admin_listener = match admin_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin)"))?,
+        ),
+        None => None,
+    };
     let scheme = if gateway.tls.is_some() {
         "https"
     } else {
         "http"
     };
+    let reloadable = source.is_some();
+    let runtime = Runtime::new(gateway, source);
+    let mut tasks = Vec::new();
+    if reloadable {
+        tasks.push(runtime.spawn_watch(Duration::from_millis(250), Duration::from_secs(1)));
+        tasks.push(spawn_sighup(runtime.clone()));
+    }
+    if let Some(admin) = admin_listener {
+        if let Ok(addr) = admin.local_addr() {
+            tracing::info!(address = %addr, "Admin API listening.");
+        }
+        tasks.push(tokio::spawn(crate::admin::serve(
+            admin,
+            runtime.clone(),
+            std::future::pending(),
+        )));
+    }
     tracing::info!(address = %listen, scheme, "Gateway listening.");
-    server::serve(listener, gateway, shutdown_signal()).await;
+    server::serve_runtime(listener, runtime, shutdown_signal()).await;
+    for task in tasks {
+        task.abort();
+    }
     Ok(())
+}
+
+/// SIGHUP → reload (the outcome is logged, counted and audited by `Runtime::reload`).
+fn spawn_sighup(runtime: Arc<Runtime>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                tracing::warn!("Cannot listen for SIGHUP; reload with the admin API.");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                runtime.reload("sighup").await;
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = runtime;
+        }
+    })
 }
 
 async fn shutdown_signal() {

@@ -8,11 +8,14 @@
 //!
 //! `route` and `policy` are pure: no I/O, no async (checked by a test in `tests/purity.rs`).
 
+pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod grants;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod route;
+pub mod runtime;

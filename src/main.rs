@@ -1,20 +1,17 @@
 //! `portcullis`: parse the command line, start the runtime, map the result to an exit code.
 
 use clap::Parser;
-use portcullis::cli::{Cli, run};
+use portcullis::cli::{Cli, Command, init_logging, run};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // One process-wide rustls provider for anything that uses the default (Redis TLS, later
     // sinks); the gateway's own TLS code passes aws-lc-rs explicitly.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `run` sets logging up from the config's `[log]` once it is loaded.
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logging(None);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

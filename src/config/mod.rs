@@ -66,8 +66,49 @@ impl std::fmt::Display for ConfigErrors {
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// `[server] admin_token_env`: the admin API then wants `Authorization: Bearer <token>`.
+    pub admin_token: Option<AdminToken>,
     /// `[server] tls`: HTTPS on `listen`; `None` serves plain HTTP.
     pub tls: Option<TlsSettings>,
+}
+
+/// The admin API's bearer token, read from the environment at load; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON formatter).
+    Json,
+}
+
+/// `[log]`: diagnostics and the access log (the audit trail is `[audit]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `portcullis=debug`; `RUST_LOG` wins.
+    pub level: String,
+    /// One `access` line per request (default on).
+    pub access_log: bool,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".into(),
+            access_log: true,
+        }
+    }
 }
 
 /// Whether a TLS client must present a certificate signed by `client_ca`.
@@ -137,6 +178,8 @@ pub struct LimitsSettings {
     pub max_requests_per_connection: Option<u64>,
     /// How long shutdown waits for in-flight requests (30 s).
     pub shutdown_timeout: Duration,
+    /// Longest a WebSocket tunnel stays open (1 h); a route may set a shorter one.
+    pub websocket_max_lifetime: Duration,
 }
 
 impl Default for LimitsSettings {
@@ -150,6 +193,7 @@ impl Default for LimitsSettings {
             max_connections: 25_000,
             max_requests_per_connection: None,
             shutdown_timeout: Duration::from_secs(30),
+            websocket_max_lifetime: Duration::from_secs(3600),
         }
     }
 }
@@ -285,6 +329,56 @@ pub struct IdentityKinds {
     pub jwt: bool,
     /// `[identity.api_key]`: keys looked up in the grant store (Redis only).
     pub api_key: Option<ApiKeySettings>,
+    /// `[identity.header]`: identity headers honoured from trusted peers only.
+    pub header: Option<HeaderIdentitySettings>,
+}
+
+/// `[identity.header]` (security.md §3.10): honoured only from `trusted_peers` (CIDRs) or
+/// mTLS clients whose certificate subject is in `trusted_client_certs`; stripped from
+/// everyone else before anything reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderIdentitySettings {
+    pub subject: http::HeaderName,
+    pub tenant: http::HeaderName,
+    /// `(network, prefix length)`.
+    pub trusted_peers: Vec<(std::net::IpAddr, u8)>,
+    /// Exact RFC 4514 subjects, as `ConnInfo::client_cert_subject` renders them.
+    pub trusted_client_certs: Vec<String>,
+}
+
+impl HeaderIdentitySettings {
+    /// Is this connection allowed to assert identity by header?
+    pub fn trusts(&self, peer: std::net::IpAddr, client_cert: Option<&str>) -> bool {
+        let peer = match peer {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_peers
+            .iter()
+            .any(|&(net, len)| in_cidr(peer, net, len))
+            || client_cert.is_some_and(|c| self.trusted_client_certs.iter().any(|t| t == c))
+    }
+}
+
+fn in_cidr(ip: std::net::IpAddr, net: std::net::IpAddr, len: u8) -> bool {
+    use std::net::IpAddr;
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
 }
 
 impl Default for IdentityKinds {
@@ -292,6 +386,7 @@ impl Default for IdentityKinds {
         IdentityKinds {
             jwt: true,
             api_key: None,
+            header: None,
         }
     }
 }
@@ -540,6 +635,10 @@ pub struct RouteEntry {
     pub scope_param: Option<String>,
     /// Status for denials on this route (`deny_status = 404` hides existence); `None` = reason's.
     pub deny_status: Option<u16>,
+    /// `websocket = true`: a `GET` with `Upgrade: websocket` may be tunnelled after the decision.
+    pub websocket: bool,
+    /// `websocket_max_lifetime` on the route; `[limits]`' when absent.
+    pub websocket_max_lifetime: Option<Duration>,
 }
 
 /// Names of the identity headers the gateway sets upstream (lower-case).
@@ -556,6 +655,11 @@ pub struct HeaderNames {
 pub struct Snapshot {
     /// The main config file.
     pub source: PathBuf,
+    /// The main file and every include, in load order: what the reload watch polls.
+    pub files: Vec<PathBuf>,
+    /// SHA-256 (hex) over every file's text in load order: the admin API's config hash.
+    pub sha256: String,
+    pub log: LogSettings,
     pub server: ServerSettings,
     pub upstreams: Vec<UpstreamSettings>,
     pub jwt: JwtSettings,

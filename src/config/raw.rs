@@ -72,6 +72,16 @@ pub(crate) struct File {
     pub audit: Option<S<Audit>>,
     pub limits: Option<S<Limits>>,
     pub cors: Option<S<Cors>>,
+    pub log: Option<S<Log>>,
+}
+
+/// `[log]`: the process's own diagnostics (not the audit trail).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Log {
+    pub format: Option<S<String>>,
+    pub level: Option<S<String>>,
+    pub access_log: Option<S<bool>>,
 }
 
 /// An `include`d file: routes and roles only.
@@ -91,6 +101,7 @@ pub(crate) struct IncludeFile {
 pub(crate) struct Server {
     pub listen: Option<S<String>>,
     pub admin_listen: Option<S<String>>,
+    pub admin_token_env: Option<S<String>>,
     pub tls: Option<S<ServerTls>>,
 }
 
@@ -132,6 +143,7 @@ pub(crate) struct Limits {
     pub max_connections: Option<S<i64>>,
     pub max_requests_per_connection: Option<S<i64>>,
     pub shutdown_timeout: Option<S<String>>,
+    pub websocket_max_lifetime: Option<S<String>>,
 }
 
 /// `[cors]`: browser preflights answered by the gateway.
@@ -154,8 +166,17 @@ pub(crate) struct Identity {
     pub jwt: Option<S<Jwt>>,
     pub tenant: Option<S<TenantFrom>>,
     pub api_key: Option<S<ApiKey>>,
-    /// Trusted-header identity (§8); not supported yet.
-    pub header: Option<S<toml::Value>>,
+    pub header: Option<S<HeaderIdentity>>,
+}
+
+/// `[identity.header]`: identity set by a trusted authenticating proxy in front of us.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeaderIdentity {
+    pub subject: Option<S<String>>,
+    pub tenant: Option<S<String>>,
+    pub trusted_peers: Option<S<StrList>>,
+    pub trusted_client_certs: Option<S<StrList>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,8 +185,9 @@ pub(crate) struct Jwt {
     pub algorithms: Option<S<StrList>>,
     pub secret_env: Option<S<String>>,
     pub jwks_file: Option<S<String>>,
-    /// Not supported yet.
     pub jwks_url: Option<S<String>>,
+    pub jwks_refresh_interval: Option<S<String>>,
+    pub jwks_min_refresh_interval: Option<S<String>>,
     pub issuer: Option<S<String>>,
     pub audience: Option<S<String>>,
     pub subject_claim: Option<S<String>>,
@@ -272,6 +294,8 @@ pub(crate) struct Route {
     pub mfa: Option<S<bool>>,
     pub mode: Option<S<String>>,
     pub deny_status: Option<S<i64>>,
+    pub websocket: Option<S<bool>>,
+    pub websocket_max_lifetime: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

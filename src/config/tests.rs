@@ -1103,13 +1103,88 @@ fn audit_sinks_and_formats() {
 }
 
 #[test]
-fn unsupported_sections_say_so() {
-    let text = format!("{BASE}\n[identity.header]\nsubject = \"x-forwarded-user\"\n");
+fn header_identity_is_validated() {
+    let section = "[identity]\nkinds = [\"jwt\", \"header\"]\n[identity.header]\nsubject = \"x-auth-user\"\ntenant = \"x-auth-tenant\"\n";
+    let text = format!("{BASE}\n{section}trusted_peers = [\"10.0.0.0/8\", \"::1\"]\n");
+    let h = ok(&text).identity.header.unwrap();
+    assert!(h.trusts("10.1.2.3".parse().unwrap(), None));
+    assert!(h.trusts("::1".parse().unwrap(), None));
+    assert!(!h.trusts("11.0.0.1".parse().unwrap(), None));
+    let text = format!("{BASE}\n{section}trusted_peers = [\"10.0.0.0/33\"]\n");
+    assert_one(&text, "10.0.0.0/33", "invalid CIDR `10.0.0.0/33`");
+    let text = format!("{BASE}\n{section}");
     assert_one(
         &text,
         "[identity.header]",
-        "trusted-header identity is not supported yet",
+        "`[identity.header]` trusts nobody",
     );
+    let text = format!(
+        "{BASE}\n[identity.header]\nsubject = \"a\"\ntenant = \"b\"\ntrusted_peers = [\"10.0.0.1\"]\n"
+    );
+    assert_one(
+        &text,
+        "[identity.header]",
+        "`[identity.header]` is set but `header` is not in `kinds`",
+    );
+    let text = format!("{BASE}\n{section}trusted_peer = [\"10.0.0.1\"]\n");
+    assert_one(&text, "trusted_peer ", "unknown field `trusted_peer`");
+}
+
+#[test]
+fn operations_keys_are_validated() {
+    let route = "[[routes]]\nmethods = [\"POST\"]\npath = \"/ws\"\npermission = \"items.view\"\nupstream = \"api\"\n";
+    let text = format!("{BASE}\n{route}websocket = true\n");
+    assert_one(
+        &text,
+        "websocket = true",
+        "websocket route `POST /ws` does not allow `GET`",
+    );
+    let text = format!("{BASE}\n{route}websocket_max_lifetime = \"1m\"\n");
+    assert_one(
+        &text,
+        "websocket_max_lifetime",
+        "`websocket_max_lifetime` on route `POST /ws`",
+    );
+    let ws = route.replace("POST", "GET");
+    let s = ok(&format!(
+        "{BASE}\n{ws}websocket = true\nwebsocket_max_lifetime = \"1m\"\n"
+    ));
+    let entry = s.route_entries.last().unwrap();
+    assert!(entry.websocket);
+    assert_eq!(entry.websocket_max_lifetime, Some(Duration::from_secs(60)));
+    let text = format!("{BASE}\n[log]\nformat = \"jsn\"\n");
+    assert_one(&text, "jsn", "invalid `format` value `jsn`");
+    let text = format!("{BASE}\n[log]\nacces_log = false\n");
+    assert_one(&text, "acces_log", "unknown field `acces_log`");
+    let s = ok(&format!(
+        "{BASE}\n[log]\nformat = \"json\"\naccess_log = false\n"
+    ));
+    assert_eq!(s.log.format, crate::config::LogFormat::Json);
+    assert!(!s.log.access_log);
+    let text = BASE.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nadmin_token_env = \"PORTCULLIS_SURELY_UNSET_TOKEN\"",
+    );
+    assert_one(
+        &text,
+        "admin_token_env",
+        "environment variable `PORTCULLIS_SURELY_UNSET_TOKEN` is not set",
+    );
+    let text = BASE.replace(
+        "jwks_file = \"../jwt/jwks.json\"",
+        "jwks_url = \"ftp://idp/keys\"",
+    );
+    assert_one(&text, "jwks_url", "invalid `jwks_url` `ftp://idp/keys`");
+    let text = BASE.replace(
+        "jwks_file = \"../jwt/jwks.json\"",
+        "jwks_url = \"https://idp.example.com/jwks.json\"\njwks_min_refresh_interval = \"1s\"",
+    );
+    let jwks = ok(&text).jwt.jwks_url.unwrap();
+    assert_eq!(jwks.min_interval, Duration::from_secs(1));
+    assert_eq!(jwks.refresh, Duration::from_secs(300));
+    // Same text, same hash; a different text, another.
+    assert_eq!(ok(BASE).sha256, ok(BASE).sha256);
+    assert_ne!(ok(BASE).sha256, ok(&format!("{BASE}\n")).sha256);
 }
 
 // === includes ===
@@ -1339,6 +1414,7 @@ fn limits_section() {
             max_connections: 100,
             max_requests_per_connection: Some(10),
             shutdown_timeout: Duration::from_secs(5),
+            websocket_max_lifetime: Duration::from_secs(3600),
         }
     );
     let text = format!("{BASE}\n[limits]\nmax_header_bytes = \"1KiB\"\n");

@@ -18,11 +18,11 @@ use http::{HeaderName, Method};
 use super::diagnostic::{FileId, Sources, backticked, did_you_mean, from_toml};
 use super::raw::{self, Map, S, StrList};
 use super::{
-    ApiKeySettings, ConfigError, FileStoreData, GrantsSettings, HeaderNames, IdentityKinds,
-    RedisSettings, RedisTarget, RouteEntry, SentinelSettings, ServerSettings, Snapshot, StaleFor,
-    StoreSettings, UpstreamSettings,
+    AdminToken, ApiKeySettings, ConfigError, FileStoreData, GrantsSettings, HeaderIdentitySettings,
+    HeaderNames, IdentityKinds, RedisSettings, RedisTarget, RouteEntry, SentinelSettings,
+    ServerSettings, Snapshot, StaleFor, StoreSettings, UpstreamSettings,
 };
-use crate::identity::{Authenticator, IdentitySetupError, JwtSettings, TenantSource};
+use crate::identity::{Authenticator, IdentitySetupError, JwksUrl, JwtSettings, TenantSource};
 use crate::policy::{
     Location, Mode, Policy, PolicyDef, PolicyError, Requirement, RoleDef, Rule, SubjectData,
     TenantData,
@@ -202,6 +202,8 @@ struct RoutePlan {
     mfa: bool,
     mode: Option<Mode>,
     deny_status: Option<u16>,
+    websocket: bool,
+    websocket_max_lifetime: Option<Duration>,
 }
 
 enum ReqPlan {
@@ -252,6 +254,7 @@ impl Ctx<'_> {
             audit,
             limits,
             cors,
+            log,
         } = file;
 
         let server = self.check_server(main, server);
@@ -262,6 +265,7 @@ impl Ctx<'_> {
         let audit = self.check_audit(main, audit);
         let limits = self.check_limits(main, limits);
         let cors = self.check_cors(main, cors);
+        let log = self.check_log(main, log);
 
         // Roles, aliases and routes from the main file and every include, in load order.
         let mut all_roles = vec![(main, roles)];
@@ -382,8 +386,22 @@ impl Ctx<'_> {
         if !self.errors.is_empty() {
             return None;
         }
+        let files: Vec<PathBuf> = (0..self.src.len())
+            .map(|id| self.src.path(id).to_path_buf())
+            .collect();
+        let sha256 = {
+            use sha2::Digest;
+            let mut hash = sha2::Sha256::new();
+            for id in 0..self.src.len() {
+                hash.update(self.src.text(id).as_bytes());
+            }
+            hex::encode(hash.finalize())
+        };
         Some(Snapshot {
             source: self.src.path(main).to_path_buf(),
+            files,
+            sha256,
+            log,
             server: server?,
             upstreams,
             jwt: jwt?.0,
@@ -497,8 +515,38 @@ impl Ctx<'_> {
         let raw::Server {
             listen,
             admin_listen,
+            admin_token_env,
             tls,
         } = server.into_inner();
+        let admin_token = admin_token_env.and_then(|name| match std::env::var(name.get_ref()) {
+            Ok(token) if token.len() >= 16 => Some(AdminToken(token)),
+            Ok(_) => {
+                self.err(
+                    main,
+                    name.span(),
+                    "server.admin_token_env",
+                    format!(
+                        "the admin token in `{}` is shorter than 16 characters",
+                        name.get_ref()
+                    ),
+                    Some("use a random token, e.g. `openssl rand -hex 32`".into()),
+                );
+                None
+            }
+            Err(_) => {
+                self.err(
+                    main,
+                    name.span(),
+                    "server.admin_token_env",
+                    format!("environment variable `{}` is not set", name.get_ref()),
+                    Some(
+                        "export the admin API token in that variable, or remove `admin_token_env`"
+                            .into(),
+                    ),
+                );
+                None
+            }
+        });
         let tls_given = tls.is_some();
         let tls = tls.and_then(|tls| self.check_server_tls(main, tls));
         let listen = match listen {
@@ -533,6 +581,7 @@ impl Ctx<'_> {
         }
         Some(ServerSettings {
             tls,
+            admin_token,
             listen: listen?,
             admin_listen: match admin {
                 Some((_, a)) => Some(a?),
@@ -755,15 +804,9 @@ impl Ctx<'_> {
             api_key,
             header,
         } = identity.into_inner();
-        if let Some(header) = &header {
-            self.err(
-                main,
-                header.span(),
-                "identity.header",
-                "trusted-header identity is not supported yet",
-                Some("use `[identity.jwt]` or `[identity.api_key]`".into()),
-            );
-        }
+        let header_span = header.as_ref().map(S::span);
+        let header_settings = header.and_then(|h| self.check_header_identity(main, h));
+        let mut header_kind = None;
         let mut api_key_kind = None;
         if let Some(kinds) = &kinds {
             if kinds.get_ref().is_empty() {
@@ -781,25 +824,38 @@ impl Ctx<'_> {
                 match kind.get_ref().as_str() {
                     "jwt" => out.jwt = true,
                     "api_key" => api_key_kind = Some(kind.span()),
-                    "header" => self.err(
-                        main,
-                        kind.span(),
-                        &key,
-                        "identity kind `header` is not supported yet",
-                        Some("supported kinds: `jwt`, `api_key`".into()),
-                    ),
+                    "header" => header_kind = Some(kind.span()),
                     other => self.err(
                         main,
                         kind.span(),
                         &key,
                         format!("unknown identity kind `{other}`"),
                         Some(
-                            did_you_mean(other, ["jwt", "api_key", "header"])
-                                .unwrap_or_else(|| "supported kinds: `jwt`, `api_key`".into()),
+                            did_you_mean(other, ["jwt", "api_key", "header"]).unwrap_or_else(
+                                || "supported kinds: `jwt`, `api_key`, `header`".into(),
+                            ),
                         ),
                     ),
                 }
             }
+        }
+        match (&header_kind, &header_span) {
+            (Some(_), Some(_)) => out.header = header_settings,
+            (Some(kind), None) => self.err(
+                main,
+                kind.clone(),
+                "identity.kinds",
+                "identity kind `header` needs `[identity.header]`",
+                Some("add `[identity.header]` with `subject`, `tenant` and `trusted_peers`".into()),
+            ),
+            (None, Some(s)) => self.err(
+                main,
+                s.clone(),
+                "identity.header",
+                "`[identity.header]` is set but `header` is not in `kinds`",
+                Some("write `kinds = [\"jwt\", \"header\"]`".into()),
+            ),
+            (None, None) => {}
         }
         let api_key_span = api_key.as_ref().map(S::span);
         let header_name = match api_key.map(S::into_inner) {
@@ -836,6 +892,84 @@ impl Ctx<'_> {
         (self.check_jwt(main, jwt, tenant), out, api_key_kind)
     }
 
+    fn check_header_identity(
+        &mut self,
+        main: FileId,
+        header: S<raw::HeaderIdentity>,
+    ) -> Option<HeaderIdentitySettings> {
+        let span = header.span();
+        let raw::HeaderIdentity {
+            subject,
+            tenant,
+            trusted_peers,
+            trusted_client_certs,
+        } = header.into_inner();
+        let mut name = |v: Option<S<String>>, key: &str| match v {
+            Some(v) => self.header_name(main, &v, v.get_ref(), &format!("identity.header.{key}")),
+            None => {
+                self.err(
+                    main,
+                    span.clone(),
+                    &format!("identity.header.{key}"),
+                    format!("missing `{key}` in `[identity.header]`"),
+                    Some(format!(
+                        "name the header carrying the {key}, e.g. `x-auth-{key}`"
+                    )),
+                );
+                None
+            }
+        };
+        let subject = name(subject, "subject");
+        let tenant = name(tenant, "tenant");
+        let mut peers = Vec::new();
+        for (i, cidr) in trusted_peers.iter().flat_map(|l| l.get_ref()).enumerate() {
+            let text = cidr.get_ref();
+            let (addr, len) = text.split_once('/').unwrap_or((text, ""));
+            let parsed = addr.parse::<std::net::IpAddr>().ok().and_then(|ip| {
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let len = if len.is_empty() {
+                    Some(max)
+                } else {
+                    len.parse::<u8>().ok()
+                };
+                len.filter(|&l| l <= max).map(|l| (ip, l))
+            });
+            match parsed {
+                Some(p) => peers.push(p),
+                None => self.err(
+                    main,
+                    cidr.span(),
+                    &format!("identity.header.trusted_peers[{i}]"),
+                    format!("invalid CIDR `{text}`"),
+                    Some(
+                        "write an address with a prefix length, e.g. `10.0.0.5/32` or `fd00::/64`"
+                            .into(),
+                    ),
+                ),
+            }
+        }
+        let certs: Vec<String> = trusted_client_certs
+            .iter()
+            .flat_map(|l| l.get_ref())
+            .map(|c| c.get_ref().clone())
+            .collect();
+        if peers.is_empty() && certs.is_empty() {
+            self.err(
+                main,
+                span,
+                "identity.header.trusted_peers",
+                "`[identity.header]` trusts nobody",
+                Some("list the authenticating proxy in `trusted_peers = [\"10.0.0.5/32\"]` or its mTLS subject in `trusted_client_certs`".into()),
+            );
+        }
+        Some(HeaderIdentitySettings {
+            subject: subject?,
+            tenant: tenant?,
+            trusted_peers: peers,
+            trusted_client_certs: certs,
+        })
+    }
+
     fn check_jwt(
         &mut self,
         main: FileId,
@@ -848,6 +982,8 @@ impl Ctx<'_> {
             secret_env,
             jwks_file,
             jwks_url,
+            jwks_refresh_interval,
+            jwks_min_refresh_interval,
             issuer,
             audience,
             subject_claim,
@@ -905,15 +1041,65 @@ impl Ctx<'_> {
         }
         let has_hs = algs.iter().any(|a| a.starts_with("HS"));
         let has_asym = algs.iter().any(|a| !a.starts_with("HS"));
-        if let Some(url) = &jwks_url {
-            self.err(
-                main,
-                url.span(),
-                "identity.jwt.jwks_url",
-                "`jwks_url` is not supported yet",
-                Some("download the key set and point `jwks_file` at it".into()),
-            );
+        let refresh = self.duration(
+            main,
+            &jwks_refresh_interval,
+            "identity.jwt.jwks_refresh_interval",
+            Duration::from_secs(300),
+            true,
+        );
+        let min_interval = self.duration(
+            main,
+            &jwks_min_refresh_interval,
+            "identity.jwt.jwks_min_refresh_interval",
+            Duration::from_secs(10),
+            true,
+        );
+        for (v, key) in [
+            (&jwks_refresh_interval, "jwks_refresh_interval"),
+            (&jwks_min_refresh_interval, "jwks_min_refresh_interval"),
+        ] {
+            if let (Some(v), None) = (v, &jwks_url) {
+                self.err(
+                    main,
+                    v.span(),
+                    &format!("identity.jwt.{key}"),
+                    format!("`{key}` is set without `jwks_url`"),
+                    Some("add `jwks_url`, or remove the key".into()),
+                );
+            }
         }
+        let jwks_url_settings = match &jwks_url {
+            None => None,
+            Some(url) => {
+                let parsed = url.get_ref().parse::<http::Uri>().ok().filter(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+                });
+                if parsed.is_none() {
+                    self.err(
+                        main,
+                        url.span(),
+                        "identity.jwt.jwks_url",
+                        format!("invalid `jwks_url` `{}`", url.get_ref()),
+                        Some("write an absolute `https://` URL, e.g. `https://idp.example.com/.well-known/jwks.json`".into()),
+                    );
+                }
+                if jwks_file.is_some() {
+                    self.err(
+                        main,
+                        url.span(),
+                        "identity.jwt.jwks_url",
+                        "`jwks_url` and `jwks_file` are both set",
+                        Some("use one key source".into()),
+                    );
+                }
+                parsed.map(|url| JwksUrl {
+                    url,
+                    refresh,
+                    min_interval,
+                })
+            }
+        };
         if let Some(env) = &secret_env {
             let name = env.get_ref();
             let valid = !name.is_empty()
@@ -1018,6 +1204,7 @@ impl Ctx<'_> {
             algorithms: algs,
             secret_env: secret_env.map(S::into_inner),
             jwks_file: jwks_file.map(|f| self.base.join(f.into_inner())),
+            jwks_url: jwks_url_settings,
             issuer: issuer.map(S::into_inner),
             audience: audience.map(S::into_inner),
             subject_claim: subject_claim.map_or_else(|| "sub".to_owned(), S::into_inner),
@@ -2089,6 +2276,8 @@ impl Ctx<'_> {
             mfa,
             mode,
             deny_status,
+            websocket,
+            websocket_max_lifetime,
         } = route.get_ref();
         let errors_before = self.errors.len();
 
@@ -2330,6 +2519,42 @@ impl Ctx<'_> {
             },
         };
 
+        let websocket_on = websocket.as_ref().is_some_and(|w| *w.get_ref());
+        if let Some(w) = websocket
+            && websocket_on
+            && !method_list.contains(&Method::GET)
+        {
+            self.err(
+                file,
+                w.span(),
+                &format!("{key}.websocket"),
+                format!("websocket route `{name}` does not allow `GET`"),
+                Some("a WebSocket handshake is a `GET`; add it to `methods`".into()),
+            );
+        }
+        let websocket_max_lifetime = match websocket_max_lifetime {
+            Some(l) if !websocket_on => {
+                self.err(
+                    file,
+                    l.span(),
+                    &format!("{key}.websocket_max_lifetime"),
+                    format!(
+                        "`websocket_max_lifetime` on route `{name}`, which is not a websocket route"
+                    ),
+                    Some("add `websocket = true`, or remove the key".into()),
+                );
+                None
+            }
+            Some(_) => Some(self.duration(
+                file,
+                websocket_max_lifetime,
+                &format!("{key}.websocket_max_lifetime"),
+                Duration::from_secs(3600),
+                true,
+            )),
+            None => None,
+        };
+
         if self.errors.len() > errors_before || !path_ok {
             return (None, name_at);
         }
@@ -2345,6 +2570,8 @@ impl Ctx<'_> {
                 mfa: mfa.as_ref().is_some_and(|m| *m.get_ref()),
                 mode,
                 deny_status,
+                websocket: websocket_on,
+                websocket_max_lifetime,
             }),
             _ => None,
         };
@@ -2485,6 +2712,8 @@ impl Ctx<'_> {
                 mfa,
                 mode: route_mode,
                 deny_status,
+                websocket,
+                websocket_max_lifetime,
             } = plan;
             let mut missing = None;
             let mut id = |name: &str| {
@@ -2531,6 +2760,8 @@ impl Ctx<'_> {
                 owner_param,
                 scope_param,
                 deny_status,
+                websocket,
+                websocket_max_lifetime,
             });
         }
         out

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::policy::{Policy, PrincipalGrants, TenantGrants};
 
 pub use file::FileStore;
-pub use redis::{ApiKeyRecord, Health, RedisStore};
+pub use redis::{ApiKeyRecord, Health, RedisStore, Revocation};
 
 /// A principal's grants in one tenant, ready for `policy::decide`.
 #[derive(Debug, Default)]

@@ -128,7 +128,7 @@ type ApiKeyValue = Option<Arc<ApiKeyRecord>>;
 struct Shared {
     prefix: String,
     clocks: Clocks,
-    grants: L1<GrantKey, Arc<Resolved>>,
+    grants: L1<GrantKey, Compiled>,
     api_keys: L1<KeyDigest, ApiKeyValue>,
     connected: AtomicBool,
     subscribed: AtomicBool,
@@ -136,6 +136,12 @@ struct Shared {
     data_errors: AtomicU64,
     round_trips: AtomicU64,
     invalidations: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
+    /// Invalidations as they are applied, for long-lived holders of a decision (WebSocket
+    /// tunnels); lagging receivers must treat a lag as "everything revoked".
+    revocations: tokio::sync::broadcast::Sender<Revocation>,
     /// Masters connected through the sentinels (1 after startup, +1 per failover followed).
     masters: AtomicU64,
     /// The connection manager whose disconnect/subscribe pushes count; older ones' are ignored.
@@ -145,10 +151,42 @@ struct Shared {
     wake: tokio::sync::Notify,
 }
 
+/// What an invalidation took away: one principal, a whole tenant, or everything (flush).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    Subject { tenant: Arc<str>, subject: Arc<str> },
+    Tenant(Arc<str>),
+    All,
+}
+
+impl Revocation {
+    /// Does this revocation cover `(tenant, subject)`?
+    pub fn covers(&self, tenant: &str, subject: &str) -> bool {
+        match self {
+            Revocation::Subject {
+                tenant: t,
+                subject: s,
+            } => **t == *tenant && **s == *subject,
+            Revocation::Tenant(t) => **t == *tenant,
+            Revocation::All => true,
+        }
+    }
+}
+
+/// A cached principal and the policy generation it was compiled against: grants hold bit
+/// indexes into one `Policy`, so an entry compiled before a reload must never meet the new one.
+#[derive(Clone)]
+struct Compiled {
+    epoch: u64,
+    resolved: Arc<Resolved>,
+}
+
 /// The Redis store: a cheap handle; clones share the connection and the cache.
 #[derive(Clone)]
 pub struct RedisStore {
     shared: Arc<Shared>,
+    /// The policy generation this handle resolves for (`with_policy_epoch`).
+    epoch: u64,
     /// The connection to use; `None` while Sentinel mode has no master.
     conn: Arc<ArcSwapOption<ConnectionManager>>,
     cache_ttl: Duration,
@@ -204,6 +242,10 @@ impl RedisStore {
             data_errors: AtomicU64::new(0),
             round_trips: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            revocations: tokio::sync::broadcast::channel(1024).0,
             masters: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
@@ -236,6 +278,7 @@ impl RedisStore {
         ));
         Ok(RedisStore {
             shared,
+            epoch: 0,
             conn,
             cache_ttl: grants.cache_ttl,
             max_stale: grants.max_stale,
@@ -287,6 +330,36 @@ impl RedisStore {
         self.shared.masters.load(Ordering::Relaxed)
     }
 
+    /// Lookups answered from the cache without Redis.
+    pub fn cache_hits(&self) -> u64 {
+        self.shared.hits.load(Ordering::Relaxed)
+    }
+
+    /// Lookups that went to Redis (or joined a load in flight).
+    pub fn cache_misses(&self) -> u64 {
+        self.shared.misses.load(Ordering::Relaxed)
+    }
+
+    /// Lookups Redis failed to answer (timeout, connection, READONLY).
+    pub fn errors(&self) -> u64 {
+        self.shared.errors.load(Ordering::Relaxed)
+    }
+
+    /// Invalidations from now on (see `Revocation`).
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<Revocation> {
+        self.shared.revocations.subscribe()
+    }
+
+    /// A handle sharing this store's connection, for a reloaded policy: entries compiled for
+    /// another epoch are never served by it (and the cache is emptied, they are useless now).
+    pub fn with_policy_epoch(&self, epoch: u64) -> RedisStore {
+        self.shared.grants.clear();
+        RedisStore {
+            epoch,
+            ..self.clone()
+        }
+    }
+
     /// Principals currently cached.
     pub fn cached_principals(&self) -> usize {
         self.shared.grants.len()
@@ -310,18 +383,41 @@ impl RedisStore {
         let shared = &self.shared;
         let key = GrantKeyRef { tenant, subject };
         if let Some(entry) = shared.grants.get(&key)
+            && entry.value.epoch == self.epoch
             && shared.clocks.usable(&entry, Some(tenant), self.cache_ttl) == Some(Use::Fresh)
         {
-            return Ok(entry.value);
+            shared.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(entry.value.resolved);
         }
+        shared.misses.fetch_add(1, Ordering::Relaxed);
         let owned = GrantKey {
             tenant: tenant.into(),
             subject: subject.into(),
         };
-        let load = shared.grants.load(&shared.clocks, owned, || {
+        let load = shared.grants.load(&shared.clocks, owned, || async {
             self.fetch_grants(policy, tenant, subject)
+                .await
+                .map(|resolved| Compiled {
+                    epoch: self.epoch,
+                    resolved,
+                })
         });
-        match tokio::time::timeout(self.command_timeout, load).await {
+        let loaded = match tokio::time::timeout(self.command_timeout, load).await {
+            // Joined a load of the previous policy (a reload raced it): fetch our own.
+            Ok(Ok(c)) if c.epoch != self.epoch => {
+                tokio::time::timeout(
+                    self.command_timeout,
+                    self.fetch_grants(policy, tenant, subject),
+                )
+                .await
+            }
+            Ok(result) => Ok(result.map(|c| c.resolved)),
+            Err(elapsed) => Err(elapsed),
+        };
+        if !matches!(loaded, Ok(Ok(_))) {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        match loaded {
             Ok(Ok(resolved)) => Ok(resolved),
             Ok(Err(err)) => self.stale_grants(tenant, subject, access, err),
             Err(_) => self.stale_grants(
@@ -345,7 +441,8 @@ impl RedisStore {
         let entry = shared.grants.get(&GrantKeyRef { tenant, subject });
         match entry {
             Some(e)
-                if self.stale_allowed(access)
+                if e.value.epoch == self.epoch
+                    && self.stale_allowed(access)
                     && e.fetched.elapsed() < self.max_stale
                     && shared
                         .clocks
@@ -353,7 +450,7 @@ impl RedisStore {
                         .is_some() =>
             {
                 tracing::debug!(tenant, subject, error = %err, "Serving stale grants while Redis is unavailable.");
-                Ok(e.value)
+                Ok(e.value.resolved)
             }
             _ => {
                 tracing::warn!(tenant, subject, error = %err, "Grants unavailable; refusing.");
@@ -561,6 +658,7 @@ impl Shared {
                     self.clocks.purge();
                     self.grants.clear();
                     self.api_keys.clear();
+                    let _ = self.revocations.send(Revocation::All);
                 }
             },
             PushKind::Disconnection if current => {
@@ -611,6 +709,9 @@ impl Shared {
         self.clocks.invalidate_tenant(tenant);
         self.grants.forget_flights(|k| &*k.tenant == tenant);
         self.api_keys.forget_flights(|_| true);
+        if self.revocations.receiver_count() > 0 {
+            let _ = self.revocations.send(Revocation::Tenant(tenant.into()));
+        }
     }
 
     fn invalidate_subject(&self, tenant: &str, subject: &str) {
@@ -623,6 +724,12 @@ impl Shared {
                 .is_none_or(|r| r.tenant != tenant || r.subject != subject)
         });
         self.api_keys.forget_flights(|_| true);
+        if self.revocations.receiver_count() > 0 {
+            let _ = self.revocations.send(Revocation::Subject {
+                tenant: tenant.into(),
+                subject: subject.into(),
+            });
+        }
     }
 
     /// A tracked key changed: `{prefix}:{tenant}:user:{subject}`, `{prefix}:{tenant}:tenant`,

@@ -13,6 +13,7 @@
 //! - `MissingTenant` means the token is otherwise valid; every other failure after the
 //!   `Authorization` header is present is `InvalidToken` or `TokenExpired`.
 
+pub mod jwks;
 pub mod jwt;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,9 @@ pub(crate) use jwt::{valid_subject, valid_tenant};
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -45,12 +49,25 @@ pub struct JwtSettings {
     pub secret_env: Option<String>,
     /// JWKS file with public keys (RS/ES/EdDSA).
     pub jwks_file: Option<std::path::PathBuf>,
+    /// JWKS downloaded from a URL and refreshed in the background (`jwks::JwksSource`).
+    pub jwks_url: Option<JwksUrl>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub subject_claim: String,
     pub tenant: TenantSource,
     /// At most 60 s (config rejects more).
     pub leeway: Duration,
+}
+
+/// `jwks_url` with its refresh settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUrl {
+    pub url: http::Uri,
+    /// Regular refresh (`jwks_refresh_interval`, default 5 min).
+    pub refresh: Duration,
+    /// At most one download per this long, whatever asks (`jwks_min_refresh_interval`, 10 s):
+    /// a flood of tokens with made-up `kid`s costs the identity provider nothing.
+    pub min_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,13 +200,21 @@ struct PublicKey {
     key: DecodingKey,
 }
 
+/// The public keys in use; swapped whole when a JWKS URL is refreshed.
+#[derive(Default)]
+pub(crate) struct KeySet {
+    keys: Vec<PublicKey>,
+    /// `kid` → index into `keys`. A `kid` only ever selects from here (never a path or URL).
+    by_kid: HashMap<String, usize>,
+}
+
 /// The configured authenticator (closed set; only JWT for now).
 pub struct Authenticator {
     pinned: AlgSet,
     hmac: Option<HmacKey>,
-    keys: Vec<PublicKey>,
-    /// `kid` → index into `keys`. A `kid` only ever selects from here (never a path or URL).
-    by_kid: HashMap<String, usize>,
+    keys: Arc<ArcSwap<KeySet>>,
+    /// `jwks_url`: the background refresher that fills `keys`.
+    jwks: Option<Arc<jwks::JwksSource>>,
     issuer: Option<String>,
     audience: Option<String>,
     subject_claim: String,
@@ -200,12 +225,13 @@ pub struct Authenticator {
 impl fmt::Debug for Authenticator {
     /// Never prints the secret.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut kids: Vec<&str> = self.by_kid.keys().map(String::as_str).collect();
+        let set = self.keys.load();
+        let mut kids: Vec<&str> = set.by_kid.keys().map(String::as_str).collect();
         kids.sort_unstable();
         f.debug_struct("Authenticator")
             .field("algorithms", &self.pinned)
             .field("hmac_secret", &self.hmac.as_ref().map(|_| "<redacted>"))
-            .field("public_keys", &self.keys.len())
+            .field("public_keys", &set.keys.len())
             .field("kids", &kids)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
@@ -275,9 +301,10 @@ impl Authenticator {
             Some(path) => load_jwks(path, pinned)?,
             None => (Vec::new(), HashMap::new()),
         };
+        // With `jwks_url` the keys arrive later (fail closed until then).
         for alg in pinned
             .iter()
-            .filter(|a| a.family() != AlgorithmFamily::Hmac)
+            .filter(|a| a.family() != AlgorithmFamily::Hmac && settings.jwks_url.is_none())
         {
             if !keys.iter().any(|k| k.algs.contains(alg)) {
                 let message = match &settings.jwks_file {
@@ -292,11 +319,16 @@ impl Authenticator {
             }
         }
 
+        let keys = Arc::new(ArcSwap::from_pointee(KeySet { keys, by_kid }));
+        let jwks = settings
+            .jwks_url
+            .clone()
+            .map(|url| Arc::new(jwks::JwksSource::new(url, pinned, keys.clone())));
         Ok(Authenticator {
             pinned,
             hmac,
             keys,
-            by_kid,
+            jwks,
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             subject_claim: settings.subject_claim.clone(),
@@ -400,17 +432,39 @@ impl Authenticator {
         if alg.family() == AlgorithmFamily::Hmac {
             return self.hmac.as_ref().is_some_and(|h| check(&h.decoding));
         }
+        let set = self.keys.load();
         match kid {
-            Some(kid) => self
-                .by_kid
-                .get(kid)
-                .and_then(|&i| self.keys.get(i))
-                .is_some_and(|k| k.algs.contains(alg) && check(&k.key)),
-            None => self
+            Some(kid) => match set.by_kid.get(kid).and_then(|&i| set.keys.get(i)) {
+                Some(k) => k.algs.contains(alg) && check(&k.key),
+                None => {
+                    // A rotated key we have not seen yet: ask for a (rate-limited) download
+                    // in the background; this request fails now, never waits on the network.
+                    if let Some(jwks) = &self.jwks {
+                        jwks.request_refresh();
+                    }
+                    false
+                }
+            },
+            None => set
                 .keys
                 .iter()
                 .filter(|k| k.algs.contains(alg))
                 .any(|k| check(&k.key)),
+        }
+    }
+
+    /// The `jwks_url` refresher, if configured (started by the gateway, `jwks::JwksSource::start`).
+    pub fn jwks_source(&self) -> Option<&Arc<jwks::JwksSource>> {
+        self.jwks.as_ref()
+    }
+
+    /// After a reload with the same `jwks_url`: keep serving the keys already downloaded
+    /// instead of failing every token until the first refresh.
+    pub fn adopt_keys(&self, previous: &Authenticator) {
+        if let (Some(new), Some(old)) = (&self.jwks, &previous.jwks)
+            && new.url() == old.url()
+        {
+            self.keys.store(previous.keys.load_full());
         }
     }
 
@@ -512,6 +566,15 @@ fn check_claim_name(what: &str, name: &str) -> Result<(), IdentitySetupError> {
     Ok(())
 }
 
+impl Drop for Authenticator {
+    /// Stops the JWKS refresher with the last authenticator that uses it (a reload replaces it).
+    fn drop(&mut self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.stop();
+        }
+    }
+}
+
 type KeyMap = (Vec<PublicKey>, HashMap<String, usize>);
 
 /// Read and check the JWKS file once. Encryption keys are skipped; keys whose type/`alg`
@@ -519,15 +582,20 @@ type KeyMap = (Vec<PublicKey>, HashMap<String, usize>);
 /// keys, unknown curves, `alg` contradicting the key type, duplicate `kid`) is an error.
 fn load_jwks(path: &std::path::Path, pinned: AlgSet) -> Result<KeyMap, IdentitySetupError> {
     let shown = || path.display().to_string();
-    let invalid = |message: String| IdentitySetupError::JwksInvalid {
-        path: shown(),
-        message,
-    };
     let bytes = std::fs::read(path).map_err(|source| IdentitySetupError::JwksRead {
         path: shown(),
         source,
     })?;
-    let set: JwkSet = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    parse_jwks(&bytes, &shown(), pinned)
+}
+
+/// Check a JWKS document (file or URL; `source` names it in errors).
+fn parse_jwks(bytes: &[u8], source: &str, pinned: AlgSet) -> Result<KeyMap, IdentitySetupError> {
+    let invalid = |message: String| IdentitySetupError::JwksInvalid {
+        path: source.to_owned(),
+        message,
+    };
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
 
     let mut keys = Vec::new();
     let mut by_kid = HashMap::new();

@@ -22,6 +22,7 @@ fn settings(algs: &[&str]) -> JwtSettings {
         algorithms: algs.iter().map(|a| a.to_string()).collect(),
         secret_env: None,
         jwks_file: Some(fixture("jwks.json")),
+        jwks_url: None,
         issuer: None,
         audience: None,
         subject_claim: "sub".into(),

@@ -51,6 +51,8 @@ pub enum ForwardError {
     InvalidTarget(String),
     #[error("upstream `{0}` answered 101; tunnels are not relayed")]
     UnexpectedUpgrade(String),
+    #[error("upstream `{0}` speaks HTTP/2; WebSocket upgrades need an HTTP/1.1 upstream")]
+    UpgradeUnsupported(String),
     #[error("upstream `{upstream}` TLS setup failed: {source}")]
     TlsSetup {
         upstream: String,
@@ -196,6 +198,7 @@ impl Upstreams {
         upstream: usize,
         request: Request<Incoming>,
         path_and_query: PathAndQuery,
+        upgrade: bool,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let pool = self
             .pools
@@ -210,6 +213,9 @@ impl Upstreams {
                 Ok(Err(_)) | Err(_) => return Err(ForwardError::Busy(pool.name.clone())),
             },
         };
+        if upgrade && pool.version != Version::HTTP_11 {
+            return Err(ForwardError::UpgradeUnsupported(pool.name.clone()));
+        }
         let (mut parts, body) = request.into_parts();
         // An h2 downstream request must not reach an HTTP/1 upstream as HTTP/2 (and back).
         parts.version = pool.version;
@@ -247,7 +253,8 @@ impl Upstreams {
             match tokio::time::timeout_at(deadline, pool.client.request(request)).await {
                 Ok(Ok(response)) => {
                     target.failures.store(0, Ordering::Relaxed);
-                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    // A 101 only for the websocket handshake that asked for it (`upgrade`).
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrade {
                         return Err(ForwardError::UnexpectedUpgrade(pool.name.clone()));
                     }
                     return Ok(response.map(|inner| UpstreamBody {

@@ -19,6 +19,7 @@ use crate::audit::{AuditLog, AuditUnavailable, Decision, EventBody};
 use crate::config::{RouteEntry, Snapshot};
 use crate::grants::{Access, GrantsError, Resolved, Store};
 use crate::identity::{Authenticator, AuthnError, Principal};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::{self, Caller, Outcome, Reason, Verdict};
 use crate::route::{self, PathError};
 
@@ -31,10 +32,17 @@ pub struct Gateway {
     pub snapshot: Snapshot,
     pub store: Store,
     pub authenticator: Arc<Authenticator>,
-    pub upstreams: Upstreams,
-    pub audit: AuditLog,
+    /// Shared with the next generation when `[upstreams.*]` did not change (pools and health).
+    pub upstreams: Arc<Upstreams>,
+    /// Shared by every generation: one spool, one hash chain per process.
+    pub audit: Arc<AuditLog>,
     /// `[server] tls`: the listener terminates TLS with this (`proxy::tls`).
     pub tls: Option<Arc<super::tls::Terminator>>,
+    /// 1 at start, +1 per applied reload; the Redis cache is keyed by it.
+    pub generation: u64,
+    pub metrics: Arc<Metrics>,
+    /// Indexed like `snapshot.route_entries`.
+    pub route_metrics: Vec<Arc<RouteMetrics>>,
 }
 
 /// The connection a request arrived on.
@@ -227,6 +235,44 @@ impl Gateway {
     }
 }
 
+/// `[identity.header]`: `None` when the peer is not trusted or sent no subject header (then
+/// the other identity kinds apply); otherwise the asserted principal, checked like a token's.
+fn header_identity(
+    settings: &crate::config::HeaderIdentitySettings,
+    headers: &HeaderMap,
+    conn: &ConnInfo,
+) -> Option<Result<Principal, AuthnError>> {
+    if !settings.trusts(conn.peer.ip(), conn.client_cert_subject.as_deref()) {
+        return None;
+    }
+    let mut subjects = headers.get_all(&settings.subject).iter();
+    let subject = subjects.next()?;
+    let mut tenants = headers.get_all(&settings.tenant).iter();
+    let tenant = tenants.next();
+    if subjects.next().is_some() || tenants.next().is_some() {
+        return Some(Err(AuthnError::InvalidToken));
+    }
+    if !crate::identity::valid_subject(subject.as_bytes()) {
+        return Some(Err(AuthnError::InvalidToken));
+    }
+    let Some(tenant) = tenant.filter(|t| !t.is_empty()) else {
+        return Some(Err(AuthnError::MissingTenant));
+    };
+    if !crate::identity::valid_tenant(tenant.as_bytes()) {
+        return Some(Err(AuthnError::InvalidToken));
+    }
+    let text = |v: &HeaderValue| v.to_str().map(str::to_owned).ok();
+    Some(match (text(subject), text(tenant)) {
+        (Some(subject), Some(tenant)) => Ok(Principal {
+            tenant,
+            subject,
+            mfa: false,
+            expires_at: u64::MAX,
+        }),
+        _ => Err(AuthnError::InvalidToken),
+    })
+}
+
 /// `ApiKey <key>` (scheme case-insensitive): the key.
 fn api_key_scheme(authorization: &[u8]) -> Option<&[u8]> {
     let scheme = authorization.get(..7)?;
@@ -271,6 +317,10 @@ struct RequestCtx {
     outcome: Option<Outcome>,
     required: Vec<String>,
     mode: policy::Mode,
+    /// Arrival → decision, once there is one.
+    decided_after: Option<std::time::Duration>,
+    /// Time to the upstream's response head, once forwarded.
+    upstream_time: Option<std::time::Duration>,
 }
 
 /// Entry point for every request on the public listener.
@@ -302,6 +352,8 @@ pub async fn handle(
         outcome: None,
         required: Vec::new(),
         mode: gw.snapshot.mode,
+        decided_after: None,
+        upstream_time: None,
     };
     // Fail closed before forwarding when the spool is known to be full (`on_full = "block"`):
     // the upstream never sees a request whose event cannot be written.
@@ -320,12 +372,61 @@ pub async fn handle(
         }
     };
     // Spooled durability: the response leaves only after its event is in the spool.
-    match audit(&gw, &ctx, response.status().as_u16(), refusal_reason).await {
+    let response = match audit(&gw, &ctx, response.status().as_u16(), refusal_reason).await {
         Ok(()) => response,
         Err(AuditUnavailable) => {
             tracing::error!("Audit event could not be spooled; answering 503.");
             Refusal::AuditUnavailable.into_response(&request_id, request_id_name)
         }
+    };
+    observe(&gw, &ctx, response.status().as_u16(), refusal_reason);
+    response
+}
+
+/// Metrics and the access log for one finished request (labels: route pattern, never path).
+fn observe(gw: &Gateway, ctx: &RequestCtx, status: u16, refusal_reason: Option<&'static str>) {
+    let (decision, reason) = match &ctx.outcome {
+        Some(Outcome::Allow { .. }) => ("allow", refusal_reason.unwrap_or("")),
+        Some(Outcome::Deny(denial)) => ("deny", denial.reason.as_str()),
+        None => ("error", refusal_reason.unwrap_or("")),
+    };
+    let route = ctx
+        .route
+        .and_then(|id| gw.route_metrics.get(id))
+        .unwrap_or(&gw.metrics.unrouted);
+    route.request(decision, reason);
+    if let Some(d) = ctx.decided_after {
+        route.decision_latency.observe(d);
+    }
+    if let Some(d) = ctx.upstream_time {
+        route.upstream_latency.observe(d);
+    }
+    // Monitor mode: denied, yet forwarded. What an enforce rollout would refuse.
+    if let Some(Outcome::Deny(denial)) = &ctx.outcome
+        && ctx.mode == policy::Mode::Monitor
+        && denial.reason != Reason::NoRoute
+    {
+        route.shadow_denial(denial.reason.as_str());
+    }
+    if gw.snapshot.log.access_log {
+        let route = ctx
+            .route
+            .and_then(|id| gw.route_entry(id))
+            .map(|e| e.path.as_str());
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = ctx.request_id.to_str().unwrap_or_default(),
+            method = %ctx.method,
+            route = route.unwrap_or(""),
+            status,
+            decision,
+            reason,
+            latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            tenant = ctx.principal.as_ref().map_or("", |p| p.tenant.as_str()),
+            subject = ctx.principal.as_ref().map_or("", |p| p.subject.as_str()),
+            client_ip = %ctx.client_ip.ip(),
+            "Request served."
+        );
     }
 }
 
@@ -421,7 +522,7 @@ fn preflight(request: &Request<Incoming>, gw: &Gateway) -> Result<(), Refusal> {
 async fn handle_inner(
     gw: &Gateway,
     ctx: &mut RequestCtx,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     conn: ConnInfo,
 ) -> Result<Response<Body>, Refusal> {
     let snap = &gw.snapshot;
@@ -435,12 +536,31 @@ async fn handle_inner(
         .into_owned();
     ctx.path.clone_from(&canonical);
 
+    // A WebSocket handshake listens for revocations before its grants are resolved, so one
+    // racing the decision still closes the tunnel (`proxy::upgrade`).
+    let websocket = super::upgrade::is_websocket_handshake(&request);
+    let revocations = if websocket {
+        gw.store.redis().map(|r| r.revocations())
+    } else {
+        None
+    };
+
     // Identity before the store: a request without valid credentials never costs a grants
     // round trip (an API key costs one lookup, cached like grants).
-    let identity = gw
-        .identify(request.headers(), request.method(), unix_now())
-        .await
-        .map_err(|_| Refusal::AuthorizationUnavailable)?;
+    // Trusted-header identity first, and only from a trusted peer: from anyone else the
+    // headers are never read (and are stripped before forwarding, below).
+    let trusted = snap
+        .identity
+        .header
+        .as_ref()
+        .and_then(|h| header_identity(h, request.headers(), &conn));
+    let identity = match trusted {
+        Some(identity) => identity,
+        None => gw
+            .identify(request.headers(), request.method(), unix_now())
+            .await
+            .map_err(|_| Refusal::AuthorizationUnavailable)?,
+    };
     // The caller's own grants (DESIGN.md §7): answered by the gateway, audited like any request.
     if canonical == super::me::PATH && request.method() == Method::GET {
         let me = super::me::answer(gw, identity).await;
@@ -467,6 +587,7 @@ async fn handle_inner(
         ctx.required = required_names(snap, entry);
     }
     ctx.outcome = Some(eval.verdict.outcome.clone());
+    ctx.decided_after = Some(ctx.started.elapsed());
 
     let (Some(grant), Some(entry)) = (
         eval.verdict.grant(),
@@ -474,6 +595,10 @@ async fn handle_inner(
     ) else {
         return Err(refusal_for(snap, &eval).unwrap_or(Refusal::AuthorizationUnavailable));
     };
+
+    // Only now, after the full decision, may a websocket route take the upgrade.
+    let tunnel = websocket && entry.websocket;
+    let downstream = tunnel.then(|| hyper::upgrade::on(&mut request));
 
     // Strip, then set (R5): the client's map is sanitized before any gateway header goes in.
     let (mut parts, body) = request.into_parts();
@@ -488,6 +613,12 @@ async fn handle_inner(
         .get(header::AUTHORIZATION)
         .is_some_and(|v| api_key_scheme(v.as_bytes()).is_some());
     let mut out = headers::sanitize_request(std::mem::take(&mut parts.headers), &snap.headers);
+    // Identity headers of `[identity.header]` never pass through, trusted or not: the
+    // upstream gets the gateway's own identity headers instead.
+    if let Some(h) = &snap.identity.header {
+        out.remove(&h.subject);
+        out.remove(&h.tenant);
+    }
     // A gateway credential never reaches the upstream (a JWT does: upstreams may verify it).
     if let Some(api_key) = &snap.identity.api_key {
         out.remove(&api_key.header);
@@ -514,6 +645,9 @@ async fn handle_inner(
     if grant.own_only() {
         out.insert(snap.headers.scope.clone(), HeaderValue::from_static("own"));
     }
+    if tunnel {
+        super::upgrade::set_upgrade_headers(&mut out);
+    }
     parts.headers = out;
 
     let path_and_query = match parts.uri.query() {
@@ -522,9 +656,10 @@ async fn handle_inner(
     }
     .map_err(|_| Refusal::BadRequest(BadRequest::InvalidTarget))?;
     let request = Request::from_parts(parts, body);
-    let mut response = gw
+    let sent = Instant::now();
+    let forwarded = gw
         .upstreams
-        .forward(grant, entry.upstream, request, path_and_query)
+        .forward(grant, entry.upstream, request, path_and_query, tunnel)
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "Upstream request failed.");
@@ -535,10 +670,41 @@ async fn handle_inner(
                 ForwardError::Unavailable { .. }
                 | ForwardError::InvalidTarget(_)
                 | ForwardError::UnexpectedUpgrade(_)
+                | ForwardError::UpgradeUnsupported(_)
                 | ForwardError::TlsSetup { .. } => Refusal::UpstreamUnavailable,
             }
-        })?;
+        });
+    ctx.upstream_time = Some(sent.elapsed());
+    let mut response = forwarded?;
+    // `forward` returns a 101 only when `tunnel` asked for it.
+    let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let upstream_upgrade = if switching {
+        if !super::upgrade::upstream_accepted(response.headers()) {
+            tracing::warn!("Upstream answered 101 without `Upgrade: websocket`; refusing.");
+            return Err(Refusal::UpstreamUnavailable);
+        }
+        Some(hyper::upgrade::on(&mut response))
+    } else {
+        None
+    };
     headers::sanitize_response(response.headers_mut());
+    if let (Some(up), Some(down)) = (upstream_upgrade, downstream) {
+        super::upgrade::set_upgrade_headers(response.headers_mut());
+        let (tenant, subject) = eval
+            .principal
+            .as_ref()
+            .map(|p| (p.tenant.clone(), p.subject.clone()))
+            .unwrap_or_default();
+        let guard = super::upgrade::TunnelGuard {
+            tenant,
+            subject,
+            revocations,
+            max_lifetime: entry
+                .websocket_max_lifetime
+                .unwrap_or(snap.limits.websocket_max_lifetime),
+        };
+        super::upgrade::spawn_tunnel(down, up, guard, gw.metrics.clone());
+    }
     if !response.headers().contains_key(&snap.headers.request_id) {
         response
             .headers_mut()

@@ -25,14 +25,26 @@ use tokio::sync::{Notify, Semaphore, watch};
 use super::pipeline::{ConnInfo, Gateway, handle};
 use super::{cors, tls};
 use crate::config::LimitsSettings;
+use crate::runtime::Runtime;
 
-/// Serve until `shutdown` resolves, then stop accepting and drain in-flight requests for up
-/// to `[limits] shutdown_timeout`.
+/// Serve a fixed gateway (no reload) until `shutdown` resolves; see `serve_runtime`.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_runtime(listener, Runtime::new(gateway, None), shutdown).await;
+}
+
+/// Serve until `shutdown` resolves, then stop accepting and drain in-flight requests for up
+/// to `[limits] shutdown_timeout`. Connection-level settings (`[limits]`, TLS) are the first
+/// generation's: a reload never re-binds or re-tunes the listener.
+pub async fn serve_runtime(
+    listener: TcpListener,
+    runtime: Arc<Runtime>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let gateway = runtime.current();
     let limits = gateway.snapshot.limits.clone();
     let builder = Arc::new(http_builder(&limits));
     let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
@@ -63,6 +75,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
+        let runtime = runtime.clone();
         let builder = builder.clone();
         let stop = stop_rx.clone();
         let header_timeout = limits.header_read_timeout;
@@ -73,7 +86,7 @@ pub async fn serve(
                 client_cert_subject: None,
             };
             match gateway.tls.clone() {
-                None => serve_connection(gateway, builder, stream, conn, stop).await,
+                None => serve_connection(runtime, builder, stream, conn, stop).await,
                 Some(terminator) => {
                     // The handshake counts against the header timeout: a client that stalls
                     // it is a slowloris too.
@@ -92,7 +105,7 @@ pub async fn serve(
                         client_cert_subject: tls::client_subject(stream.get_ref().1),
                         ..conn
                     };
-                    serve_connection(gateway, builder, stream, conn, stop).await;
+                    serve_connection(runtime, builder, stream, conn, stop).await;
                 }
             }
             drop(permit);
@@ -140,7 +153,7 @@ struct ConnState {
 /// requests, then close; GOAWAY on h2) on server shutdown or after
 /// `max_requests_per_connection`.
 async fn serve_connection<I>(
-    gateway: Arc<Gateway>,
+    runtime: Arc<Runtime>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     io: I,
     conn: ConnInfo,
@@ -148,7 +161,11 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let max_requests = gateway.snapshot.limits.max_requests_per_connection;
+    let max_requests = runtime
+        .current()
+        .snapshot
+        .limits
+        .max_requests_per_connection;
     let state = Arc::new(ConnState {
         served: AtomicU64::new(0),
         done: Notify::new(),
@@ -156,7 +173,9 @@ async fn serve_connection<I>(
     let service = {
         let state = state.clone();
         service_fn(move |request: Request<Incoming>| {
-            let gateway = gateway.clone();
+            // INVARIANT: one load per request; the request keeps this generation to the end
+            // (a reload meanwhile only affects later requests).
+            let gateway = runtime.current();
             let conn = conn.clone();
             let state = state.clone();
             async move {
@@ -183,7 +202,9 @@ async fn serve_connection<I>(
             }
         })
     };
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    // With upgrades: a websocket route's 101 must complete (`proxy::upgrade`); every other
+    // route strips `Upgrade` and never answers 101, so nothing else can be tunnelled.
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut closing = false;
     loop {

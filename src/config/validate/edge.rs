@@ -12,7 +12,8 @@ use http::{HeaderName, Method};
 use super::super::diagnostic::FileId;
 use super::super::raw::{self, S, StrList};
 use super::super::{
-    AllowOrigins, ClientAuth, CorsSettings, LimitsSettings, TlsSettings, UpstreamProtocol,
+    AllowOrigins, ClientAuth, CorsSettings, LimitsSettings, LogFormat, LogSettings, TlsSettings,
+    UpstreamProtocol,
 };
 use super::{Ctx, key_leaf, parse_size};
 
@@ -299,6 +300,7 @@ impl Ctx<'_> {
             max_connections,
             max_requests_per_connection,
             shutdown_timeout,
+            websocket_max_lifetime,
         } = limits.into_inner();
         let to_usize = |n: u64, default: usize| usize::try_from(n).unwrap_or(default);
         LimitsSettings {
@@ -342,6 +344,57 @@ impl Ctx<'_> {
                 d.shutdown_timeout,
                 false,
             ),
+            websocket_max_lifetime: self.duration(
+                main,
+                &websocket_max_lifetime,
+                "limits.websocket_max_lifetime",
+                d.websocket_max_lifetime,
+                true,
+            ),
+        }
+    }
+
+    // --- [log] ---
+
+    pub(super) fn check_log(&mut self, main: FileId, log: Option<S<raw::Log>>) -> LogSettings {
+        let d = LogSettings::default();
+        let Some(log) = log else { return d };
+        let raw::Log {
+            format,
+            level,
+            access_log,
+        } = log.into_inner();
+        let format = match &format {
+            None => d.format,
+            Some(f) => match f.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    let other = other.to_owned();
+                    self.invalid_value(main, f, "log.format", &other, &["text", "json"]);
+                    d.format
+                }
+            },
+        };
+        let level = match &level {
+            None => d.level,
+            Some(l) => {
+                if tracing_subscriber::EnvFilter::try_new(l.get_ref()).is_err() {
+                    self.err(
+                        main,
+                        l.span(),
+                        "log.level",
+                        format!("invalid log level `{}`", l.get_ref()),
+                        Some("use `error`, `warn`, `info`, `debug`, `trace` or a directive such as `portcullis=debug`".into()),
+                    );
+                }
+                l.get_ref().clone()
+            }
+        };
+        LogSettings {
+            format,
+            level,
+            access_log: access_log.map_or(d.access_log, |a| *a.get_ref()),
         }
     }
 
