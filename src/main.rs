@@ -12,10 +12,17 @@ fn main() -> std::process::ExitCode {
     if !matches!(cli.command, Command::Run { .. }) {
         init_logging(None);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    // `PORTCULLIS_WORKER_THREADS`: size of the request runtime (default: one per CPU the
+    // process may run on). Benchmarks set it to match the peer's worker count.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("PORTCULLIS_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
     {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the runtime: {err}");

@@ -1,0 +1,503 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark (issue 7): Portcullis against nginx on loopback, in one run.
+#
+#   direct          wrk -> upstream nginx                                  (the limit)
+#   nginx           wrk -> nginx proxy_pass (upstream keepalive) -> upstream
+#   authreq         wrk -> nginx + auth_request (subrequest to an nginx authz endpoint) -> upstream
+#   pc-file         wrk -> portcullis (JWT HS256, file store, allow events not audited) -> upstream
+#   pc-redis-audit  wrk -> portcullis (JWT HS256, Redis store warm, every event to a disk spool
+#                          + file sink) -> upstream
+#
+# Phases:
+#   1. peak: wrk, 1 thread, CONNS connections, closed loop, DURATION s per run, ROUNDS interleaved
+#      rounds (the variant order rotates every round), bodies `small` (36 B `return 200`) and
+#      `big` (64 KiB static file). Medians of req/s, p50, p99 and the proxy's CPU per request.
+#   2. audit A/B at a fixed rate (FIXED_RPS, default 10k req/s; issue 4's "no measurable
+#      change at 10k req/s"): h2load --h1 --rps (open-ish loop, per-request log) against
+#      Portcullis + Redis with allow events off and on; latency percentiles and CPU/request.
+#   3. latency at 50 % of peak: the rate is half the median peak of pc-redis-audit/small;
+#      direct, nginx and pc-redis-audit at that rate; p99 added against direct.
+#
+# CPU layout (2 cores): core SUT_CPU runs every server-side process (upstream nginx, the proxy
+# under test, redis); core LOADGEN_CPU runs only the load generator. nginx proxies run with
+# `worker_processes WORKERS`; Portcullis with PORTCULLIS_WORKER_THREADS=WORKERS.
+#
+# Not part of CI. Needs nginx, wrk, h2load (nghttp2-client), redis-server/redis-cli, python3,
+# taskset, setsid; missing Debian packages are installed with apt-get when running as root.
+# Build first:  CARGO_TARGET_DIR=/work/target-bench cargo build --release --bin portcullis
+# Usage:        BIN=/work/target-bench/release/portcullis benches/load.sh
+# Everything (configs, logs, raw.csv, summary.md) stays in the printed /tmp/portcullis-load.* dir.
+# Every process the script starts runs in its own session and is stopped by its own PID/PGID.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-64}
+BODIES=${BODIES:-"small big"}
+VARIANTS=${VARIANTS:-"direct nginx authreq pc-file pc-redis-audit"}
+WORKERS=${WORKERS:-1}
+SUT_CPU=${SUT_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+FIXED_RPS=${FIXED_RPS:-10000}
+FIXED_CLIENTS=${FIXED_CLIENTS:-20}
+PHASES=${PHASES:-"peak audit half"}
+NICE=${NICE:-auto}            # auto: -20 (process and autogroup) when root, else 0
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/portcullis}
+MAX_WALL=${MAX_WALL:-3600}
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[[ -x "$BIN" ]] || die "no binary at $BIN (build: CARGO_TARGET_DIR=/work/target-bench cargo build --release --bin portcullis; then BIN=...)"
+BIN=$(realpath "$BIN")
+
+# ------------------------------------------------------------ tools ----
+need_pkgs=()
+command -v nginx >/dev/null || need_pkgs+=(nginx)
+command -v wrk >/dev/null || need_pkgs+=(wrk)
+command -v h2load >/dev/null || need_pkgs+=(nghttp2-client)
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+command -v redis-cli >/dev/null || need_pkgs+=(redis-tools)
+if ((${#need_pkgs[@]})); then
+  [[ $(id -u) == 0 ]] || die "missing: ${need_pkgs[*]} (apt-get install -y ${need_pkgs[*]})"
+  log "installing ${need_pkgs[*]}"
+  apt-get install -y "${need_pkgs[@]}" >/dev/null 2>&1 \
+    || { apt-get update >/dev/null && apt-get install -y "${need_pkgs[@]}" >/dev/null; }
+fi
+for c in nginx wrk h2load redis-server redis-cli python3 taskset setsid curl; do
+  command -v "$c" >/dev/null || die "missing command: $c"
+done
+if [[ $NICE == auto ]]; then
+  if [[ $(id -u) == 0 ]]; then NICE=-20; else NICE=0; fi
+fi
+
+RUN=$(mktemp -d /tmp/portcullis-load.XXXXXX)
+chmod 755 "$RUN"
+mkdir -p "$RUN/www" "$RUN/tmp" "$RUN/spool"
+head -c 65536 /dev/urandom >"$RUN/www/big.bin"
+chmod 644 "$RUN/www/big.bin"
+
+# ------------------------------------------------------- processes ----
+PIDS=()
+cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  sleep 0.5
+  for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  log "stopped ${#PIDS[@]} process group(s); run dir: $RUN"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+setsid bash -c "sleep $MAX_WALL; kill -TERM $$" </dev/null >/dev/null 2>&1 &
+PIDS+=($!)
+
+# name cpu cmd... -> own session (PGID = PID), pinned, niced (process and autogroup)
+declare -A PID_OF=()
+start_bg() {
+  local name=$1 cpu=$2
+  shift 2
+  setsid bash -c 'echo "$1" >/proc/self/autogroup 2>/dev/null; n=$1; c=$2; shift 2; exec nice -n "$n" taskset -c "$c" "$@"' \
+    _ "$NICE" "$cpu" "$@" >"$RUN/$name.log" 2>&1 </dev/null &
+  PIDS+=($!)
+  PID_OF[$name]=$!
+}
+on_loadgen() {
+  setsid -w bash -c 'echo "$1" >/proc/self/autogroup 2>/dev/null; n=$1; c=$2; shift 2; exec nice -n "$n" taskset -c "$c" "$@"' \
+    _ "$NICE" "$LOADGEN_CPU" "$@"
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_code() {  # url code [curl args] -> waits up to 30 s
+  local url=$1 want=$2 i code
+  shift 2
+  for i in $(seq 300); do
+    code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$@" "$url" || true)
+    [[ $code == "$want" ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+# CPU seconds (user+system, all threads) of the process groups given by leader PID.
+cpu_of() {
+  python3 - "$@" <<'PY'
+import os, sys
+want = {int(p) for p in sys.argv[1:]}
+hz = os.sysconf("SC_CLK_TCK"); total = 0
+for d in os.listdir("/proc"):
+    if not d.isdigit():
+        continue
+    try:
+        s = open(f"/proc/{d}/stat").read()
+    except OSError:
+        continue
+    f = s[s.rindex(")") + 2:].split()
+    if int(f[2]) in want:
+        total += int(f[11]) + int(f[12])
+print(f"{total / hz:.3f}")
+PY
+}
+
+UP=$(free_port); AUTHZ=$(free_port); NX=$(free_port); AR=$(free_port)
+PC_FILE=$(free_port); PC_REDIS=$(free_port); PC_NOAUDIT=$(free_port); REDIS=$(free_port)
+USER_LINE=""
+[[ $(id -u) == 0 ]] && USER_LINE="user nobody nogroup;"
+
+# ----------------------------------------------------------- nginx ----
+cat >"$RUN/upstream.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $RUN/upstream.pid;
+error_log $RUN/upstream_error.log warn;
+$USER_LINE
+events { worker_connections 8192; multi_accept on; }
+http {
+  access_log off; server_tokens off; default_type application/octet-stream;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_timeout 75s; keepalive_requests 1000000;
+  open_file_cache max=100 inactive=300s;
+  client_body_temp_path $RUN/tmp/ub; proxy_temp_path $RUN/tmp/up; fastcgi_temp_path $RUN/tmp/uf;
+  uwsgi_temp_path $RUN/tmp/uu; scgi_temp_path $RUN/tmp/us;
+  server {
+    listen 127.0.0.1:$UP backlog=4096;
+    root $RUN/www;
+    location /small/ { default_type application/json; return 200 '{"ok":true,"id":42,"items":[1,2,3]}\n'; }
+    location /big/ { try_files /big.bin =404; }
+    location = /healthz { return 200 "ok\n"; }
+    location / { return 404; }
+  }
+  # The DIY authz endpoint for auth_request: method + path + bearer token in an nginx map.
+  # The cheapest authz service there is (no JWT verification, no grants lookup), so the
+  # auth_request tier is a lower bound for the DIY pattern's cost.
+  map "\$http_x_original_method:\$http_x_original_uri:\$http_authorization" \$bench_allow {
+    default 0;
+    "~^(GET|HEAD):/(small|big)/[^:]*:Bearer @TOKEN@\$" 1;
+  }
+  server {
+    listen 127.0.0.1:$AUTHZ backlog=4096;
+    location / { if (\$bench_allow) { return 204; } return 403; }
+  }
+}
+EOF
+
+cat >"$RUN/proxy.conf" <<EOF
+worker_processes $WORKERS;
+daemon off;
+pid $RUN/proxy.pid;
+error_log $RUN/proxy_error.log warn;
+$USER_LINE
+events { worker_connections 8192; multi_accept on; }
+http {
+  # One log line per request (buffered, to /dev/null): nginx pays for formatting a record,
+  # as Portcullis pays for its audit event in pc-redis-audit.
+  access_log /dev/null combined buffer=64k flush=1s;
+  server_tokens off; tcp_nodelay on;
+  keepalive_timeout 75s; keepalive_requests 1000000;
+  client_body_temp_path $RUN/tmp/pb; proxy_temp_path $RUN/tmp/pp; fastcgi_temp_path $RUN/tmp/pf;
+  uwsgi_temp_path $RUN/tmp/pu; scgi_temp_path $RUN/tmp/ps;
+  upstream app { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 1000000; }
+  upstream authz { server 127.0.0.1:$AUTHZ; keepalive 256; keepalive_requests 1000000; }
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_set_header Host \$host;
+  proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+  proxy_buffer_size 16k; proxy_buffers 16 16k; proxy_busy_buffers_size 32k;
+  server {
+    listen 127.0.0.1:$NX backlog=4096;
+    location / { proxy_pass http://app; }
+  }
+  server {
+    listen 127.0.0.1:$AR backlog=4096;
+    location / { auth_request /_authz; proxy_pass http://app; }
+    location = /_authz {
+      internal;
+      proxy_pass http://authz;
+      proxy_pass_request_body off;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-Method \$request_method;
+      proxy_set_header X-Original-URI \$request_uri;
+    }
+  }
+}
+EOF
+
+# ------------------------------------------------------ portcullis ----
+export PORTCULLIS_BENCH_SECRET=bench-secret-0123456789abcdef0123456789
+gw_conf() {  # port store audit -> toml
+  local port=$1 store=$2 audit=$3
+  cat <<EOF
+[server]
+listen = "127.0.0.1:$port"
+[upstreams.app]
+targets = ["127.0.0.1:$UP"]
+[identity]
+kinds = ["jwt"]
+[identity.jwt]
+algorithms = ["HS256"]
+secret_env = "PORTCULLIS_BENCH_SECRET"
+[limits]
+max_connections = 10000
+[roles.reader]
+permissions = ["*.view"]
+[[routes]]
+methods = ["GET", "HEAD"]
+path = "/small/{*rest}"
+permission = "items.view"
+upstream = "app"
+[[routes]]
+methods = ["GET", "HEAD"]
+path = "/big/{*rest}"
+permission = "blobs.view"
+upstream = "app"
+EOF
+  if [[ $store == file ]]; then
+    cat <<EOF
+[grants]
+store = "file"
+[tenants.acme]
+[[assignments]]
+tenant = "acme"
+subject = "bench"
+roles = ["reader"]
+EOF
+  else
+    cat <<EOF
+[grants]
+store = "redis"
+cache_ttl = "60s"
+[grants.redis]
+url = "redis://127.0.0.1:$REDIS/0"
+prefix = "bench"
+EOF
+  fi
+  if [[ $audit == on ]]; then
+    cat <<EOF
+[audit]
+allow_events = "all"
+durability = "spooled"
+[audit.spool]
+dir = "$RUN/spool/$port"
+fsync = "interval"
+[[audit.sinks]]
+type = "file"
+path = "$RUN/audit-$port.jsonl"
+format = "json"
+EOF
+  else
+    printf '[audit]\nallow_events = "none"\n'
+  fi
+}
+gw_conf "$PC_FILE" file off >"$RUN/pc-file.toml"
+gw_conf "$PC_REDIS" redis on >"$RUN/pc-redis-audit.toml"
+gw_conf "$PC_NOAUDIT" redis off >"$RUN/pc-redis-noaudit.toml"
+for f in pc-file pc-redis-audit pc-redis-noaudit; do
+  "$BIN" check --config "$RUN/$f.toml" >/dev/null || die "$f.toml invalid: $("$BIN" check --config "$RUN/$f.toml" 2>&1)"
+done
+TOKEN=$("$BIN" token --config "$RUN/pc-file.toml" --sub bench --tenant acme --ttl 4h)
+sed -i "s|@TOKEN@|$TOKEN|" "$RUN/upstream.conf"
+AUTH="Authorization: Bearer $TOKEN"
+
+# ----------------------------------------------------------- start ----
+nginx -t -q -p "$RUN/" -e "$RUN/nginx_t.log" -c "$RUN/upstream.conf" || die "upstream.conf invalid"
+nginx -t -q -p "$RUN/" -e "$RUN/nginx_t.log" -c "$RUN/proxy.conf" || die "proxy.conf invalid"
+start_bg upstream "$SUT_CPU" nginx -p "$RUN/" -e "$RUN/upstream_error.log" -c "$RUN/upstream.conf"
+start_bg proxy "$SUT_CPU" nginx -p "$RUN/" -e "$RUN/proxy_error.log" -c "$RUN/proxy.conf"
+start_bg redis "$SUT_CPU" redis-server --bind 127.0.0.1 --port "$REDIS" --save "" --appendonly no \
+  --dir "$RUN" --protected-mode yes
+for _ in $(seq 100); do redis-cli -p "$REDIS" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+redis-cli -p "$REDIS" HSET bench:acme:user:bench roles '["reader"]' >/dev/null || die "redis seed failed"
+export RUST_LOG=warn PORTCULLIS_WORKER_THREADS=$WORKERS
+start_bg pc-file "$SUT_CPU" "$BIN" run --config "$RUN/pc-file.toml"
+start_bg pc-redis-audit "$SUT_CPU" "$BIN" run --config "$RUN/pc-redis-audit.toml"
+start_bg pc-redis-noaudit "$SUT_CPU" "$BIN" run --config "$RUN/pc-redis-noaudit.toml"
+
+declare -A URL=(
+  [direct]="http://127.0.0.1:$UP" [nginx]="http://127.0.0.1:$NX" [authreq]="http://127.0.0.1:$AR"
+  [pc-file]="http://127.0.0.1:$PC_FILE" [pc-redis-audit]="http://127.0.0.1:$PC_REDIS"
+  [pc-redis-noaudit]="http://127.0.0.1:$PC_NOAUDIT"
+)
+# process group whose CPU is "the hop" of a variant (direct: the upstream itself)
+declare -A HOP=(
+  [direct]=upstream [nginx]=proxy [authreq]=proxy [pc-file]=pc-file
+  [pc-redis-audit]=pc-redis-audit [pc-redis-noaudit]=pc-redis-noaudit
+)
+declare -A PATH_OF=([small]=/small/items/42 [big]=/big/blob/7)
+
+# ---------------------------------------------------------- sanity ----
+for v in direct nginx authreq pc-file pc-redis-audit pc-redis-noaudit; do
+  wait_code "${URL[$v]}/small/items/42" 200 -H "$AUTH" || die "$v: no 200 (see $RUN/*.log)"
+  size=$(curl -s -o /dev/null -w '%{size_download}' -H "$AUTH" "${URL[$v]}/big/blob/7")
+  [[ $size == 65536 ]] || die "$v big: got $size bytes"
+  if [[ $v != direct && $v != nginx ]]; then
+    code=$(curl -s -o /dev/null -w '%{http_code}' "${URL[$v]}/small/items/42")
+    [[ $code == 401 || $code == 403 ]] || die "$v: no credentials answered $code"
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE -H "$AUTH" "${URL[$v]}/small/items/42")
+    [[ $code == 403 || $code == 404 || $code == 405 ]] || die "$v: DELETE answered $code"
+  fi
+done
+log "sanity ok; run dir $RUN"
+{
+  echo "date: $(date -u +%FT%TZ)"
+  echo "cpu: $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//') x $(nproc)"
+  echo "nginx: $(nginx -v 2>&1 | sed 's/.*: //'); wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}'); redis: $(redis-server --version | awk '{print $3}')"
+  echo "portcullis: $BIN ($(cd "$(dirname "$0")" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+  echo "layout: server side on cpu $SUT_CPU, load generator on cpu $LOADGEN_CPU; workers $WORKERS; nice $NICE"
+  echo "peak: wrk -t1 -c$CONNS -d${DURATION}s (+${WARMUP}s warm-up), $ROUNDS interleaved rounds"
+  echo "load before start: $(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$RUN/env.txt"
+
+# wrk done() hook: one machine-readable line
+cat >"$RUN/report.lua" <<'EOF'
+done = function(s, lat, req)
+  local secs = s.duration / 1e6
+  io.write(string.format("RESULT %.1f %d %d %d %d\n", s.requests / secs,
+    lat:percentile(50.0), lat:percentile(99.0), s.requests,
+    s.errors.status + s.errors.connect + s.errors.read + s.errors.write + s.errors.timeout))
+end
+EOF
+
+RAW="$RUN/raw.csv"
+echo "phase,round,body,variant,rps,p50_us,p99_us,requests,errors,hop_cpu_us_per_req,rate" >"$RAW"
+
+# ------------------------------------------------------------ peak ----
+read -r -a VARR <<<"$VARIANTS"
+NV=${#VARR[@]}
+if [[ " $PHASES " == *" peak "* ]]; then
+  for v in "${VARR[@]}"; do   # global warm-up (Redis cache, pools, page cache)
+    for b in $BODIES; do on_loadgen wrk -t1 -c"$CONNS" -d2s -H "$AUTH" "${URL[$v]}${PATH_OF[$b]}" >/dev/null 2>&1 || true; done
+  done
+  for round in $(seq "$ROUNDS"); do
+    for b in $BODIES; do
+      for i in $(seq 0 $((NV - 1))); do
+        v=${VARR[$(((i + round - 1) % NV))]}
+        url="${URL[$v]}${PATH_OF[$b]}"
+        on_loadgen wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "$AUTH" "$url" >/dev/null 2>&1 || true
+        c0=$(cpu_of "${PID_OF[${HOP[$v]}]}")
+        out=$(on_loadgen timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s \
+          -H "$AUTH" -s "$RUN/report.lua" "$url" 2>&1 || true)
+        c1=$(cpu_of "${PID_OF[${HOP[$v]}]}")
+        read -r _ rps p50 p99 n err <<<"$(grep '^RESULT' <<<"$out" || echo "RESULT 0 0 0 0 1")"
+        cpu=$(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { printf "%.2f", (n > 0) ? (b - a) * 1e6 / n : 0 }')
+        echo "peak,$round,$b,$v,$rps,$p50,$p99,$n,$err,$cpu," >>"$RAW"
+        log "peak r$round $b $v: $rps req/s p50=${p50}us p99=${p99}us cpu/req=${cpu}us err=$err"
+      done
+    done
+  done
+fi
+
+# ------------------------------------------------- fixed-rate runs ----
+# h2load --h1: FIXED_CLIENTS connections, each at rate/FIXED_CLIENTS req/s; per-request log
+# (start, status, duration us) -> percentiles. Requests wait for the previous response on their
+# connection, so a stall delays the next send (not corrected for coordinated omission).
+fixed_run() {  # phase round variant rate
+  local phase=$1 round=$2 v=$3 rate=$4 per c0 c1 logf out
+  per=$(awk -v r="$rate" -v c="$FIXED_CLIENTS" 'BEGIN { x = r / c; printf "%.2f", x < 0.1 ? 0.1 : x }')
+  logf="$RUN/h2load-$phase-$round-$v.log"
+  on_loadgen timeout 60 h2load --h1 -t1 -c"$FIXED_CLIENTS" --rps "$per" -D "$WARMUP" -H "$AUTH" \
+    "${URL[$v]}/small/items/42" >/dev/null 2>&1 || true
+  c0=$(cpu_of "${PID_OF[${HOP[$v]}]}")
+  on_loadgen timeout $((DURATION + 60)) h2load --h1 -t1 -c"$FIXED_CLIENTS" --rps "$per" -D "$DURATION" \
+    -H "$AUTH" --log-file="$logf" "${URL[$v]}/small/items/42" >"$RUN/h2load-last.out" 2>&1 || true
+  c1=$(cpu_of "${PID_OF[${HOP[$v]}]}")
+  out=$(python3 - "$logf" "$DURATION" "$c0" "$c1" <<'PY'
+import sys
+path, dur, c0, c1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+lat, err = [], 0
+try:
+    for line in open(path):
+        f = line.split()
+        if len(f) < 3:
+            continue
+        if not f[1].startswith("2"):
+            err += 1
+        lat.append(int(f[2]))
+except OSError:
+    pass
+lat.sort(); n = len(lat)
+pct = lambda q: lat[min(n - 1, int(q * n))] if n else 0
+print(f"{n / dur:.1f} {pct(0.50)} {pct(0.99)} {n} {err} {((c1 - c0) * 1e6 / n) if n else 0:.2f}")
+PY
+)
+  read -r rps p50 p99 n err cpu <<<"$out"
+  echo "$phase,$round,small,$v,$rps,$p50,$p99,$n,$err,$cpu,$rate" >>"$RAW"
+  log "$phase r$round $v @${rate}/s: $rps req/s p50=${p50}us p99=${p99}us cpu/req=${cpu}us err=$err"
+}
+
+if [[ " $PHASES " == *" audit "* ]]; then
+  AB=(pc-redis-noaudit pc-redis-audit)
+  for round in $(seq "$ROUNDS"); do
+    for i in 0 1; do fixed_run audit "$round" "${AB[$(((i + round) % 2))]}" "$FIXED_RPS"; done
+  done
+fi
+
+if [[ " $PHASES " == *" half "* ]]; then
+  peak=$(awk -F, '$1 == "peak" && $3 == "small" && $4 == "pc-redis-audit" { print $5 }' "$RAW" | sort -n \
+    | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print 0 }')
+  HALF=${HALF_RPS:-$(awk -v p="$peak" 'BEGIN { printf "%d", p / 2 }')}
+  if ((HALF > 0)); then
+    HV=(direct nginx pc-redis-audit)
+    for round in $(seq "$ROUNDS"); do
+      for i in 0 1 2; do fixed_run half "$round" "${HV[$(((i + round) % 3))]}" "$HALF"; done
+    done
+  else
+    log "half: no peak figure for pc-redis-audit/small (run the peak phase, or set HALF_RPS)"
+  fi
+fi
+
+# ---------------------------------------------------------- report ----
+python3 - "$RAW" >"$RUN/summary.md" <<'PY'
+import csv, statistics, sys
+from collections import defaultdict
+rows = list(csv.DictReader(open(sys.argv[1])))
+g = defaultdict(list)
+for r in rows:
+    g[(r["phase"], r["body"], r["variant"])].append(r)
+med = lambda rs, k: statistics.median(float(r[k]) for r in rs)
+def table(phase, bodies, variants):
+    print("| body | variant | req/s | p50 µs | p99 µs | hop CPU µs/req | runs |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for b in bodies:
+        for v in variants:
+            rs = g.get((phase, b, v))
+            if rs:
+                print(f"| {b} | {v} | {med(rs,'rps'):,.0f} | {med(rs,'p50_us'):,.0f} | "
+                      f"{med(rs,'p99_us'):,.0f} | {med(rs,'hop_cpu_us_per_req'):.1f} | {len(rs)} |")
+    print()
+bodies = [b for b in ("small", "big") if any(k[1] == b for k in g)]
+pv = [v for v in ("direct", "nginx", "authreq", "pc-file", "pc-redis-audit") if any(k[2] == v and k[0] == "peak" for k in g)]
+if pv:
+    print("## Peak (wrk closed loop; medians over rounds)\n")
+    table("peak", bodies, pv)
+    print("| body | portcullis variant | ÷ nginx | ÷ nginx+auth_request | ÷ direct |")
+    print("|---|---|---:|---:|---:|")
+    for b in bodies:
+        base = {v: med(g[("peak", b, v)], "rps") for v in ("direct", "nginx", "authreq") if g.get(("peak", b, v))}
+        for v in ("pc-file", "pc-redis-audit"):
+            rs = g.get(("peak", b, v))
+            if not rs:
+                continue
+            x = med(rs, "rps")
+            cell = lambda k: f"{x / base[k]:.2f}×" if base.get(k) else "-"
+            print(f"| {b} | {v} | {cell('nginx')} | {cell('authreq')} | {cell('direct')} |")
+    print()
+if any(k[0] == "audit" for k in g):
+    print("## Audit off vs on at a fixed rate (h2load --h1 --rps, small body)\n")
+    table("audit", ["small"], ["pc-redis-noaudit", "pc-redis-audit"])
+if any(k[0] == "half" for k in g):
+    rate = next(r["rate"] for r in rows if r["phase"] == "half")
+    print(f"## Latency at 50 % of pc-redis-audit's peak ({rate} req/s, h2load --h1 --rps, small body)\n")
+    table("half", ["small"], ["direct", "nginx", "pc-redis-audit"])
+    d = g.get(("half", "small", "direct"))
+    for v in ("nginx", "pc-redis-audit"):
+        rs = g.get(("half", "small", v))
+        if d and rs:
+            print(f"- {v}: added p50 {med(rs,'p50_us') - med(d,'p50_us'):+.0f} µs, "
+                  f"added p99 {med(rs,'p99_us') - med(d,'p99_us'):+.0f} µs against direct")
+    print()
+PY
+{ echo '```'; cat "$RUN/env.txt"; echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"; echo '```'; echo; cat "$RUN/summary.md"; } >"$RUN/report.md"
+cat "$RUN/report.md"
