@@ -224,8 +224,8 @@ fn bench_audit(c: &mut Criterion) {
     g.bench_function("event_build+seal", |b| {
         b.iter(|| {
             out.clear();
-            let mut event = AuditEvent::new(gateway.clone(), EventBody::Decision(decision()));
-            chain.seal(&mut event, &mut out).unwrap();
+            let event = AuditEvent::new(gateway.clone(), EventBody::Decision(decision()));
+            chain.seal(&event, &mut out).unwrap();
             black_box(out.len())
         })
     });
