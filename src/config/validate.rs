@@ -953,7 +953,10 @@ impl Ctx<'_> {
             .flat_map(|l| l.get_ref())
             .map(|c| c.get_ref().clone())
             .collect();
-        if peers.is_empty() && certs.is_empty() {
+        let no_peers = trusted_peers
+            .as_ref()
+            .is_none_or(|l| l.get_ref().is_empty());
+        if no_peers && certs.is_empty() {
             self.err(
                 main,
                 span,
