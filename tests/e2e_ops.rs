@@ -482,7 +482,9 @@ path = "{AUDIT}"
 format = "json"
 "#;
 
-#[tokio::test]
+// Multi-threaded: `roles` below blocks this thread (subprocess, then waiting for the invalidation)
+// while the gateway and its Redis push handler keep running on the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_changes_reach_a_running_gateway_on_the_next_request_and_are_audited() {
     let redis = support::redis::RedisServer::start().await;
     let upstream = Upstream::start().await;
