@@ -6,7 +6,7 @@
 //! `proxy` (accept) → `route` (canonicalize, match) → `identity` → `grants` (resolve) →
 //! `policy` (decide, pure) → `audit` → `proxy` (forward, only with a `policy::Grant`).
 //!
-//! `route` and `policy` are pure: no I/O, no async (checked by a test in `tests/purity.rs`).
+//! `route` and `policy` are pure: no I/O, no async (checked by a test in `tests/e2e/purity.rs`).
 
 pub mod admin;
 pub mod audit;

@@ -4,16 +4,14 @@
 //! the restart writes an `audit.loss` record counting them (an upper bound) and `audit
 //! verify` reports it.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::receivers::{HttpReceiver, Protocol, free_port, wait_for};
-use support::{SECRET, Upstream, request, token};
+use crate::support::receivers::{HttpReceiver, Protocol, free_port, wait_for};
+use crate::support::{SECRET, Upstream, request, token};
 
-const CONFIG: &str = include_str!("fixtures/e2e.toml");
+const CONFIG: &str = include_str!("../fixtures/e2e.toml");
 const HEC_TOKEN: &str = "crash-test-token";
 
 /// Start the binary; `Err(log)` when it exits before listening (e.g. the port was taken by

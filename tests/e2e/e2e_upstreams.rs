@@ -1,15 +1,14 @@
 //! Upstream pools end to end: failover and passive health, retries only where safe,
 //! per-upstream connection limits, HTTP/2 and TLS upstreams.
 
-mod support;
-
+use crate::support;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::support::edge::{EdgeGateway, EdgeUpstream, Pki, Speak, config};
+use crate::support::{request, token};
 use http::Version;
-use support::edge::{EdgeGateway, EdgeUpstream, Pki, Speak, config};
-use support::{request, token};
 
 async fn start(targets: &[String], upstream_extra: &str) -> EdgeGateway {
     let text = config(targets, upstream_extra, "");

@@ -2,9 +2,7 @@
 //! library normalises them away. Every test asserts the status, the JSON `reason`, and what the
 //! recording upstream received: nothing for refusals, the canonical path for normalised ones.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 struct Env {
     up: Upstream,

@@ -1,8 +1,7 @@
 //! Identity sources end to end: JWKS from a URL with `kid` rotation, and trusted-header
 //! identity honoured only from configured peers.
 
-mod support;
-
+use crate::support;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,11 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{Upstream, request, start_gateway};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use support::{Upstream, request, start_gateway};
 use tokio::net::TcpListener;
 
 fn fixture(name: &str) -> PathBuf {

@@ -2,9 +2,7 @@
 //! whatever the client's framing, the upstream receives only requests the gateway authorized,
 //! re-framed by the gateway, and never a tunnel.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 struct Env {
     up: Upstream,

@@ -2,14 +2,13 @@
 //! normalised away): allowed after the decision on `websocket = true` routes, refused
 //! elsewhere and without permission, closed on revocation and at the max lifetime.
 
-mod support;
-
+use crate::support;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::redis::RedisServer;
-use support::{Upstream, eventually, start_gateway, token};
+use crate::support::redis::RedisServer;
+use crate::support::{Upstream, eventually, start_gateway, token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -3,13 +3,11 @@
 //! (stale reads until `max_stale`, writes and uncached principals 503, never allow), recovery
 //! after a restart, malformed data, single-flight, warm hits without Redis calls, API keys.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::redis::RedisServer;
+use crate::support::*;
 use sha2::{Digest, Sha256};
-use support::redis::RedisServer;
-use support::*;
 
 const CONFIG: &str = r#"
 [server]

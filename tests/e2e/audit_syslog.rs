@@ -2,15 +2,13 @@
 //! RFC 6587 octet counting, TLS per RFC 5425 with a client certificate (the receiver requires
 //! one), and UDP; every received message is matched to the event the file sink wrote.
 
-mod support;
-
 use std::collections::HashMap;
 
+use crate::support::receivers::{Rsyslog, TestPki, wait_for};
+use crate::support::{Upstream, request, start_gateway, token};
 use serde_json::Value;
-use support::receivers::{Rsyslog, TestPki, wait_for};
-use support::{Upstream, request, start_gateway, token};
 
-const CONFIG: &str = include_str!("fixtures/e2e.toml");
+const CONFIG: &str = include_str!("../fixtures/e2e.toml");
 
 fn sd_param(sd: &str, name: &str) -> Option<String> {
     let start = sd.find(&format!(" {name}=\""))? + name.len() + 3;

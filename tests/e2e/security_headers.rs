@@ -3,9 +3,7 @@
 //! the gateway's headers; malformed header sets are refused before anything is forwarded;
 //! upstream responses lose hop-by-hop and forged gateway headers.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 struct Env {
     up: Upstream,

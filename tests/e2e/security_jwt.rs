@@ -2,10 +2,8 @@
 //! malformed token is a 401 with nothing forwarded; valid public-key tokens work end to end;
 //! the tenant comes only from the verified token.
 
-mod support;
-
+use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use support::*;
 
 const ROUTE: &str = "/api/campaigns/1";
 

@@ -2,14 +2,12 @@
 //! its decision table passes `portcullis test`, and the same table holds through the live
 //! gateway over HTTP (token in, status and reason out, upstream reached only on allow).
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::*;
 use portcullis::cli::cases::{self, Case, Expect};
-use support::*;
 
 const EXAMPLES: &[&str] = &[
     "voice-platform",

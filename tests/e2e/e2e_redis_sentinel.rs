@@ -4,12 +4,10 @@
 //! without a restart (fresh decisions and invalidations from the new master), failing closed
 //! while no master is reachable.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::redis::{MASTER_NAME, Node, SentinelSetup, wait_for};
-use support::*;
+use crate::support::redis::{MASTER_NAME, Node, SentinelSetup, wait_for};
+use crate::support::*;
 
 const CONFIG: &str = r#"
 [server]

@@ -1,14 +1,12 @@
 //! `portcullis audit verify` on a file written by the gateway: intact passes; a deleted, an
 //! altered and a reordered event are each reported and exit 1.
 
-mod support;
-
 use std::process::Command;
 
-use support::receivers::wait_for;
-use support::{Upstream, request, start_gateway, token};
+use crate::support::receivers::wait_for;
+use crate::support::{Upstream, request, start_gateway, token};
 
-const CONFIG: &str = include_str!("fixtures/e2e.toml");
+const CONFIG: &str = include_str!("../fixtures/e2e.toml");
 
 fn verify(path: &std::path::Path, extra: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))

@@ -1,17 +1,16 @@
 //! Operator tooling: `explain` traces, `portcullis test`, `routes`, `/.well-known/portcullis/me`,
 //! `roles` against a real Redis and `review` snapshots.
 
-mod support;
-
+use crate::support;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::support::*;
 use portcullis::cli::ExplainQuery;
 use portcullis::cli::explain::{explain_request, render_text};
 use portcullis::proxy::Gateway;
-use support::*;
 
-const E2E: &str = include_str!("fixtures/e2e.toml");
+const E2E: &str = include_str!("../fixtures/e2e.toml");
 
 fn gateway(config: &str) -> Gateway {
     let snap = portcullis::config::load_str_with_secret(

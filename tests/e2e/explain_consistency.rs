@@ -1,14 +1,12 @@
 //! `portcullis explain --batch` gives, for the same requests, the same decisions as the live
 //! gateway: a generated set of requests goes through both and every answer is compared.
 
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use support::*;
+use crate::support::*;
 
-const CONFIG: &str = include_str!("fixtures/e2e.toml");
+const CONFIG: &str = include_str!("../fixtures/e2e.toml");
 
 const SUBJECTS: &[(&str, &str)] = &[
     ("alice", "acme"),

@@ -1,12 +1,10 @@
 //! TLS termination end to end: ALPN h2 and http/1.1 over real sockets, mTLS, certificate
 //! reload. Certificates are generated in the test.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::edge::{EdgeGateway, EdgeUpstream, Pki, Speak, config, get, send, tls_connect};
 use http::Version;
-use support::edge::{EdgeGateway, EdgeUpstream, Pki, Speak, config, get, send, tls_connect};
 
 fn tls_config(pki: &Pki, up: &EdgeUpstream, tls_extra: &str) -> String {
     let (cert, key) = pki.write_server("gateway-1");

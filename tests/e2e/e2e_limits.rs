@@ -1,11 +1,10 @@
 //! Limits, timeouts, shutdown and CORS over real sockets (`[limits]`, `[cors]`).
 
-mod support;
-
+use crate::support;
 use std::time::{Duration, Instant};
 
-use support::edge::{EdgeGateway, EdgeUpstream, Speak, config};
-use support::{parse_response, token};
+use crate::support::edge::{EdgeGateway, EdgeUpstream, Speak, config};
+use crate::support::{parse_response, token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

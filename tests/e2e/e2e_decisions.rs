@@ -2,12 +2,10 @@
 //! inheritance, aliases, overrides, entitlements, own/scope, MFA step-up, monitor mode,
 //! HEAD→GET, and that a denied request never reaches the upstream.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// `{UPSTREAM}` is replaced with the recording upstream's address.
-pub const CONFIG: &str = include_str!("fixtures/e2e.toml");
+pub const CONFIG: &str = include_str!("../fixtures/e2e.toml");
 
 struct Env {
     up: Upstream,

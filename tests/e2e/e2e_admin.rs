@@ -1,19 +1,17 @@
 //! Admin API, hot reload and metrics end to end: the gateway and its admin listener on real
 //! sockets, the config in a temp file that the tests rewrite.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::redis::RedisServer;
+use crate::support::{RawResponse, SECRET, Upstream, parse_response, request, send_raw, token};
 use portcullis::config::AdminToken;
 use portcullis::proxy::{Gateway, server};
 use portcullis::runtime::{ReloadSource, Runtime};
-use support::redis::RedisServer;
-use support::{RawResponse, SECRET, Upstream, parse_response, request, send_raw, token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

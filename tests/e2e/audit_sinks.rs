@@ -1,16 +1,15 @@
 //! Audit delivery to HTTP SIEM receivers (HEC, NDJSON, `_bulk`): batching, retries through
 //! injected faults, outages, and the two `on_full` policies.
 
-mod support;
-
+use crate::support;
 use std::time::Duration;
 
-use support::receivers::{
+use crate::support::receivers::{
     Fault, HttpReceiver, Protocol, assert_complete, assert_complete_in_order, id_and_seq, wait_for,
 };
-use support::{Upstream, request, start_gateway, token};
+use crate::support::{Upstream, request, start_gateway, token};
 
-const CONFIG: &str = include_str!("fixtures/e2e.toml");
+const CONFIG: &str = include_str!("../fixtures/e2e.toml");
 const HEC_TOKEN: &str = "5f0c1c9e-0000-4000-8000-000000000001";
 
 /// Fast retries so fault tests finish quickly.
