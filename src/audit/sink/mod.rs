@@ -30,6 +30,8 @@ pub use http::classify_hec;
 const BATCH_BYTES: usize = 4 << 20;
 /// A file sink with a backlog takes up to this many batches per `fdatasync` and cursor update.
 const FILE_GROUP: usize = 16;
+/// While a batch fills (up to `batch_wait`), how often the worker looks for new events.
+const FILL_POLL: Duration = Duration::from_millis(10);
 
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
@@ -212,11 +214,6 @@ impl Sink {
         }
     }
 
-    /// File and stdout write whatever is there; network sinks wait to fill a batch.
-    fn waits_for_batch(&self) -> bool {
-        matches!(self, Sink::Syslog(_) | Sink::Http(_))
-    }
-
     /// Events to read per delivery: a file sink groups batches under one sync.
     fn read_size(&self, batch_size: usize) -> usize {
         match self {
@@ -296,18 +293,29 @@ impl Worker {
                 }
                 continue;
             }
-            if self.sink.waits_for_batch() && batch.len() < self.settings.batch_size {
+            if batch.len() < self.settings.batch_size {
                 let deadline = tokio::time::Instant::now() + self.settings.batch_wait;
+                let mut read_up_to = batch.last().map_or(0, |r| r.seq);
                 while batch.len() < self.settings.batch_size {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    // Poll the head instead of waking on every commit: at moderate rates the
+                    // writer commits per request, and a wake (plus a spool read) per event
+                    // cost more CPU than the event itself.
                     tokio::select! {
-                        changed = self.head.changed() => if changed.is_err() { break },
-                        () = tokio::time::sleep_until(deadline) => break,
+                        () = tokio::time::sleep_until((now + FILL_POLL).min(deadline)) => {}
                         _ = self.stop.changed() => return,
+                    }
+                    if *self.head.borrow() <= read_up_to {
+                        continue;
                     }
                     match reader.read(self.settings.batch_size - batch.len(), BATCH_BYTES) {
                         Ok(more) => batch.extend(more),
                         Err(_) => break,
                     }
+                    read_up_to = batch.last().map_or(read_up_to, |r| r.seq);
                 }
             }
             if self.deliver(&batch).await {
