@@ -145,9 +145,11 @@ async fn jwks_url_rotation_is_picked_up_in_the_background() {
     let rsa = signed("rsa.pem", jsonwebtoken::Algorithm::RS256, "rsa-1");
     let ec = signed("ec.pem", jsonwebtoken::Algorithm::ES256, "ec-1");
 
-    // The first download happens in the background at start.
+    // The first download happens in the background at start. A request that arrives before it
+    // has finished sees an unknown kid and may ask for one more (rate-limited) download.
     poll_status(gw.addr, &rsa, 200).await;
-    assert_eq!(idp.hits(), 1);
+    let at_start = idp.hits();
+    assert!((1..=2).contains(&at_start), "{at_start} downloads at start");
 
     // The provider rotates: ec-1 in, rsa-1 out. A token with the new kid fails at once (no
     // request waits on the network) but triggers one download; soon after, it works.
