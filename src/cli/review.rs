@@ -11,6 +11,9 @@ use std::fmt::Write as _;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AccessReview;
+use crate::cli::ReviewFormat;
+use crate::cli::roles::{cli_audit_log, delivered};
 use crate::config::{Snapshot, StoreSettings};
 use crate::grants::admin::Admin;
 use crate::policy::{SubjectData, TenantData};
@@ -121,6 +124,57 @@ pub fn to_csv(r: &ReviewSnapshot) -> String {
         let _ = writeln!(out, "{}", line.join(","));
     }
     out
+}
+
+/// The exported document, exactly as `review export` prints it (JSON ends with a newline).
+pub fn document(r: &ReviewSnapshot, format: ReviewFormat) -> anyhow::Result<String> {
+    Ok(match format {
+        ReviewFormat::Json => {
+            let mut text = serde_json::to_string_pretty(r)?;
+            text.push('\n');
+            text
+        }
+        ReviewFormat::Csv => to_csv(r),
+    })
+}
+
+/// The `access.review` event of an export: who, which tenant, how many principals, and the
+/// SHA-256 of the document's bytes (`sha256sum` of the saved export matches it).
+pub fn review_event(
+    actor: &str,
+    r: &ReviewSnapshot,
+    format: ReviewFormat,
+    document: &str,
+) -> AccessReview {
+    use sha2::Digest;
+    AccessReview {
+        actor: actor.to_owned(),
+        tenant: r.tenant.clone(),
+        principals: u64::try_from(r.principals.len()).unwrap_or(u64::MAX),
+        format: match format {
+            ReviewFormat::Json => "json",
+            ReviewFormat::Csv => "csv",
+        }
+        .to_owned(),
+        sha256: hex::encode(sha2::Sha256::digest(document.as_bytes())),
+    }
+}
+
+/// Record that the review was taken and wait until every configured sink has it.
+pub async fn audit(
+    snap: &Snapshot,
+    actor: &str,
+    r: &ReviewSnapshot,
+    format: ReviewFormat,
+    document: &str,
+) -> anyhow::Result<()> {
+    let log = cli_audit_log(snap)?;
+    log.record_access_review(review_event(actor, r, format, document))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the access.review event could not be recorded; nothing was exported")
+        })?;
+    delivered(&log, "the access.review event", "nothing was exported").await
 }
 
 /// Who gained or lost which permission (and role) between two snapshots.
