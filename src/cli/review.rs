@@ -259,3 +259,48 @@ pub fn load(path: &std::path::Path) -> anyhow::Result<ReviewSnapshot> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+
+    fn snapshot() -> ReviewSnapshot {
+        ReviewSnapshot {
+            tenant: "acme".into(),
+            taken_at: "2026-01-01T00:00:00Z".into(),
+            principals: ["ann", "bob"]
+                .iter()
+                .map(|s| PrincipalRow {
+                    subject: (*s).to_owned(),
+                    roles: vec!["viewer".into()],
+                    permissions: vec!["campaigns.view".into()],
+                    grant: Vec::new(),
+                    deny: Vec::new(),
+                    scopes: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_event_hashes_exactly_the_printed_document() {
+        let r = snapshot();
+        for (format, name) in [(ReviewFormat::Json, "json"), (ReviewFormat::Csv, "csv")] {
+            let doc = document(&r, format).unwrap();
+            assert!(doc.ends_with('\n'));
+            let e = review_event("auditor", &r, format, &doc);
+            assert_eq!(e.format, name);
+            assert_eq!(e.principals, 2);
+            assert_eq!(e.tenant, "acme");
+            assert_eq!(e.actor, "auditor");
+            assert_eq!(e.sha256, hex::encode(sha2::Sha256::digest(doc.as_bytes())));
+        }
+        let json = document(&r, ReviewFormat::Json).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ReviewSnapshot>(&json).unwrap(),
+            r,
+            "the JSON document reads back for `review diff`"
+        );
+    }
+}

@@ -606,3 +606,84 @@ async fn set_tenant(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn data(roles: &[&str], deny: &[&str]) -> SubjectData {
+        SubjectData {
+            roles: roles.iter().map(|s| (*s).to_owned()).collect(),
+            deny: deny.iter().map(|s| (*s).to_owned()).collect(),
+            ..SubjectData::default()
+        }
+    }
+
+    #[test]
+    fn a_principal_change_records_the_whole_record_before_and_after() {
+        let before = data(&["editor"], &[]);
+        let mut after = before.clone();
+        add(&mut after.deny, &["billing.*".to_owned()]);
+        let e = event(
+            "alice",
+            "acme",
+            "bob",
+            describe(&before, &after),
+            &before,
+            &after,
+        );
+        assert_eq!(e.change, "deny +billing.*");
+        assert_eq!(
+            e.before,
+            json!({"roles": ["editor"], "grant": [], "deny": [], "scopes": []})
+        );
+        assert_eq!(
+            e.after,
+            json!({"roles": ["editor"], "grant": [], "deny": ["billing.*"], "scopes": []})
+        );
+        assert_eq!(e.permissions, vec!["!billing.*".to_owned()]);
+    }
+
+    #[test]
+    fn role_states_compare_stored_text_with_what_is_written() {
+        let role = CustomRoleJson {
+            permissions: vec!["campaigns.edit".into()],
+            ..CustomRoleJson::default()
+        };
+        assert_eq!(stored_role_state(None), serde_json::Value::Null);
+        assert_eq!(role_state(None), serde_json::Value::Null);
+        // Stored by another writer without the empty lists: a different record.
+        let sparse = stored_role_state(Some(r#"{"permissions":["campaigns.edit"]}"#));
+        assert_eq!(sparse, json!({"permissions": ["campaigns.edit"]}));
+        assert_ne!(sparse, role_state(Some(&role)));
+        // As this command writes it: the same, so nothing to do.
+        let text = serde_json::to_string(&role).unwrap();
+        assert_eq!(stored_role_state(Some(&text)), role_state(Some(&role)));
+        // Not JSON at all: shown as the text that was there.
+        assert_eq!(stored_role_state(Some("{oops")), json!("{oops"));
+    }
+
+    #[test]
+    fn entitlements_keep_what_is_not_given() {
+        let before = Entitlements {
+            tier: Some("growth".into()),
+            features: vec!["reports".into()],
+        };
+        let after = before.with(Some("starter"), None);
+        assert_eq!(
+            entitlements_state(&after),
+            json!({"tier": "starter", "features": ["reports"]})
+        );
+        let cleared = before.with(None, Some(&[]));
+        assert_eq!(
+            entitlements_state(&cleared),
+            json!({"tier": "growth", "features": []})
+        );
+        assert_eq!(
+            entitlements_state(&Entitlements::default()),
+            json!({"tier": null, "features": []})
+        );
+        assert_eq!(before.with(None, None), before);
+    }
+}
