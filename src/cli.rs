@@ -155,7 +155,8 @@ pub enum AuditCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ReviewCommand {
-    /// Every principal of a tenant: roles, effective permissions, overrides, scopes.
+    /// Every principal of a tenant: roles, effective permissions, overrides, scopes. Audited
+    /// as `access.review` (with the document's SHA-256) before the document is printed.
     Export {
         #[arg(long, short)]
         config: PathBuf,
@@ -163,6 +164,9 @@ pub enum ReviewCommand {
         tenant: String,
         #[arg(long, value_enum, default_value = "json")]
         format: ReviewFormat,
+        /// Who takes the review (default: $USER), recorded in the audit event.
+        #[arg(long)]
+        actor: Option<String>,
     },
     /// Who gained or lost which permission between two JSON snapshots.
     Diff { before: PathBuf, after: PathBuf },
@@ -338,16 +342,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     config,
                     tenant,
                     format,
+                    actor,
                 },
         } => {
             let snap = load_or_print(&config)?;
             let snapshot = review::export(&snap, &tenant).await?;
-            // INTEGRATION: `audit::event::EventBody` has no `access.review` variant yet; when it
-            // does, record it here (tenant, principal count, actor) before printing.
-            match format {
-                ReviewFormat::Json => println!("{}", serde_json::to_string_pretty(&snapshot)?),
-                ReviewFormat::Csv => print!("{}", review::to_csv(&snapshot)),
-            }
+            let document = review::document(&snapshot, format)?;
+            // Recorded (and delivered to every sink) before anything is printed: no review
+            // leaves unaudited.
+            review::audit(&snap, &roles::actor(actor), &snapshot, format, &document).await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(document.as_bytes())?;
+            out.flush()?;
             Ok(0)
         }
         Command::Review {

@@ -149,6 +149,8 @@ pub enum EventBody {
     /// Events that were never written (`on_full = "drop"`); they have no `seq`.
     #[serde(rename = "audit.loss")]
     Loss(Loss),
+    #[serde(rename = "access.review")]
+    AccessReview(AccessReview),
 }
 
 impl EventBody {
@@ -160,6 +162,7 @@ impl EventBody {
             EventBody::SinkFailure(_) => "audit.sink_failure",
             EventBody::Checkpoint(_) => "audit.checkpoint",
             EventBody::Loss(_) => "audit.loss",
+            EventBody::AccessReview(_) => "access.review",
         }
     }
 }
@@ -204,6 +207,30 @@ pub struct RoleChange {
     pub change: String,
     pub roles: Vec<String>,
     pub permissions: Vec<String>,
+    /// The written Redis record as it was before the change, read where the write happens
+    /// (the commit checks under `WATCH` that it is still this): for a principal
+    /// `{"roles":[..],"grant":[..],"deny":[..],"scopes":[..]}`; for a tenant custom role its
+    /// stored definition `{"permissions":[..],"own":[..],"inherits":[..]}` (`null`: none); for
+    /// `tier`/`features` the tenant's entitlements `{"tier":"..."|null,"features":[..]}`.
+    pub before: serde_json::Value,
+    /// The same record as the change leaves it (same shape as `before`).
+    pub after: serde_json::Value,
+}
+
+/// An access-review snapshot was taken (`portcullis review export`); recorded before the
+/// document is printed.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessReview {
+    /// Who took the review.
+    pub actor: String,
+    pub tenant: String,
+    /// Principals listed in the exported document.
+    pub principals: u64,
+    /// `json` or `csv`.
+    pub format: String,
+    /// SHA-256 (hex) of the exported document, exactly the bytes printed, so an auditor can
+    /// match a stored export to this event.
+    pub sha256: String,
 }
 
 /// A configuration (re)load attempt.

@@ -1,6 +1,12 @@
 //! Renderings of the canonical event (research/siem.md §2): `json` (the sealed bytes, as
 //! hashed), `ecs`, `ocsf` (API Activity 6003 + security_control; role changes as User Access
-//! Management 3005), `cef`, `leef`, and the RFC 5424 syslog frame that carries any of them.
+//! Management 3005, access reviews as Entity Management 3004 Read), `cef`, `leef`, and the
+//! RFC 5424 syslog frame that carries any of them.
+//!
+//! A `role.change` carries the written record `before` and `after` the change (JSON objects):
+//! `ecs` keeps them in its custom namespace (`portcullis.before`/`.after`), `ocsf` in
+//! `unmapped` (User Access Management has no such attribute), `cef`/`leef` as compact JSON
+//! strings (`cs5`/`cs6`, `before`/`after`).
 //!
 //! Every rendering keeps `id` and `seq`, so SIEM-side deduplication and gap checks work on
 //! any sink; only `json` keeps the exact bytes `audit verify` needs.
@@ -73,6 +79,11 @@ fn strings(e: &Map<String, Value>, k: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A member as compact JSON text (`null` when absent), for the flat formats.
+fn compact(e: &Map<String, Value>, k: &str) -> String {
+    e.get(k).map_or_else(|| "null".to_owned(), Value::to_string)
+}
+
 /// Epoch milliseconds of the event's `time`.
 pub fn epoch_millis(e: &Map<String, Value>) -> u64 {
     humantime::parse_rfc3339(s(e, "time"))
@@ -87,7 +98,7 @@ pub fn severity10(e: &Map<String, Value>) -> u8 {
         ("authz.decision", "allow") => 1,
         ("authz.decision", _) => 5,
         ("role.change", _) => 6,
-        ("config.reload", _) => 3,
+        ("config.reload" | "access.review", _) => 3,
         ("audit.sink_failure" | "audit.loss", _) => 8,
         _ => 1,
     }
@@ -98,7 +109,7 @@ pub fn syslog_severity(e: &Map<String, Value>) -> u8 {
     match (s(e, "type"), s(e, "decision")) {
         ("authz.decision", "allow") => 6,
         ("authz.decision", _) => 4,
-        ("role.change" | "config.reload", _) => 5,
+        ("role.change" | "config.reload" | "access.review", _) => 5,
         ("audit.sink_failure" | "audit.loss", _) => 3,
         _ => 6,
     }
@@ -118,6 +129,7 @@ fn title(e: &Map<String, Value>) -> &'static str {
         ("authz.decision", "deny") => "Authorization denied",
         ("authz.decision", _) => "Authorization error",
         ("role.change", _) => "Role change",
+        ("access.review", _) => "Access review",
         ("config.reload", _) => "Configuration reload",
         ("audit.sink_failure", _) => "Audit sink failure",
         ("audit.checkpoint", _) => "Audit checkpoint",
@@ -149,6 +161,12 @@ pub fn ecs(e: &Map<String, Value>) -> Value {
             json!(["iam"]),
             json!(["user", "change"]),
             format!("role-{}", s(e, "change")),
+            "success",
+        ),
+        "access.review" => (
+            json!(["iam"]),
+            json!(["info"]),
+            "access-review".to_owned(),
             "success",
         ),
         "config.reload" => (
@@ -222,6 +240,15 @@ pub fn ecs(e: &Map<String, Value>) -> Value {
             "user".into(),
             json!({"id": s(e, "actor"), "target": {"id": s(e, "subject")}, "changes": {"roles": strings(e, "roles")}}),
         );
+        // ECS has no field for a grant record's before/after: they stay in the custom
+        // namespace, `portcullis.before` / `portcullis.after` (the whole event, above).
+    } else if kind == "access.review" {
+        obj.insert("organization".into(), json!({"id": s(e, "tenant")}));
+        obj.insert("user".into(), json!({"id": s(e, "actor")}));
+        obj.insert(
+            "file".into(),
+            json!({"hash": {"sha256": s(e, "sha256")}, "extension": s(e, "format")}),
+        );
     }
     out
 }
@@ -237,7 +264,8 @@ fn ocsf_activity(method: &str) -> (u8, &'static str) {
 }
 
 /// OCSF: decisions as API Activity (6003) with the security_control profile, role changes as
-/// User Access Management (3005), pipeline events as Application Lifecycle (6002).
+/// User Access Management (3005), access reviews as Entity Management (3004) Read, pipeline
+/// events as Application Lifecycle (6002).
 pub fn ocsf(e: &Map<String, Value>) -> Value {
     let time = epoch_millis(e);
     let metadata = json!({
@@ -322,6 +350,23 @@ pub fn ocsf(e: &Map<String, Value>) -> Value {
                 "unmapped": Value::Object(e.clone()),
             })
         }
+        "access.review" => json!({
+            "category_uid": 3, "category_name": "Identity & Access Management",
+            "class_uid": 3004, "class_name": "Entity Management",
+            "activity_id": 2, "activity_name": "Read",
+            "type_uid": 300_402,
+            "time": time, "severity_id": 1, "severity": "Informational",
+            "message": title(e),
+            "metadata": metadata,
+            "actor": {"user": {"uid": s(e, "actor")}},
+            "entity": {
+                "uid": s(e, "tenant"),
+                "name": s(e, "tenant"),
+                "type": "access_review",
+                "data": {"principals": n(e, "principals"), "format": s(e, "format"), "sha256": s(e, "sha256")},
+            },
+            "unmapped": Value::Object(e.clone()),
+        }),
         kind => {
             let (activity_id, activity) = if kind == "config.reload" {
                 (8, "Update")
@@ -432,6 +477,21 @@ pub fn cef(e: &Map<String, Value>) -> String {
             ext.push(("cs1".into(), s(e, "tenant").into()));
             ext.push(("cs3Label".into(), "role".into()));
             ext.push(("cs3".into(), strings(e, "roles").join(",")));
+            ext.push(("cs5Label".into(), "before".into()));
+            ext.push(("cs5".into(), compact(e, "before")));
+            ext.push(("cs6Label".into(), "after".into()));
+            ext.push(("cs6".into(), compact(e, "after")));
+            ext.push(("outcome".into(), "success".into()));
+        }
+        "access.review" => {
+            ext.push(("act".into(), "export".into()));
+            ext.push(("suser".into(), s(e, "actor").into()));
+            ext.push(("cs1Label".into(), "tenant".into()));
+            ext.push(("cs1".into(), s(e, "tenant").into()));
+            ext.push(("cn1Label".into(), "principals".into()));
+            ext.push(("cn1".into(), n(e, "principals").to_string()));
+            ext.push(("fileType".into(), s(e, "format").into()));
+            ext.push(("fileHash".into(), s(e, "sha256").into()));
             ext.push(("outcome".into(), "success".into()));
         }
         _ => {}
@@ -503,6 +563,15 @@ pub fn leef(e: &Map<String, Value>) -> String {
             attrs.push(("tenant", s(e, "tenant").into()));
             attrs.push(("change", s(e, "change").into()));
             attrs.push(("roles", strings(e, "roles").join(",")));
+            attrs.push(("before", compact(e, "before")));
+            attrs.push(("after", compact(e, "after")));
+        }
+        "access.review" => {
+            attrs.push(("usrName", s(e, "actor").into()));
+            attrs.push(("tenant", s(e, "tenant").into()));
+            attrs.push(("principals", n(e, "principals").to_string()));
+            attrs.push(("format", s(e, "format").into()));
+            attrs.push(("sha256", s(e, "sha256").into()));
         }
         _ => {}
     }
@@ -570,7 +639,7 @@ pub fn rfc5424(h: &SyslogHeader, e: &Map<String, Value>, msg: &[u8]) -> Vec<u8> 
     param("seq", &n(e, "seq").to_string());
     for k in [
         "decision", "reason", "tenant", "subject", "method", "path", "route", "actor", "change",
-        "sink",
+        "sink", "sha256",
     ] {
         if let Some(v) = e.get(k).and_then(Value::as_str) {
             param(k, v);

@@ -32,7 +32,8 @@ use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch};
 
 pub use event::{
-    AuditEvent, Checkpoint, ConfigReload, Decision, EventBody, Loss, RoleChange, SinkFailure,
+    AccessReview, AuditEvent, Checkpoint, ConfigReload, Decision, EventBody, Loss, RoleChange,
+    SinkFailure,
 };
 pub use sink::SinkStats;
 
@@ -317,6 +318,15 @@ impl AuditLog {
         change: RoleChange,
     ) -> impl Future<Output = Result<(), AuditUnavailable>> + Send + 'static {
         self.submit(EventBody::RoleChange(change), true, true)
+    }
+
+    /// Record that an access review was taken: like a role change, waits for the append and
+    /// an fsync and fails whatever `on_full` says, so no review is handed out unaudited.
+    pub fn record_access_review(
+        &self,
+        review: AccessReview,
+    ) -> impl Future<Output = Result<(), AuditUnavailable>> + Send + 'static {
+        self.submit(EventBody::AccessReview(review), true, true)
     }
 
     /// Record a configuration load or reload.

@@ -63,6 +63,8 @@ async fn role_change_and_reload_are_spooled_before_they_resolve_and_seq_survives
         change: "assign".into(),
         roles: vec!["editor".into()],
         permissions: Vec::new(),
+        before: serde_json::json!({"roles": [], "grant": [], "deny": [], "scopes": []}),
+        after: serde_json::json!({"roles": ["editor"], "grant": [], "deny": [], "scopes": []}),
     };
     log.record_role_change(change).await.unwrap();
     // Resolved means appended (and fsynced): the head already covers it.
@@ -74,6 +76,8 @@ async fn role_change_and_reload_are_spooled_before_they_resolve_and_seq_survives
     let events = lines(dir.path(), 2);
     assert_eq!(events[0]["type"], "role.change");
     assert_eq!(events[0]["actor"], "admin@acme");
+    assert_eq!(events[0]["before"]["roles"], serde_json::json!([]));
+    assert_eq!(events[0]["after"]["roles"], serde_json::json!(["editor"]));
     assert_eq!(events[1]["type"], "config.reload");
     assert_eq!(events[1]["prev"], events[0]["hash"]);
     // Let the file sink persist its cursor first: `drop` joins only the writer, and a sink

@@ -11,6 +11,9 @@ use std::fmt::Write as _;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AccessReview;
+use crate::cli::ReviewFormat;
+use crate::cli::roles::{cli_audit_log, delivered};
 use crate::config::{Snapshot, StoreSettings};
 use crate::grants::admin::Admin;
 use crate::policy::{SubjectData, TenantData};
@@ -123,6 +126,57 @@ pub fn to_csv(r: &ReviewSnapshot) -> String {
     out
 }
 
+/// The exported document, exactly as `review export` prints it (JSON ends with a newline).
+pub fn document(r: &ReviewSnapshot, format: ReviewFormat) -> anyhow::Result<String> {
+    Ok(match format {
+        ReviewFormat::Json => {
+            let mut text = serde_json::to_string_pretty(r)?;
+            text.push('\n');
+            text
+        }
+        ReviewFormat::Csv => to_csv(r),
+    })
+}
+
+/// The `access.review` event of an export: who, which tenant, how many principals, and the
+/// SHA-256 of the document's bytes (`sha256sum` of the saved export matches it).
+pub fn review_event(
+    actor: &str,
+    r: &ReviewSnapshot,
+    format: ReviewFormat,
+    document: &str,
+) -> AccessReview {
+    use sha2::Digest;
+    AccessReview {
+        actor: actor.to_owned(),
+        tenant: r.tenant.clone(),
+        principals: u64::try_from(r.principals.len()).unwrap_or(u64::MAX),
+        format: match format {
+            ReviewFormat::Json => "json",
+            ReviewFormat::Csv => "csv",
+        }
+        .to_owned(),
+        sha256: hex::encode(sha2::Sha256::digest(document.as_bytes())),
+    }
+}
+
+/// Record that the review was taken and wait until every configured sink has it.
+pub async fn audit(
+    snap: &Snapshot,
+    actor: &str,
+    r: &ReviewSnapshot,
+    format: ReviewFormat,
+    document: &str,
+) -> anyhow::Result<()> {
+    let log = cli_audit_log(snap)?;
+    log.record_access_review(review_event(actor, r, format, document))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the access.review event could not be recorded; nothing was exported")
+        })?;
+    delivered(&log, "the access.review event", "nothing was exported").await
+}
+
 /// Who gained or lost which permission (and role) between two snapshots.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReviewDiff {
@@ -204,4 +258,49 @@ pub fn load(path: &std::path::Path) -> anyhow::Result<ReviewSnapshot> {
             path.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+
+    fn snapshot() -> ReviewSnapshot {
+        ReviewSnapshot {
+            tenant: "acme".into(),
+            taken_at: "2026-01-01T00:00:00Z".into(),
+            principals: ["ann", "bob"]
+                .iter()
+                .map(|s| PrincipalRow {
+                    subject: (*s).to_owned(),
+                    roles: vec!["viewer".into()],
+                    permissions: vec!["campaigns.view".into()],
+                    grant: Vec::new(),
+                    deny: Vec::new(),
+                    scopes: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_event_hashes_exactly_the_printed_document() {
+        let r = snapshot();
+        for (format, name) in [(ReviewFormat::Json, "json"), (ReviewFormat::Csv, "csv")] {
+            let doc = document(&r, format).unwrap();
+            assert!(doc.ends_with('\n'));
+            let e = review_event("auditor", &r, format, &doc);
+            assert_eq!(e.format, name);
+            assert_eq!(e.principals, 2);
+            assert_eq!(e.tenant, "acme");
+            assert_eq!(e.actor, "auditor");
+            assert_eq!(e.sha256, hex::encode(sha2::Sha256::digest(doc.as_bytes())));
+        }
+        let json = document(&r, ReviewFormat::Json).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ReviewSnapshot>(&json).unwrap(),
+            r,
+            "the JSON document reads back for `review diff`"
+        );
+    }
 }

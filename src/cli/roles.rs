@@ -2,9 +2,11 @@
 //! config's rules, written atomically with its invalidation, and audited as `role.change`.
 //!
 //! Order matters: read the current data, validate and compute the new data, record the
-//! `role.change` event (waiting for the audit append), then commit only if the data is still
-//! what was read. A change is therefore never committed unaudited; a concurrent writer makes
-//! the command fail and ask to retry rather than overwrite.
+//! `role.change` event with both (`before`, `after`; waiting for the audit append), then commit
+//! only if the data is still what was read — the commit re-reads the record under `WATCH` on
+//! the connection that runs its `MULTI`/`EXEC` (`grants::admin`), so the audited `before` is
+//! exactly the state the write replaced. A change is therefore never committed unaudited; a
+//! concurrent writer makes the command fail and ask to retry rather than overwrite.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,7 @@ use clap::Subcommand;
 use crate::audit::AuditLog;
 use crate::audit::event::RoleChange;
 use crate::config::{Snapshot, StoreSettings};
-use crate::grants::admin::{Admin, CustomRoleJson};
+use crate::grants::admin::{Admin, Commit, CustomRoleJson, Entitlements};
 use crate::policy::{Pattern, SubjectData, TenantData};
 
 #[derive(Debug, Subcommand)]
@@ -170,16 +172,51 @@ fn remove(list: &mut Vec<String>, items: &[String]) {
     list.retain(|x| !items.contains(x));
 }
 
-/// The audit event for a change.
-// INTEGRATION: `audit::event::RoleChange` carries `roles` and `permissions` but no
-// before/after; until it does, `roles`/`permissions` hold the state *after* the change (roles,
-// then grant and `!deny` patterns) and `change` names the operation and its arguments. The
-// full before/after is printed by the command. Extend here when the event gains the fields.
+/// A principal's record (`{prefix}:{tenant}:user:{subject}`) as `before`/`after` show it.
+pub fn subject_state(data: &SubjectData) -> serde_json::Value {
+    serde_json::json!({
+        "roles": data.roles,
+        "grant": data.grant,
+        "deny": data.deny,
+        "scopes": data.scopes,
+    })
+}
+
+/// A tenant custom role as stored (raw JSON text; `null` when absent). Text that is not JSON
+/// (a record the store would refuse) is kept as a string, so the event shows what was there.
+pub fn stored_role_state(stored: Option<&str>) -> serde_json::Value {
+    match stored {
+        None => serde_json::Value::Null,
+        Some(text) => serde_json::from_str(text)
+            .unwrap_or_else(|_| serde_json::Value::String(text.to_owned())),
+    }
+}
+
+/// A tenant custom role as this command writes it (`null`: deleted).
+pub fn role_state(role: Option<&CustomRoleJson>) -> serde_json::Value {
+    match role {
+        None => serde_json::Value::Null,
+        Some(r) => serde_json::json!({
+            "permissions": r.permissions,
+            "own": r.own,
+            "inherits": r.inherits,
+        }),
+    }
+}
+
+/// A tenant's entitlements (`{prefix}:{tenant}:tenant`) as `before`/`after` show them.
+pub fn entitlements_state(e: &Entitlements) -> serde_json::Value {
+    serde_json::json!({"tier": e.tier, "features": e.features})
+}
+
+/// The audit event for a change of one principal: `roles`/`permissions` summarise the state
+/// after it (roles, then grant and `!deny` patterns), `before`/`after` are the whole record.
 fn event(
     actor: &str,
     tenant: &str,
     subject: &str,
     change: String,
+    before: &SubjectData,
     after: &SubjectData,
 ) -> RoleChange {
     let mut permissions = after.grant.clone();
@@ -191,18 +228,31 @@ fn event(
         change,
         roles: after.roles.clone(),
         permissions,
+        before: subject_state(before),
+        after: subject_state(after),
     }
 }
 
 /// Record a role change and wait until every configured sink has it (the CLI exits next).
 async fn audit(snap: &Snapshot, change: RoleChange) -> anyhow::Result<()> {
-    let mut settings = snap.audit.clone();
-    // Never the running gateway's spool: the CLI keeps its own (in memory) and delivers now.
-    settings.spool = None;
-    let log = AuditLog::start(&settings).context("cannot start the audit pipeline")?;
+    let log = cli_audit_log(snap)?;
     log.record_role_change(change).await.map_err(|_| {
         anyhow::anyhow!("the role.change event could not be recorded; nothing was changed")
     })?;
+    delivered(&log, "the role.change event", "nothing was changed").await
+}
+
+/// The audit pipeline of a CLI command: the config's sinks, never the running gateway's spool
+/// (the CLI keeps its own, in memory, and delivers before it exits).
+pub(crate) fn cli_audit_log(snap: &Snapshot) -> anyhow::Result<AuditLog> {
+    let mut settings = snap.audit.clone();
+    settings.spool = None;
+    AuditLog::start(&settings).context("cannot start the audit pipeline")
+}
+
+/// Wait until every configured sink has every event `log` wrote (10 s at most); `what` and
+/// `consequence` word the error.
+pub(crate) async fn delivered(log: &AuditLog, what: &str, consequence: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let stats = log.stats();
@@ -210,9 +260,7 @@ async fn audit(snap: &Snapshot, change: RoleChange) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "the role.change event was not delivered to every audit sink; nothing was changed"
-            );
+            bail!("{what} was not delivered to every audit sink; {consequence}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -378,29 +426,15 @@ pub async fn run(snap: &Snapshot, actor: &str, cmd: RolesCommand) -> anyhow::Res
             }
             let features: Option<Vec<String>> =
                 features.map(|f| f.into_iter().filter(|x| !x.is_empty()).collect());
-            let mut change = RoleChange {
-                actor: actor.to_owned(),
-                tenant: tenant.clone(),
-                subject: String::new(),
-                change: "tenant".to_owned(),
-                roles: Vec::new(),
-                permissions: Vec::new(),
-            };
-            if let Some(t) = &tier {
-                change.permissions.push(format!("tier={t}"));
-            }
-            if let Some(f) = &features {
-                change.permissions.push(format!("features={}", f.join(",")));
-            }
-            audit(snap, change).await?;
-            let before = admin
-                .set_tenant(&tenant, tier.as_deref(), features.as_deref())
-                .await?;
-            println!(
-                "tenant {tenant}: before tier {:?} features {:?}",
-                before.tier, before.features
-            );
-            return Ok(0);
+            return set_tenant(
+                snap,
+                &admin,
+                actor,
+                &tenant,
+                tier.as_deref(),
+                features.as_deref(),
+            )
+            .await;
         }
     };
     check_name("tenant", &tenant)?;
@@ -413,7 +447,7 @@ pub async fn run(snap: &Snapshot, actor: &str, cmd: RolesCommand) -> anyhow::Res
         return Ok(0);
     }
     let what = describe(&before, &after);
-    audit(snap, event(actor, &tenant, &subject, what, &after)).await?;
+    audit(snap, event(actor, &tenant, &subject, what, &before, &after)).await?;
     let expected = before.clone();
     let committed = admin
         .update_subject(&tenant, &subject, |current| {
@@ -478,6 +512,13 @@ async fn set_role(
         let t = admin.tenant(tenant).await?;
         check_roles(snap, &t, &role.inherits)?;
     }
+    let stored = admin.custom_role(tenant, name).await?;
+    let before = stored_role_state(stored.as_deref());
+    let after = role_state(role.as_ref());
+    if before == after {
+        println!("no change: {tenant} role {name} {before}");
+        return Ok(0);
+    }
     let mut permissions = Vec::new();
     if let Some(r) = &role {
         permissions.extend(r.permissions.iter().cloned());
@@ -493,10 +534,156 @@ async fn set_role(
             change: change.to_owned(),
             roles: vec![name.to_owned()],
             permissions,
+            before: before.clone(),
+            after: after.clone(),
         },
     )
     .await?;
-    let before = admin.set_custom_role(tenant, name, role.as_ref()).await?;
-    println!("{tenant} role {name}: before {before:?} after {role:?}");
-    Ok(0)
+    match admin
+        .replace_custom_role(tenant, name, stored.as_deref(), role.as_ref())
+        .await?
+    {
+        Commit::Done => {
+            println!("{tenant} role {name}");
+            println!("  before {before}");
+            println!("  after  {after}");
+            Ok(0)
+        }
+        Commit::Changed => {
+            bail!("the role changed while this command ran; nothing was written, run it again")
+        }
+    }
+}
+
+/// Set a tenant's tier and/or features (what is not given is kept).
+async fn set_tenant(
+    snap: &Snapshot,
+    admin: &Admin,
+    actor: &str,
+    tenant: &str,
+    tier: Option<&str>,
+    features: Option<&[String]>,
+) -> anyhow::Result<i32> {
+    let before = admin.entitlements(tenant).await?;
+    let after = before.with(tier, features);
+    if after == before {
+        println!("no change: tenant {tenant} {}", entitlements_state(&before));
+        return Ok(0);
+    }
+    let mut permissions = Vec::new();
+    if let Some(t) = tier {
+        permissions.push(format!("tier={t}"));
+    }
+    if let Some(f) = features {
+        permissions.push(format!("features={}", f.join(",")));
+    }
+    audit(
+        snap,
+        RoleChange {
+            actor: actor.to_owned(),
+            tenant: tenant.to_owned(),
+            subject: String::new(),
+            change: "tenant".to_owned(),
+            roles: Vec::new(),
+            permissions,
+            before: entitlements_state(&before),
+            after: entitlements_state(&after),
+        },
+    )
+    .await?;
+    match admin
+        .replace_entitlements(tenant, &before, tier, features)
+        .await?
+    {
+        Commit::Done => {
+            println!("tenant {tenant}");
+            println!("  before {}", entitlements_state(&before));
+            println!("  after  {}", entitlements_state(&after));
+            Ok(0)
+        }
+        Commit::Changed => bail!(
+            "the tenant's entitlements changed while this command ran; nothing was written, run it again"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn data(roles: &[&str], deny: &[&str]) -> SubjectData {
+        SubjectData {
+            roles: roles.iter().map(|s| (*s).to_owned()).collect(),
+            deny: deny.iter().map(|s| (*s).to_owned()).collect(),
+            ..SubjectData::default()
+        }
+    }
+
+    #[test]
+    fn a_principal_change_records_the_whole_record_before_and_after() {
+        let before = data(&["editor"], &[]);
+        let mut after = before.clone();
+        add(&mut after.deny, &["billing.*".to_owned()]);
+        let e = event(
+            "alice",
+            "acme",
+            "bob",
+            describe(&before, &after),
+            &before,
+            &after,
+        );
+        assert_eq!(e.change, "deny +billing.*");
+        assert_eq!(
+            e.before,
+            json!({"roles": ["editor"], "grant": [], "deny": [], "scopes": []})
+        );
+        assert_eq!(
+            e.after,
+            json!({"roles": ["editor"], "grant": [], "deny": ["billing.*"], "scopes": []})
+        );
+        assert_eq!(e.permissions, vec!["!billing.*".to_owned()]);
+    }
+
+    #[test]
+    fn role_states_compare_stored_text_with_what_is_written() {
+        let role = CustomRoleJson {
+            permissions: vec!["campaigns.edit".into()],
+            ..CustomRoleJson::default()
+        };
+        assert_eq!(stored_role_state(None), serde_json::Value::Null);
+        assert_eq!(role_state(None), serde_json::Value::Null);
+        // Stored by another writer without the empty lists: a different record.
+        let sparse = stored_role_state(Some(r#"{"permissions":["campaigns.edit"]}"#));
+        assert_eq!(sparse, json!({"permissions": ["campaigns.edit"]}));
+        assert_ne!(sparse, role_state(Some(&role)));
+        // As this command writes it: the same, so nothing to do.
+        let text = serde_json::to_string(&role).unwrap();
+        assert_eq!(stored_role_state(Some(&text)), role_state(Some(&role)));
+        // Not JSON at all: shown as the text that was there.
+        assert_eq!(stored_role_state(Some("{oops")), json!("{oops"));
+    }
+
+    #[test]
+    fn entitlements_keep_what_is_not_given() {
+        let before = Entitlements {
+            tier: Some("growth".into()),
+            features: vec!["reports".into()],
+        };
+        let after = before.with(Some("starter"), None);
+        assert_eq!(
+            entitlements_state(&after),
+            json!({"tier": "starter", "features": ["reports"]})
+        );
+        let cleared = before.with(None, Some(&[]));
+        assert_eq!(
+            entitlements_state(&cleared),
+            json!({"tier": "growth", "features": []})
+        );
+        assert_eq!(
+            entitlements_state(&Entitlements::default()),
+            json!({"tier": null, "features": []})
+        );
+        assert_eq!(before.with(None, None), before);
+    }
 }

@@ -126,20 +126,12 @@ impl Admin {
 
     /// A tenant's record and custom roles.
     pub async fn tenant(&self, tenant: &str) -> Result<TenantData, AdminError> {
-        let key = self.tenant_key(tenant);
-        let mut data = TenantData::default();
-        for (field, value) in self.hash(&key).await? {
-            match field.as_str() {
-                "tier" => data.tier = Some(value),
-                "features" => data.features = list(&key, &field, &value)?,
-                other => {
-                    return Err(AdminError::Data {
-                        key,
-                        message: format!("unknown field `{other}`"),
-                    });
-                }
-            }
-        }
+        let entitlements = self.entitlements(tenant).await?;
+        let mut data = TenantData {
+            tier: entitlements.tier,
+            features: entitlements.features,
+            ..TenantData::default()
+        };
         let key = self.roles_key(tenant);
         let mut roles: Vec<(String, String)> = self.hash(&key).await?.into_iter().collect();
         roles.sort();
@@ -238,55 +230,172 @@ impl Admin {
         Err(AdminError::Contention { key })
     }
 
-    /// Set (or with `None`, delete) a tenant custom role; returns the previous definition.
-    pub async fn set_custom_role(
+    /// A tenant custom role as stored (the raw JSON text), `None` when the tenant has none of
+    /// that name. Raw, so a definition the store would refuse can still be shown and reset.
+    pub async fn custom_role(
         &self,
         tenant: &str,
         name: &str,
-        role: Option<&CustomRoleJson>,
-    ) -> Result<Option<CustomRoleJson>, AdminError> {
+    ) -> Result<Option<String>, AdminError> {
         let key = self.roles_key(tenant);
-        let mut conn = self.conn.clone();
-        let previous: Option<String> = conn.hget(&key, name).await?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        match role {
-            Some(role) => {
-                let text = serde_json::to_string(role).unwrap_or_default();
-                pipe.hset(&key, name, text).ignore();
-            }
-            None => {
-                pipe.hdel(&key, name).ignore();
-            }
-        }
-        // A role change touches every principal holding it: invalidate the whole tenant.
-        pipe.publish(self.channel(), tenant).ignore();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(previous.and_then(|p| serde_json::from_str(&p).ok()))
+        Ok(self.hash(&key).await?.remove(name))
     }
 
-    /// Set a tenant's tier and/or features; returns the previous record.
-    pub async fn set_tenant(
+    /// Set (or with `None`, delete) a tenant custom role if its stored text is still
+    /// `expected` (what `custom_role` returned when the change was audited).
+    ///
+    /// The check and the write are one transaction: the stored text is re-read under `WATCH`
+    /// on the same connection that runs the `MULTI`/`EXEC`, so `expected` is exactly the state
+    /// the write replaces; on a concurrent change nothing is written (`Commit::Changed`).
+    pub async fn replace_custom_role(
         &self,
         tenant: &str,
+        name: &str,
+        expected: Option<&str>,
+        role: Option<&CustomRoleJson>,
+    ) -> Result<Commit, AdminError> {
+        let key = self.roles_key(tenant);
+        let text = role.map(|r| serde_json::to_string(r).unwrap_or_default());
+        self.commit_if_unchanged(
+            &key,
+            // A role change touches every principal holding it: invalidate the whole tenant.
+            tenant,
+            &expected.map(str::to_owned),
+            |hash| Ok(hash.get(name).cloned()),
+            |pipe| {
+                match &text {
+                    Some(text) => pipe.hset(&key, name, text).ignore(),
+                    None => pipe.hdel(&key, name).ignore(),
+                };
+            },
+        )
+        .await
+    }
+
+    /// A tenant's entitlements (`{prefix}:{tenant}:tenant`), parsed as strictly as the store.
+    pub async fn entitlements(&self, tenant: &str) -> Result<Entitlements, AdminError> {
+        let key = self.tenant_key(tenant);
+        parse_entitlements(&key, &self.hash(&key).await?)
+    }
+
+    /// Set a tenant's tier and/or features if its entitlements are still `expected` (what
+    /// `entitlements` returned when the change was audited). Fields not given are kept.
+    ///
+    /// Re-read under `WATCH` on the connection that runs the `MULTI`/`EXEC`, like
+    /// `replace_custom_role`: on a concurrent change nothing is written.
+    pub async fn replace_entitlements(
+        &self,
+        tenant: &str,
+        expected: &Entitlements,
         tier: Option<&str>,
         features: Option<&[String]>,
-    ) -> Result<TenantData, AdminError> {
-        let before = self.tenant(tenant).await?;
+    ) -> Result<Commit, AdminError> {
         let key = self.tenant_key(tenant);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if let Some(tier) = tier {
-            pipe.hset(&key, "tier", tier).ignore();
-        }
-        if let Some(features) = features {
-            pipe.hset(&key, "features", json(features)).ignore();
-        }
-        pipe.publish(self.channel(), tenant).ignore();
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(before)
+        self.commit_if_unchanged(
+            &key,
+            tenant,
+            expected,
+            |hash| parse_entitlements(&key, hash),
+            |pipe| {
+                if let Some(tier) = tier {
+                    pipe.hset(&key, "tier", tier).ignore();
+                }
+                if let Some(features) = features {
+                    pipe.hset(&key, "features", json(features)).ignore();
+                }
+            },
+        )
+        .await
     }
+
+    /// `WATCH key`, read the hash, and when `read` of it is `expected`, run `write` and the
+    /// invalidation `PUBLISH` of `payload` in one `MULTI`/`EXEC`. An aborted `EXEC` (the key was
+    /// written meanwhile) retries on fresh data, so a write that left it as expected is fine.
+    async fn commit_if_unchanged<T: PartialEq>(
+        &self,
+        key: &str,
+        payload: &str,
+        expected: &T,
+        read: impl Fn(&HashMap<String, String>) -> Result<T, AdminError>,
+        write: impl Fn(&mut redis::Pipeline),
+    ) -> Result<Commit, AdminError> {
+        for _ in 0..RETRIES {
+            let mut conn = self.conn.clone();
+            redis::cmd("WATCH")
+                .arg(key)
+                .query_async::<()>(&mut conn)
+                .await?;
+            let current = match read(&conn.hgetall(key).await?) {
+                Ok(current) => current,
+                Err(err) => {
+                    redis::cmd("UNWATCH").query_async::<()>(&mut conn).await?;
+                    return Err(err);
+                }
+            };
+            if current != *expected {
+                redis::cmd("UNWATCH").query_async::<()>(&mut conn).await?;
+                return Ok(Commit::Changed);
+            }
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            write(&mut pipe);
+            pipe.publish(self.channel(), payload).ignore();
+            let done: Option<()> = pipe.query_async(&mut conn).await?;
+            if done.is_some() {
+                return Ok(Commit::Done);
+            }
+        }
+        Err(AdminError::Contention {
+            key: key.to_owned(),
+        })
+    }
+}
+
+/// The outcome of a checked write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Commit {
+    /// Written, together with its invalidation.
+    Done,
+    /// The record was no longer what the change was computed from; nothing was written.
+    Changed,
+}
+
+/// A tenant's entitlements: the `tier` and `features` fields of `{prefix}:{tenant}:tenant`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Entitlements {
+    pub tier: Option<String>,
+    pub features: Vec<String>,
+}
+
+impl Entitlements {
+    /// The entitlements after setting `tier` and/or `features` (what is not given is kept).
+    pub fn with(&self, tier: Option<&str>, features: Option<&[String]>) -> Entitlements {
+        Entitlements {
+            tier: tier.map(str::to_owned).or_else(|| self.tier.clone()),
+            features: features.map_or_else(|| self.features.clone(), <[String]>::to_vec),
+        }
+    }
+}
+
+fn parse_entitlements(
+    key: &str,
+    hash: &HashMap<String, String>,
+) -> Result<Entitlements, AdminError> {
+    let mut data = Entitlements::default();
+    for (field, value) in hash {
+        match field.as_str() {
+            "tier" => data.tier = Some(value.clone()),
+            "features" => data.features = list(key, field, value)?,
+            other => {
+                return Err(AdminError::Data {
+                    key: key.to_owned(),
+                    message: format!("unknown field `{other}`"),
+                });
+            }
+        }
+    }
+    Ok(data)
 }
 
 fn parse_subject(key: &str, hash: &HashMap<String, String>) -> Result<SubjectData, AdminError> {

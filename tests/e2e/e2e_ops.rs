@@ -463,6 +463,9 @@ permissions = ["campaigns.view"]
 inherits = ["viewer"]
 permissions = ["campaigns.edit"]
 
+[entitlements]
+tiers = ["starter", "growth"]
+
 [[routes]]
 methods = ["GET"]
 path = "/api/campaigns/{id}"
@@ -604,6 +607,44 @@ async fn roles_changes_reach_a_running_gateway_on_the_next_request_and_are_audit
     let out = roles(&["role-reset", "--tenant", "acme", "publisher"]);
     assert!(out.status.success());
     assert_eq!(put().await.status, 403);
+    // Nothing to reset: no write, no invalidation, no event.
+    let out = run_roles(&["role-reset", "--tenant", "acme", "publisher"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("no change"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Tenant entitlements: the fields not given are kept.
+    let out = roles(&[
+        "tenant",
+        "--tenant",
+        "acme",
+        "--tier",
+        "growth",
+        "--features",
+        "reports,export",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = roles(&["tenant", "--tenant", "acme", "--tier", "starter"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "tenant acme\n  before {\"features\":[\"reports\",\"export\"],\"tier\":\"growth\"}\n  \
+         after  {\"features\":[\"reports\",\"export\"],\"tier\":\"starter\"}\n"
+    );
+    let out = run_roles(&["tenant", "--tenant", "acme", "--tier", "starter"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("no change"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        redis.cmd(&["HGET", "ops:acme:tenant", "tier"]).await,
+        ::redis::Value::BulkString(b"starter".to_vec())
+    );
 
     // Validated like config: unknown roles and bad patterns are refused, nothing is written.
     let out = roles(&["assign", "--tenant", "acme", "--subject", "bob", "edtor"]);
@@ -633,13 +674,14 @@ async fn roles_changes_reach_a_running_gateway_on_the_next_request_and_are_audit
         ::redis::Value::BulkString(br#"["publisher"]"#.to_vec())
     );
 
-    // Every applied change is a role.change event, with who and what.
+    // Every applied change is a role.change event, with who, what, and the written record
+    // before and after it.
     let events: Vec<serde_json::Value> = std::fs::read_to_string(&audit_cli)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let changes: Vec<(String, String)> = events
+    let changes: Vec<(String, String, serde_json::Value, serde_json::Value)> = events
         .iter()
         .filter(|e| e["type"] == "role.change")
         .map(|e| {
@@ -648,23 +690,189 @@ async fn roles_changes_reach_a_running_gateway_on_the_next_request_and_are_audit
             (
                 e["subject"].as_str().unwrap().to_owned(),
                 e["change"].as_str().unwrap().to_owned(),
+                e["before"].clone(),
+                e["after"].clone(),
             )
         })
         .collect();
+    let user = |roles: &[&str], deny: &[&str]| serde_json::json!({"roles": roles, "grant": [], "deny": deny, "scopes": []});
+    let publisher =
+        serde_json::json!({"permissions": ["campaigns.edit"], "own": [], "inherits": []});
     let expected = [
-        ("bob", "roles +editor"),
-        ("bob", "deny +campaigns.*"),
-        ("bob", "deny -campaigns.*"),
-        ("bob", "roles -editor"),
-        ("", "role_create"),
-        ("bob", "roles +publisher"),
-        ("", "role_reset"),
+        (
+            "bob",
+            "roles +editor",
+            user(&[], &[]),
+            user(&["editor"], &[]),
+        ),
+        (
+            "bob",
+            "deny +campaigns.*",
+            user(&["editor"], &[]),
+            user(&["editor"], &["campaigns.*"]),
+        ),
+        (
+            "bob",
+            "deny -campaigns.*",
+            user(&["editor"], &["campaigns.*"]),
+            user(&["editor"], &[]),
+        ),
+        (
+            "bob",
+            "roles -editor",
+            user(&["editor"], &[]),
+            user(&[], &[]),
+        ),
+        (
+            "",
+            "role_create",
+            serde_json::Value::Null,
+            publisher.clone(),
+        ),
+        (
+            "bob",
+            "roles +publisher",
+            user(&[], &[]),
+            user(&["publisher"], &[]),
+        ),
+        ("", "role_reset", publisher, serde_json::Value::Null),
+        (
+            "",
+            "tenant",
+            serde_json::json!({"tier": null, "features": []}),
+            serde_json::json!({"tier": "growth", "features": ["reports", "export"]}),
+        ),
+        (
+            "",
+            "tenant",
+            serde_json::json!({"tier": "growth", "features": ["reports", "export"]}),
+            serde_json::json!({"tier": "starter", "features": ["reports", "export"]}),
+        ),
     ];
-    let expected: Vec<(String, String)> = expected
-        .iter()
-        .map(|(s, c)| (s.to_string(), c.to_string()))
+    let expected: Vec<(String, String, serde_json::Value, serde_json::Value)> = expected
+        .into_iter()
+        .map(|(s, c, b, a)| (s.to_owned(), c.to_owned(), b, a))
         .collect();
     assert_eq!(changes, expected);
+
+    // A review of the Redis tenant is audited too, with the hash of exactly what was printed.
+    let out = portcullis(
+        &[
+            "review", "export", "--config", config, "--tenant", "acme", "--actor", "carol",
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let review = access_reviews(&audit_cli);
+    assert_eq!(review.len(), 1, "{review:?}");
+    assert_eq!(review[0]["actor"], "carol");
+    assert_eq!(review[0]["tenant"], "acme");
+    assert_eq!(review[0]["principals"], 1);
+    assert_eq!(review[0]["format"], "json");
+    assert_eq!(review[0]["sha256"], sha256_hex(&out.stdout));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["principals"][0]["subject"], "bob");
+}
+
+/// The `access.review` events in a JSON-lines audit file.
+fn access_reviews(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["type"] == "access.review")
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The commit re-checks the record the event was computed from, under `WATCH` on the
+/// connection that writes: a record changed since it was read (and audited) is not
+/// overwritten, so an event's `before` is always the state its write replaced.
+#[tokio::test]
+async fn checked_writes_refuse_a_record_changed_since_it_was_audited() {
+    use portcullis::grants::admin::{Admin, Commit, CustomRoleJson};
+    let redis = support::redis::RedisServer::start().await;
+    let snap = portcullis::config::load_str_with_secret(
+        &REDIS_CONFIG
+            .replace("{REDIS}", &redis.url())
+            .replace("{UPSTREAM}", "127.0.0.1:9")
+            .replace("{AUDIT}", "/dev/null"),
+        Path::new("tests/inline.toml"),
+        Some(SECRET),
+    )
+    .unwrap();
+    let portcullis::config::StoreSettings::Redis(settings) = &snap.grants.store else {
+        panic!("redis store expected");
+    };
+    let admin = Admin::connect(settings).await.unwrap();
+    let role = CustomRoleJson {
+        permissions: vec!["campaigns.edit".into()],
+        ..CustomRoleJson::default()
+    };
+
+    // Custom role: read (absent), changed by someone else, then the checked write.
+    let seen = admin.custom_role("acme", "publisher").await.unwrap();
+    assert_eq!(seen, None);
+    redis
+        .cmd(&[
+            "HSET",
+            "ops:acme:roles",
+            "publisher",
+            r#"{"permissions":["x.y"]}"#,
+        ])
+        .await;
+    let commit = admin
+        .replace_custom_role("acme", "publisher", seen.as_deref(), Some(&role))
+        .await
+        .unwrap();
+    assert_eq!(commit, Commit::Changed);
+    assert_eq!(
+        redis.cmd(&["HGET", "ops:acme:roles", "publisher"]).await,
+        ::redis::Value::BulkString(br#"{"permissions":["x.y"]}"#.to_vec())
+    );
+    // With the current state it goes through.
+    let seen = admin.custom_role("acme", "publisher").await.unwrap();
+    let commit = admin
+        .replace_custom_role("acme", "publisher", seen.as_deref(), Some(&role))
+        .await
+        .unwrap();
+    assert_eq!(commit, Commit::Done);
+    assert_eq!(
+        redis.cmd(&["HGET", "ops:acme:roles", "publisher"]).await,
+        ::redis::Value::BulkString(
+            br#"{"permissions":["campaigns.edit"],"own":[],"inherits":[]}"#.to_vec()
+        )
+    );
+
+    // Tenant entitlements: the same.
+    let seen = admin.entitlements("acme").await.unwrap();
+    redis
+        .cmd(&["HSET", "ops:acme:tenant", "tier", "growth"])
+        .await;
+    let commit = admin
+        .replace_entitlements("acme", &seen, Some("starter"), None)
+        .await
+        .unwrap();
+    assert_eq!(commit, Commit::Changed);
+    assert_eq!(
+        redis.cmd(&["HGET", "ops:acme:tenant", "tier"]).await,
+        ::redis::Value::BulkString(b"growth".to_vec())
+    );
+    let seen = admin.entitlements("acme").await.unwrap();
+    assert_eq!(seen.tier.as_deref(), Some("growth"));
+    let commit = admin
+        .replace_entitlements("acme", &seen, Some("starter"), None)
+        .await
+        .unwrap();
+    assert_eq!(commit, Commit::Done);
+    assert_eq!(
+        redis.cmd(&["HGET", "ops:acme:tenant", "tier"]).await,
+        ::redis::Value::BulkString(b"starter".to_vec())
+    );
 }
 
 // === review ===
@@ -756,6 +964,112 @@ fn review_diff_lists_exactly_the_changed_permissions() {
         "{csv}"
     );
     assert!(csv.contains("acme,eve,editor,content.read;content.create;content.approve;seo.reports.view;video.upload,content.approve,,brand-a\n"), "{csv}");
+}
+
+/// `review export` records `access.review` (who, tenant, principal count, format, SHA-256 of
+/// the exact bytes printed) before it prints, in both formats; the chain still verifies.
+#[test]
+fn review_export_is_audited_with_the_hash_of_the_printed_document() {
+    let env = [("PORTCULLIS_JWT_SECRET", "x")];
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let original = std::fs::read_to_string("config/examples/marketing-suite.toml").unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{original}\n[[audit.sinks]]\ntype = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
+            audit.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let export = |format: &str| {
+        let out = portcullis(
+            &[
+                "review",
+                "export",
+                "--config",
+                config,
+                "--tenant",
+                "acme",
+                "--format",
+                format,
+                "--actor",
+                "auditor@acme",
+            ],
+            &env,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out.stdout
+    };
+    let json_doc = export("json");
+    let csv_doc = export("csv");
+    let principals = serde_json::from_slice::<serde_json::Value>(&json_doc).unwrap()["principals"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(principals > 1);
+    assert_eq!(text(&csv_doc).lines().count(), principals + 1);
+
+    let reviews = access_reviews(&audit);
+    let got: Vec<serde_json::Value> = reviews
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "actor": e["actor"], "tenant": e["tenant"], "principals": e["principals"],
+                "format": e["format"], "sha256": e["sha256"],
+            })
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            serde_json::json!({"actor": "auditor@acme", "tenant": "acme", "principals": principals,
+                "format": "json", "sha256": sha256_hex(&json_doc)}),
+            serde_json::json!({"actor": "auditor@acme", "tenant": "acme", "principals": principals,
+                "format": "csv", "sha256": sha256_hex(&csv_doc)}),
+        ]
+    );
+    // Sealed like every event. Each CLI run keeps its own in-memory spool, so its event starts
+    // a chain (seq 1, prev genesis): verified one run at a time.
+    for (i, line) in std::fs::read_to_string(&audit).unwrap().lines().enumerate() {
+        let one = dir.path().join(format!("event-{i}.jsonl"));
+        std::fs::write(&one, format!("{line}\n")).unwrap();
+        let out = portcullis(&["audit", "verify", one.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{}", text(&out.stdout));
+    }
+
+    // An audit pipeline that cannot start: nothing is exported.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        format!(
+            "{original}\n[audit]\nhmac_key_env = \"PORTCULLIS_TEST_UNSET_HMAC_KEY\"\n\n\
+             [[audit.sinks]]\ntype = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
+            audit.display()
+        ),
+    )
+    .unwrap();
+    let out = portcullis(
+        &[
+            "review",
+            "export",
+            "--config",
+            broken.to_str().unwrap(),
+            "--tenant",
+            "acme",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("cannot start the audit pipeline"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(access_reviews(&audit).len(), 2);
 }
 
 // === shadow rollout ===

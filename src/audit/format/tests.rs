@@ -1,5 +1,7 @@
 use super::*;
-use crate::audit::event::{AuditEvent, Chain, Decision, EventBody, GENESIS};
+use crate::audit::event::{
+    AccessReview, AuditEvent, Chain, Decision, EventBody, GENESIS, RoleChange,
+};
 
 fn sealed(decision: &'static str, path: &str) -> Vec<u8> {
     let mut chain = Chain::new(GENESIS.into(), None);
@@ -95,4 +97,142 @@ fn ecs_and_ocsf_map_a_denial() {
     assert_eq!(o["metadata"]["uid"], event["id"]);
     assert_eq!(o["authorizations"][0]["policy"]["name"], "campaigns.view");
     assert_eq!(o["api"]["operation"], "GET /api/campaigns/{id}");
+}
+
+fn seal(body: EventBody) -> Map<String, Value> {
+    let mut event = AuditEvent::new("gw-01".into(), body);
+    event.seq = 7;
+    let mut out = Vec::new();
+    Chain::new(GENESIS.into(), None)
+        .seal(&event, &mut out)
+        .unwrap();
+    parse(&out).unwrap()
+}
+
+fn role_change() -> Map<String, Value> {
+    seal(EventBody::RoleChange(RoleChange {
+        actor: "alice".into(),
+        tenant: "acme".into(),
+        subject: "bob".into(),
+        change: "deny +billing.*".into(),
+        roles: vec!["editor".into()],
+        permissions: vec!["!billing.*".into()],
+        before: json!({"roles": ["editor"], "grant": [], "deny": [], "scopes": []}),
+        after: json!({"roles": ["editor"], "grant": [], "deny": ["billing.*"], "scopes": []}),
+    }))
+}
+
+#[test]
+fn role_change_before_and_after_reach_every_rendering() {
+    let e = role_change();
+    let before = json!({"roles": ["editor"], "grant": [], "deny": [], "scopes": []});
+    let after = json!({"roles": ["editor"], "grant": [], "deny": ["billing.*"], "scopes": []});
+    assert_eq!(e["before"], before);
+    assert_eq!(e["after"], after);
+    let x = ecs(&e);
+    assert_eq!(x["portcullis"]["before"], before);
+    assert_eq!(x["portcullis"]["after"], after);
+    assert_eq!(x["user"]["target"]["id"], "bob");
+    let o = ocsf(&e);
+    assert_eq!(o["class_uid"], 3005);
+    assert_eq!(o["unmapped"]["before"], before);
+    assert_eq!(o["unmapped"]["after"], after);
+    // Flat formats: compact JSON, escaped for the format (`=` in CEF, none here in LEEF).
+    let c = cef(&e);
+    assert!(
+        c.contains(r#"cs5Label=before cs5={"deny":[],"grant":[],"roles":["editor"],"scopes":[]}"#),
+        "{c}"
+    );
+    assert!(
+        c.contains(
+            r#"cs6Label=after cs6={"deny":["billing.*"],"grant":[],"roles":["editor"],"scopes":[]}"#
+        ),
+        "{c}"
+    );
+    let l = leef(&e);
+    assert!(
+        l.contains(r#"^before={"deny":[],"grant":[],"roles":["editor"],"scopes":[]}^"#),
+        "{l}"
+    );
+    assert!(
+        l.contains(r#"^after={"deny":["billing.*"],"grant":[],"roles":["editor"],"scopes":[]}^"#),
+        "{l}"
+    );
+}
+
+#[test]
+fn absent_records_render_as_null() {
+    let e = seal(EventBody::RoleChange(RoleChange {
+        actor: "alice".into(),
+        tenant: "acme".into(),
+        subject: String::new(),
+        change: "role_create".into(),
+        roles: vec!["publisher".into()],
+        permissions: vec!["a=b".into()],
+        before: Value::Null,
+        after: json!({"permissions": ["a=b"], "own": [], "inherits": []}),
+    }));
+    let c = cef(&e);
+    assert!(c.contains("cs5Label=before cs5=null "), "{c}");
+    assert!(
+        c.contains(r#"cs6={"inherits":[],"own":[],"permissions":["a\=b"]}"#),
+        "{c}"
+    );
+    assert!(leef(&e).contains("^before=null^"));
+}
+
+#[test]
+fn access_review_maps_in_every_format() {
+    let sha = "ab".repeat(32);
+    let e = seal(EventBody::AccessReview(AccessReview {
+        actor: "auditor".into(),
+        tenant: "acme".into(),
+        principals: 12,
+        format: "csv".into(),
+        sha256: sha.clone(),
+    }));
+    assert_eq!(e["type"], "access.review");
+    assert_eq!(e["principals"], 12);
+    let x = ecs(&e);
+    assert_eq!(x["event"]["category"], json!(["iam"]));
+    assert_eq!(x["event"]["action"], "access-review");
+    assert_eq!(x["organization"]["id"], "acme");
+    assert_eq!(x["user"]["id"], "auditor");
+    assert_eq!(x["file"]["hash"]["sha256"], sha.as_str());
+    let o = ocsf(&e);
+    assert_eq!(o["class_uid"], 3004);
+    assert_eq!(o["activity_id"], 2);
+    assert_eq!(o["type_uid"], 300_402);
+    assert_eq!(o["actor"]["user"]["uid"], "auditor");
+    assert_eq!(o["entity"]["data"]["principals"], 12);
+    assert_eq!(o["entity"]["data"]["sha256"], sha.as_str());
+    let c = cef(&e);
+    assert!(c.contains("|access.review|Access review|3|"), "{c}");
+    assert!(
+        c.contains("act=export suser=auditor cs1Label=tenant cs1=acme"),
+        "{c}"
+    );
+    assert!(
+        c.contains("cn1Label=principals cn1=12 fileType=csv fileHash="),
+        "{c}"
+    );
+    let l = leef(&e);
+    assert!(
+        l.contains(&format!(
+            "^usrName=auditor^tenant=acme^principals=12^format=csv^sha256={sha}^"
+        )),
+        "{l}"
+    );
+    let header = SyslogHeader {
+        facility: 10,
+        app_name: "portcullis".into(),
+        sd_id: "portcullis@32473".into(),
+        procid: "1".into(),
+    };
+    let msg = String::from_utf8(rfc5424(&header, &e, b"m")).unwrap();
+    assert!(msg.starts_with("<85>1 "), "authpriv.notice: {msg}");
+    assert!(
+        msg.contains(&format!(r#"actor="auditor" sha256="{sha}""#)),
+        "{msg}"
+    );
 }
