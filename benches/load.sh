@@ -40,6 +40,7 @@ WORKERS=${WORKERS:-1}
 SUT_CPU=${SUT_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 FIXED_RPS=${FIXED_RPS:-10000}
+AUDIT_DURABILITY=${AUDIT_DURABILITY:-spooled}   # [audit] durability of pc-redis-audit: spooled | buffered
 FIXED_CLIENTS=${FIXED_CLIENTS:-20}
 PHASES=${PHASES:-"peak audit half"}
 NICE=${NICE:-auto}            # auto: -20 (process and autogroup) when root, else 0
@@ -278,7 +279,7 @@ EOF
     cat <<EOF
 [audit]
 allow_events = "all"
-durability = "spooled"
+durability = "$AUDIT_DURABILITY"
 [audit.spool]
 dir = "$RUN/spool/$port"
 fsync = "interval"

@@ -25,9 +25,10 @@ mod writer;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
@@ -39,7 +40,7 @@ pub use sink::SinkStats;
 
 use crate::config::{AllowEvents, AuditSettings, Durability, FsyncPolicy, OnFull, SecretSource};
 use spool::{Spool, SpoolError, SpoolOptions};
-use writer::{Job, Writer};
+use writer::{Job, Queue, Writer};
 
 /// Events waiting for the writer; beyond this the queue counts as full.
 const QUEUE_CAPACITY: usize = 65_536;
@@ -107,7 +108,7 @@ pub struct AuditStats {
 
 /// Handle used by the request path.
 pub struct AuditLog {
-    tx: SyncSender<Job>,
+    queue: Arc<Queue>,
     durability: Durability,
     on_full: OnFull,
     allow_events: AllowEvents,
@@ -195,7 +196,7 @@ impl AuditLog {
             full: AtomicBool::new(false),
         });
         refresh_full(&spool, &counters);
-        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
+        let (queue, rx) = Queue::new(QUEUE_CAPACITY);
         let (head_tx, head_rx) = watch::channel(next_seq - 1);
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -213,7 +214,7 @@ impl AuditLog {
                 stop: stop_rx.clone(),
                 stats: st,
                 emitter: sink::Emitter {
-                    tx: tx.clone(),
+                    queue: queue.clone(),
                     gateway: gateway.clone(),
                     counters: counters.clone(),
                 },
@@ -224,6 +225,7 @@ impl AuditLog {
 
         let writer = Writer {
             rx,
+            queue: queue.clone(),
             spool: recovered.writer,
             chain: event::Chain::new(prev, key),
             next_seq,
@@ -237,16 +239,15 @@ impl AuditLog {
             crash_loss: crash_loss.map(|l| l.count),
             stall_after: writer::stall_after(),
         };
-        let mut threads = Vec::new();
-        threads.push(
-            std::thread::Builder::new()
-                .name("portcullis-audit-writer".into())
-                .spawn(move || writer.run())
-                .map_err(|source| AuditSetupError::Thread {
-                    what: "writer",
-                    source,
-                })?,
-        );
+        let writer = std::thread::Builder::new()
+            .name("portcullis-audit-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|source| AuditSetupError::Thread {
+                what: "writer",
+                source,
+            })?;
+        queue.set_writer(writer.thread().clone());
+        let mut threads = vec![writer];
         if !workers.is_empty() {
             threads.push(
                 std::thread::Builder::new()
@@ -259,7 +260,7 @@ impl AuditLog {
             );
         }
         Ok(AuditLog {
-            tx,
+            queue,
             durability: settings.durability,
             on_full,
             allow_events: settings.allow_events,
@@ -365,12 +366,15 @@ impl AuditLog {
         if ticket {
             self.counters.tickets.issue();
         }
-        let immediate = match self.tx.try_send(Job::Event {
-            event,
-            done,
-            sync,
-            ticket,
-        }) {
+        let immediate = match self.queue.push(
+            Job::Event {
+                event,
+                done,
+                sync,
+                ticket,
+            },
+            wait,
+        ) {
             Ok(()) => None,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 if ticket {
@@ -418,9 +422,18 @@ impl AuditLog {
 impl Drop for AuditLog {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        // A full queue cannot take the message; the writer then stops once the sinks'
-        // senders are gone too.
-        let _ = self.tx.try_send(Job::Shutdown);
+        // A full queue is being drained by the writer: retry for a while rather than leave it
+        // running (the join below would wait for it).
+        let mut job = Job::Shutdown;
+        for _ in 0..1000 {
+            match self.queue.push(job, true) {
+                Err(TrySendError::Full(back)) => {
+                    job = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(()) | Err(TrySendError::Disconnected(_)) => break,
+            }
+        }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         // Join the writer only (it stops within one poll and fsyncs what it holds); the sink
         // thread may be mid-request and is left to finish on its own.

@@ -153,3 +153,47 @@ async fn checkpoints_state_the_chain_head() {
     assert_eq!(checkpoint["head_hash"], head["hash"]);
     assert_eq!(checkpoint["prev"], head["hash"]);
 }
+
+/// Un-awaited (`buffered`) events do not wake the writer themselves unless it parked on an
+/// empty queue; with no timer due for minutes, a lost wake would leave them unwritten.
+#[tokio::test]
+async fn buffered_events_are_written_promptly_whether_the_writer_is_busy_or_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), Duration::from_secs(300));
+    s.durability = Durability::Buffered;
+    if let Some(spool) = s.spool.as_mut() {
+        spool.fsync = FsyncPolicy::Never;
+    }
+    let log = AuditLog::start(&s).unwrap();
+    let written_within = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while log.stats().written < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} written",
+                log.stats().written
+            );
+            std::thread::yield_now();
+        }
+    };
+    let reload = || log.record_config_reload("unit", "x", true, 0);
+    // Idle writer, one event.
+    reload().await.unwrap();
+    written_within(1);
+    // A burst while it drains on its tick.
+    for _ in 0..2000 {
+        reload().await.unwrap();
+    }
+    written_within(2001);
+    // One at a time: each finds the writer idle again (or about to be).
+    for n in 2002..2012 {
+        reload().await.unwrap();
+        written_within(n);
+    }
+    // Long enough for the writer to settle its crash-loss reservation and park with no
+    // timer due (the sleep sets the scene; it synchronizes nothing).
+    std::thread::sleep(Duration::from_millis(100));
+    reload().await.unwrap();
+    written_within(2012);
+    assert_eq!(log.stats().dropped, 0);
+}

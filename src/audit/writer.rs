@@ -6,10 +6,16 @@
 //! write and then completes every request waiting on it: that is the group commit that lets
 //! `durability = "spooled"` cost one write per batch of concurrent requests, not per request.
 //! It also settles the crash-loss tickets (`loss.rs`) of what it wrote.
+//!
+//! Waking a thread costs more than sealing an event (two context switches; on a loaded core
+//! that was most of the audit CPU per request). So only events somebody waits for
+//! (`durability = "spooled"`, role changes) wake the writer; while un-awaited events flow it
+//! drains the queue every `TICK`, and once the queue stays empty it parks until the next push.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
@@ -23,6 +29,53 @@ use crate::config::{FsyncPolicy, OnFull};
 const MAX_BATCH: usize = 4096;
 /// How long the queue stays drained before the loss reservation shrinks (`Tickets::settle`).
 const SETTLE: Duration = Duration::from_millis(20);
+/// While events flow that nobody waits for, the writer drains the queue this often.
+const TICK: Duration = Duration::from_millis(1);
+
+/// The writer's queue, shared by the request path, the sinks (their own failure events) and
+/// the `AuditLog`'s shutdown.
+pub(crate) struct Queue {
+    tx: SyncSender<Job>,
+    /// The writer thread, once started (events pushed before are drained at its start).
+    writer: OnceLock<Thread>,
+    /// The writer found the queue empty and parks until a push wakes it.
+    idle: AtomicBool,
+}
+
+impl Queue {
+    pub fn new(capacity: usize) -> (Arc<Queue>, Receiver<Job>) {
+        let (tx, rx) = sync_channel(capacity);
+        let queue = Queue {
+            tx,
+            writer: OnceLock::new(),
+            idle: AtomicBool::new(false),
+        };
+        (Arc::new(queue), rx)
+    }
+
+    pub fn set_writer(&self, thread: Thread) {
+        let _ = self.writer.set(thread);
+    }
+
+    /// Enqueue without blocking. `urgent`: somebody waits for this job, wake the writer now;
+    /// otherwise it is woken only if it parked on an empty queue.
+    pub fn push(&self, job: Job, urgent: bool) -> Result<(), TrySendError<Job>> {
+        self.tx.try_send(job)?;
+        // Pairs with the fence in `Writer::wait`: either the writer sees this job when it
+        // looks again, or this push sees `idle` and wakes it.
+        fence(Ordering::SeqCst);
+        if urgent || self.idle.swap(false, Ordering::SeqCst) {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    fn wake(&self) {
+        if let Some(thread) = self.writer.get() {
+            thread.unpark();
+        }
+    }
+}
 
 /// The sender completed once an event is in the spool.
 pub(crate) type Done = oneshot::Sender<Result<(), AuditUnavailable>>;
@@ -89,6 +142,7 @@ pub(crate) fn stall_after() -> Option<u64> {
 
 pub(crate) struct Writer {
     pub rx: Receiver<Job>,
+    pub queue: Arc<Queue>,
     pub spool: SpoolWriter,
     pub chain: Chain,
     pub next_seq: u64,
@@ -117,6 +171,8 @@ impl Writer {
         let mut records = Vec::with_capacity(1 << 20);
         let mut saved_prev = String::new();
         let mut settle_at: Option<Instant> = None;
+        // The last round committed events: more are likely, drain on the tick.
+        let mut busy = false;
         while !stop {
             if let Some(n) = self.stall_after
                 && self.counters.written.load(Ordering::Relaxed) >= n
@@ -138,13 +194,13 @@ impl Writer {
                 // Record the previous run's loss now, not with the next event.
                 wait = Duration::ZERO;
             }
-            match self.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+            match self.wait(wait, busy) {
                 Ok(job) => match job.pending() {
                     Some(p) => jobs.push(p),
                     None => stop = true,
                 },
-                Err(RecvTimeoutError::Disconnected) => stop = true,
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(TryRecvError::Disconnected) => stop = true,
+                Err(TryRecvError::Empty) => {}
             }
             while jobs.len() < MAX_BATCH && !stop {
                 match self.rx.try_recv() {
@@ -181,6 +237,7 @@ impl Writer {
                 since_checkpoint = 0;
                 jobs.push(self.internal(checkpoint, 0));
             }
+            busy = !jobs.is_empty();
             if !jobs.is_empty() {
                 let n = jobs.len() as u64;
                 let written = self.commit(&mut jobs, &mut records, &mut saved_prev);
@@ -221,6 +278,31 @@ impl Writer {
                 last_sync = Instant::now();
             }
         }
+    }
+
+    /// The next job, if one comes within `timers` (the next checkpoint, fsync or settle).
+    /// Busy: park one `TICK` at most, pushes do not wake. Idle: announce it, look once more,
+    /// then park until a push or a timer.
+    fn wait(&self, timers: Duration, busy: bool) -> Result<Job, TryRecvError> {
+        match self.rx.try_recv() {
+            Err(TryRecvError::Empty) => {}
+            other => return other,
+        }
+        if busy {
+            std::thread::park_timeout(timers.min(TICK));
+            return self.rx.try_recv();
+        }
+        self.queue.idle.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let job = match self.rx.try_recv() {
+            Err(TryRecvError::Empty) => {
+                std::thread::park_timeout(timers);
+                self.rx.try_recv()
+            }
+            other => other,
+        };
+        self.queue.idle.store(false, Ordering::SeqCst);
+        job
     }
 
     fn internal(&self, body: EventBody, covers: u64) -> Pending {

@@ -13,7 +13,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -142,7 +141,7 @@ impl SinkStats {
 
 /// Lets a sink put its own `audit.sink_failure` events into the pipeline (never waits).
 pub(crate) struct Emitter {
-    pub tx: SyncSender<Job>,
+    pub queue: Arc<super::writer::Queue>,
     pub gateway: Arc<str>,
     pub counters: Arc<Counters>,
 }
@@ -151,12 +150,15 @@ impl Emitter {
     fn emit(&self, body: EventBody) {
         let event = Box::new(AuditEvent::new(self.gateway.clone(), body));
         self.counters.tickets.issue();
-        let sent = self.tx.try_send(Job::Event {
-            event,
-            done: None,
-            sync: false,
-            ticket: true,
-        });
+        let sent = self.queue.push(
+            Job::Event {
+                event,
+                done: None,
+                sync: false,
+                ticket: true,
+            },
+            false,
+        );
         if sent.is_err() {
             self.counters.tickets.hand_back();
         }
