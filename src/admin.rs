@@ -8,10 +8,16 @@
 //! | `POST /v1/explain` | one `explain --batch` line in; `portcullis explain --format json`'s answer (decision, route, trace) plus `text`, the human trace |
 //! | `POST /v1/reload` | reload now (`runtime`); 200 applied or unchanged, 422 rejected |
 //! | `GET /v1/config` | active config hash and generation, the last reload error |
+//! | `/v1/tenants/{t}/...` | role management, the `portcullis roles` operations (`tenants`) |
 //!
 //! With `[server] admin_token_env`, every endpoint except the probes (`/healthz`, `/readyz`,
 //! which reveal nothing and must work from a kubelet) wants `Authorization: Bearer <token>`,
-//! compared in constant time. Responses are JSON except `/metrics`.
+//! compared in constant time. Without it, role management is refused altogether (fail closed).
+//! Responses are JSON except `/metrics`.
+
+mod tenants;
+
+pub use tenants::{ACTOR_HEADER, TenantsApiError};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,7 +39,7 @@ use crate::cli::ExplainQuery;
 use crate::cli::explain::{explain_request, render_text};
 use crate::runtime::Runtime;
 
-/// Largest `/v1/explain` body.
+/// Largest `/v1/explain` and `/v1/tenants` body.
 const MAX_BODY: usize = 64 * 1024;
 
 /// Serve the admin API until `shutdown` resolves.
@@ -112,6 +118,9 @@ async fn handle(runtime: &Runtime, request: Request<Incoming>) -> AdminResponse 
             );
             return response;
         }
+    }
+    if path.starts_with("/v1/tenants/") || path == "/v1/tenants" {
+        return tenants::handle(&gateway, request).await;
     }
     match (request.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),

@@ -253,6 +253,59 @@ pub fn ecs(e: &Map<String, Value>) -> Value {
     out
 }
 
+/// The User Access Management (3005) activity of a `role.change` `change`, and the privileges
+/// it assigned or revoked when the change names them.
+///
+/// A principal's change is worded `roles +editor; deny +billing.*` (one part per item): adding a
+/// role or grant, or lifting a deny, assigns privileges; removing a role or grant, or adding a
+/// deny, revokes them. A change that does both, touches only scopes, or is about a tenant
+/// (`role_create`, `tenant`, ...) is `Other` (99). The bare words `assign`, `grant`, `revoke`,
+/// `deny` of older events keep their meaning.
+fn ocsf_privilege_change(change: &str) -> (u64, &'static str, Option<Vec<String>>) {
+    const ASSIGN: (u64, &str) = (1, "Assign Privileges");
+    const REVOKE: (u64, &str) = (2, "Revoke Privileges");
+    const OTHER: (u64, &str) = (99, "Other");
+    match change {
+        "assign" | "grant" => return (ASSIGN.0, ASSIGN.1, None),
+        "revoke" | "deny" => return (REVOKE.0, REVOKE.1, None),
+        _ => {}
+    }
+    let (mut assigns, mut revokes, mut other) = (false, false, false);
+    let mut privileges = Vec::new();
+    for part in change.split("; ") {
+        let Some((field, item)) = part.split_once(' ') else {
+            return (OTHER.0, OTHER.1, None);
+        };
+        let (added, item) = match (item.strip_prefix('+'), item.strip_prefix('-')) {
+            (Some(item), _) => (true, item),
+            (None, Some(item)) => (false, item),
+            (None, None) => return (OTHER.0, OTHER.1, None),
+        };
+        match field {
+            "roles" => privileges.push(format!("role:{item}")),
+            "grant" => privileges.push(item.to_owned()),
+            "deny" => privileges.push(format!("!{item}")),
+            "scopes" => {
+                other = true;
+                continue;
+            }
+            _ => return (OTHER.0, OTHER.1, None),
+        }
+        // Adding a deny takes privileges away; removing one gives them back.
+        if added != (field == "deny") {
+            assigns = true;
+        } else {
+            revokes = true;
+        }
+    }
+    let (id, name) = match (assigns, revokes, other) {
+        (true, false, false) => ASSIGN,
+        (false, true, false) => REVOKE,
+        _ => OTHER,
+    };
+    (id, name, Some(privileges))
+}
+
 fn ocsf_activity(method: &str) -> (u8, &'static str) {
     match method {
         "GET" | "HEAD" => (2, "Read"),
@@ -326,17 +379,15 @@ pub fn ocsf(e: &Map<String, Value>) -> Value {
             v
         }
         "role.change" => {
-            let change = s(e, "change");
-            let (activity_id, activity) = match change {
-                "assign" | "grant" => (1, "Assign Privileges"),
-                "revoke" | "deny" => (2, "Revoke Privileges"),
-                _ => (99, "Other"),
-            };
-            let mut privileges: Vec<String> = strings(e, "roles")
-                .iter()
-                .map(|r| format!("role:{r}"))
-                .collect();
-            privileges.extend(strings(e, "permissions"));
+            let (activity_id, activity, changed) = ocsf_privilege_change(s(e, "change"));
+            let privileges = changed.unwrap_or_else(|| {
+                let mut all: Vec<String> = strings(e, "roles")
+                    .iter()
+                    .map(|r| format!("role:{r}"))
+                    .collect();
+                all.extend(strings(e, "permissions"));
+                all
+            });
             json!({
                 "category_uid": 3, "category_name": "Identity & Access Management",
                 "class_uid": 3005, "class_name": "User Access Management",

@@ -9,6 +9,7 @@
 pub mod admin;
 mod cache;
 pub mod file;
+pub mod ops;
 pub mod redis;
 
 use std::sync::Arc;

@@ -9,6 +9,7 @@ mod audit_syslog;
 mod audit_verify;
 mod cli;
 mod e2e_admin;
+mod e2e_admin_roles;
 mod e2e_decisions;
 mod e2e_grants_redis;
 mod e2e_identity;

@@ -236,3 +236,84 @@ fn access_review_maps_in_every_format() {
         "{msg}"
     );
 }
+
+fn role_change_worded(change: &str, roles: &[&str]) -> Map<String, Value> {
+    seal(EventBody::RoleChange(RoleChange {
+        actor: "alice".into(),
+        tenant: "acme".into(),
+        subject: "bob".into(),
+        change: change.into(),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        permissions: Vec::new(),
+        before: Value::Null,
+        after: Value::Null,
+    }))
+}
+
+#[test]
+fn ocsf_maps_principal_changes_to_assign_and_revoke_privileges() {
+    let activity = |change: &str, roles: &[&str]| {
+        let o = ocsf(&role_change_worded(change, roles));
+        (
+            o["activity_id"].as_u64().unwrap(),
+            o["activity_name"].as_str().unwrap().to_owned(),
+            o["type_uid"].as_u64().unwrap(),
+            o["privileges"].clone(),
+        )
+    };
+    // As `portcullis roles` and the admin API word them.
+    assert_eq!(
+        activity("roles +editor", &["viewer", "editor"]),
+        (
+            1,
+            "Assign Privileges".into(),
+            300_501,
+            json!(["role:editor"])
+        )
+    );
+    // The privileges are what was removed, not the roles left after it.
+    assert_eq!(
+        activity("roles -editor", &["viewer"]),
+        (
+            2,
+            "Revoke Privileges".into(),
+            300_502,
+            json!(["role:editor"])
+        )
+    );
+    assert_eq!(
+        activity("roles +editor; grant +reports.view", &["editor"]),
+        (
+            1,
+            "Assign Privileges".into(),
+            300_501,
+            json!(["role:editor", "reports.view"])
+        )
+    );
+    assert_eq!(
+        activity("deny +billing.*", &["editor"]),
+        (
+            2,
+            "Revoke Privileges".into(),
+            300_502,
+            json!(["!billing.*"])
+        )
+    );
+    assert_eq!(
+        activity("deny -billing.*", &["editor"]).0,
+        1,
+        "lifting a deny gives privileges back"
+    );
+    assert_eq!(activity("grant -reports.view", &[]).0, 2);
+    // Both ways at once, scopes only, tenant-level changes: Other.
+    assert_eq!(activity("roles +editor; roles -viewer", &["editor"]).0, 99);
+    assert_eq!(activity("scopes +brand-1", &[]).0, 99);
+    assert_eq!(activity("role_create", &["publisher"]).0, 99);
+    assert_eq!(
+        activity("tenant", &[]),
+        (99, "Other".into(), 300_599, json!([]))
+    );
+    // The bare words of older events keep their meaning.
+    assert_eq!(activity("assign", &["editor"]).0, 1);
+    assert_eq!(activity("revoke", &["editor"]).0, 2);
+}
