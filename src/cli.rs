@@ -22,6 +22,7 @@ use crate::runtime::{ReloadSource, Runtime};
 pub mod cases;
 mod demo;
 pub mod explain;
+mod logwriter;
 pub mod review;
 pub mod roles;
 pub mod routes;
@@ -199,19 +200,39 @@ impl Format {
 
 /// Install the process's tracing subscriber: `[log]` format and level (`RUST_LOG` wins), on
 /// stderr. Access lines use the target `portcullis::access`. Later calls are ignored.
-pub fn init_logging(settings: Option<&config::LogSettings>) {
+/// `buffered` (the server): lines are written by a background thread (`logwriter.rs`), so
+/// the request path makes no write system call; `flush_logs` writes out the rest at exit.
+pub fn init_logging(settings: Option<&config::LogSettings>, buffered: bool) {
     let default = config::LogSettings::default();
     let settings = settings.unwrap_or(&default);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: not into journald or a log file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match settings.format {
-        config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        config::LogFormat::Text => builder.try_init(),
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let json = settings.format == config::LogFormat::Json;
+    let _ = if buffered && logwriter::BufferedStderr::start() {
+        let builder = builder.with_writer(logwriter::BufferedStderr);
+        if json {
+            builder.json().flatten_event(true).try_init()
+        } else {
+            builder.try_init()
+        }
+    } else {
+        let builder = builder.with_writer(std::io::stderr);
+        if json {
+            builder.json().flatten_event(true).try_init()
+        } else {
+            builder.try_init()
+        }
     };
+}
+
+/// Write out log lines still buffered (see `init_logging`).
+pub fn flush_logs() {
+    logwriter::BufferedStderr::flush();
 }
 
 /// Run a command; the returned code is the process exit code.
@@ -219,7 +240,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run { config } => {
             let snapshot = load_or_print(&config)?;
-            init_logging(Some(&snapshot.log));
+            init_logging(Some(&snapshot.log), true);
             let source = ReloadSource {
                 path: config.clone(),
                 secret: None,

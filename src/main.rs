@@ -1,7 +1,7 @@
 //! `portcullis`: parse the command line, start the runtime, map the result to an exit code.
 
 use clap::Parser;
-use portcullis::cli::{Cli, Command, init_logging, run};
+use portcullis::cli::{Cli, Command, flush_logs, init_logging, run};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -10,7 +10,7 @@ fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // `run` sets logging up from the config's `[log]` once it is loaded.
     if !matches!(cli.command, Command::Run { .. }) {
-        init_logging(None);
+        init_logging(None, false);
     }
     // `PORTCULLIS_WORKER_THREADS`: size of the request runtime (default: one per CPU the
     // process may run on). Benchmarks set it to match the peer's worker count.
@@ -29,7 +29,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    flush_logs();
+    match result {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -259,3 +259,73 @@ async fn kill_9_in_buffered_mode_with_queued_events_counts_the_loss_at_restart()
     );
     assert!(stdout.contains("1 problems"), "only the loss: {stdout}");
 }
+
+/// The server's log lines go through a buffer that a background thread writes to stderr (no
+/// write system call on the request path): the access line still appears, whole, soon after
+/// the request, and what is buffered at a graceful stop is written before the process exits.
+#[tokio::test]
+async fn access_lines_reach_stderr_from_the_buffered_log_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    let mut listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let config = CONFIG
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"{LISTEN}\"")
+        .replace("{UPSTREAM}", &up.addr.to_string());
+    let mut child = spawn_with(dir.path(), &config, &mut listen, &[("RUST_LOG", "info")]);
+    let log_path = dir.path().join("gateway.log");
+    let access_lines = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Request served."))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let r = request(
+        listen,
+        "GET",
+        "/api/campaigns/7",
+        Some(&token("vic", "acme")),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let request_id = r.header("x-request-id").unwrap().to_owned();
+    wait_for("the access line", 10, || {
+        access_lines().iter().any(|l| l.contains(&request_id))
+    })
+    .await;
+    let line = access_lines()
+        .into_iter()
+        .find(|l| l.contains(&request_id))
+        .unwrap();
+    assert!(line.contains("status=200"), "{line}");
+    assert!(
+        line.contains("decision=\"allow\"") || line.contains("decision=allow"),
+        "{line}"
+    );
+
+    // A burst, then SIGTERM at once: every line is written before the process exits.
+    for i in 0..20 {
+        let r = request(
+            listen,
+            "GET",
+            &format!("/api/campaigns/{i}"),
+            Some(&token("vic", "acme")),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(access_lines().len(), 21, "{:?}", access_lines());
+}
