@@ -135,7 +135,11 @@ async fn a_body_that_arrives_after_a_refusal_is_never_parsed_as_a_request() {
         "the body was answered as a request: {}",
         String::from_utf8_lossy(&rest)
     );
-    assert!(up.count() <= answers, "upstream saw {} requests", up.count());
+    assert!(
+        up.count() <= answers,
+        "upstream saw {} requests",
+        up.count()
+    );
 }
 
 #[tokio::test]
@@ -172,7 +176,10 @@ async fn an_idle_keep_alive_connection_closes_after_the_header_read_timeout() {
     let closed = closed_within(&mut stream, Duration::from_secs(3))
         .await
         .expect("an idle connection outlived the header read timeout");
-    assert!(closed >= Duration::from_millis(300), "closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(300),
+        "closed after {closed:?}"
+    );
     assert!(pending.is_empty(), "no 408 on an idle close");
 }
 
@@ -217,7 +224,10 @@ async fn a_connection_that_sends_nothing_closes_after_the_header_read_timeout() 
     let closed = closed_within(&mut stream, Duration::from_secs(3))
         .await
         .expect("a silent connection outlived the header read timeout");
-    assert!(closed >= Duration::from_millis(200), "closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(200),
+        "closed after {closed:?}"
+    );
 }
 
 #[tokio::test]
