@@ -19,7 +19,7 @@
 //! * `ConnIo` notes every write and clears the note only when a flush of the socket
 //!   completes (hyper flushes the socket only after its own write buffer is empty).
 //!
-//! If hyper then asks the socket for bytes, `ConnIo` answers `Pending` and raises
+//! If hyper then asks the socket for bytes and there are none yet, `ConnIo` raises
 //! `park_requested`; the driver in `server` sees it as soon as hyper's poll returns `Pending`
 //! and calls `into_parts`. Bytes hyper had already read but not parsed (a pipelined, partial
 //! next head) come back in `Parts::read_buf` and are replayed at once. A connection only parks
@@ -128,15 +128,17 @@ impl<I: AsyncRead + Unpin> AsyncRead for ConnIo<I> {
             buf.put_slice(&this.prefix.split_to(n));
             return Poll::Ready(Ok(()));
         }
-        if this.should_park() {
-            if let Some(state) = &this.state {
-                state.park_requested.store(true, Ordering::SeqCst);
-            }
-            // No waker registered: the driver acts on `park_requested` as soon as hyper's poll
-            // returns, and never polls this hyper instance again.
-            return Poll::Pending;
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if read.is_pending()
+            && this.should_park()
+            && let Some(state) = &this.state
+        {
+            // Nothing to read and hyper idle: the driver acts on `park_requested` as soon as
+            // hyper's poll returns, and never polls this hyper instance again. (Bytes that
+            // are already there go straight to hyper: no park for a client that is quick.)
+            state.park_requested.store(true, Ordering::SeqCst);
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        read
     }
 }
 
