@@ -237,7 +237,9 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How a wait for the client's next bytes ended.
 enum Wait {
     Bytes(Bytes),
-    /// The client closed, the header timeout passed, or the server is shutting down.
+    /// The client closed its side.
+    Eof,
+    /// The header timeout passed, the socket failed, or the server is shutting down.
     Close,
 }
 
@@ -250,7 +252,7 @@ where
         biased;
         read = idle::next_bytes(io) => match read {
             Ok(Some(bytes)) => Wait::Bytes(bytes),
-            Ok(None) => Wait::Close,
+            Ok(None) => Wait::Eof,
             Err(err) => {
                 tracing::debug!(error = %err, "Reading an idle connection failed.");
                 Wait::Close
@@ -293,9 +295,9 @@ async fn serve_connection<I>(
     let h2 = loop {
         match wait_for_bytes(&mut io, deadline, &mut stop).await {
             Wait::Bytes(bytes) => first.extend_from_slice(&bytes),
-            Wait::Close if first.is_empty() => return close(io, header_timeout).await,
-            // EOF or timeout mid-preface: HTTP/1 gets what there is, as under `auto`.
-            Wait::Close => break false,
+            // EOF mid-preface: HTTP/1 gets what there is, as under `auto`.
+            Wait::Eof if !first.is_empty() => break false,
+            Wait::Eof | Wait::Close => return close(io, header_timeout).await,
         }
         let n = first.len().min(H2_PREFACE.len());
         if first[..n] != H2_PREFACE[..n] {
@@ -366,7 +368,7 @@ async fn serve_connection<I>(
             drop(parts.read_buf);
             match wait_for_bytes(&mut io, deadline, &mut stop).await {
                 Wait::Bytes(bytes) => bytes,
-                Wait::Close => return close(io, header_timeout).await,
+                Wait::Eof | Wait::Close => return close(io, header_timeout).await,
             }
         };
     }
