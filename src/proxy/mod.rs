@@ -4,6 +4,7 @@
 pub mod cors;
 pub mod forward;
 pub mod headers;
+mod idle;
 pub mod limits;
 pub mod me;
 pub mod pipeline;

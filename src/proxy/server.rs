@@ -1,5 +1,7 @@
 //! The public listener: accept (bounded by `max_connections`), optional TLS, HTTP/1.1 + h2
-//! (hyper-util auto), per-connection request limits, CORS response headers, graceful shutdown.
+//! (chosen by the first bytes, like hyper-util's `auto`), per-connection request limits, CORS
+//! response headers, graceful shutdown, and idle HTTP/1 keep-alive connections parked without
+//! hyper's buffers (`idle`).
 //!
 //! Every connection task holds one permit of the connection semaphore from accept to close.
 //! That one semaphore both bounds concurrent connections (when it is empty the loop stops
@@ -9,20 +11,24 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http::{Request, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
+use hyper::server::conn::{http1, http2};
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 
+use super::idle::{self, ConnIo, ConnState, ConnTimer};
 use super::pipeline::{ConnInfo, Gateway, handle};
+use super::respond::Body;
 use super::{cors, tls};
 use crate::config::LimitsSettings;
 use crate::runtime::Runtime;
@@ -46,7 +52,7 @@ pub async fn serve_runtime(
 ) {
     let gateway = runtime.current();
     let limits = gateway.snapshot.limits.clone();
-    let builder = Arc::new(http_builder(&limits));
+    let shared = Arc::new(Shared::new(runtime.clone(), limits.clone()));
     let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let connections = Arc::new(Semaphore::new(max as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -74,26 +80,28 @@ pub async fn serve_runtime(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let runtime = runtime.clone();
-        let builder = builder.clone();
+        let shared = shared.clone();
         let stop = stop_rx.clone();
-        let header_timeout = limits.header_read_timeout;
-        tokio::spawn(async move {
-            let conn = ConnInfo {
-                peer,
-                tls: gateway.tls.is_some(),
-                client_cert_subject: None,
-            };
-            match gateway.tls.clone() {
-                None => serve_connection(runtime, builder, stream, conn, stop).await,
-                Some(terminator) => {
+        let conn = ConnInfo {
+            peer,
+            tls: gateway.tls.is_some(),
+            client_cert_subject: None,
+        };
+        // Two task types: a plain connection's task is not sized for TLS state.
+        match gateway.tls.clone() {
+            None => {
+                tokio::spawn(async move {
+                    serve_connection(shared, stream, conn, stop).await;
+                    drop(permit);
+                });
+            }
+            Some(terminator) => {
+                tokio::spawn(async move {
                     // The handshake counts against the header timeout: a client that stalls
-                    // it is a slowloris too.
-                    let accepted =
-                        tokio::time::timeout(header_timeout, terminator.acceptor.accept(stream))
-                            .await;
-                    let stream = match accepted {
+                    // it is a slowloris too. Boxed: only the handshake needs its state.
+                    let header_timeout = shared.limits.header_read_timeout;
+                    let handshake = Box::pin(terminator.acceptor.accept(stream));
+                    let stream = match tokio::time::timeout(header_timeout, handshake).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(err)) => {
                             tracing::debug!(peer = %peer, error = %err, "TLS handshake failed.");
@@ -105,11 +113,12 @@ pub async fn serve_runtime(
                         client_cert_subject: tls::client_subject(stream.get_ref().1),
                         ..conn
                     };
-                    serve_connection(runtime, builder, stream, conn, stop).await;
-                }
+                    // Boxed: rustls' connection state is large, the parked task stays small.
+                    serve_connection(shared, Box::new(stream), conn, stop).await;
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+        }
     }
     drop(listener);
     if let Some(reload) = reload {
@@ -124,87 +133,267 @@ pub async fn serve_runtime(
     }
 }
 
-/// hyper's per-connection knobs from `[limits]`. Timeouts need the timer (without it hyper
-/// ignores `header_read_timeout`, and there is no slowloris protection).
-fn http_builder(limits: &LimitsSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(64);
-    builder
-}
-
-/// Per connection: requests served so far, and the signal that the last one was served.
-struct ConnState {
-    served: AtomicU64,
-    done: Notify,
-}
-
-/// Serve one connection until it closes, shutting it down gracefully (finish in-flight
-/// requests, then close; GOAWAY on h2) on server shutdown or after
-/// `max_requests_per_connection`.
-async fn serve_connection<I>(
-    runtime: Arc<Runtime>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    io: I,
+/// The per-connection service: one gateway generation per request, `max_requests_per_connection`,
+/// CORS response headers, and the signals `idle` needs.
+fn service(
+    shared: &Shared,
     conn: ConnInfo,
-    mut stop: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+    state: &Arc<ConnState>,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Send
++ Unpin
++ 'static {
+    let runtime = shared.runtime.clone();
     let max_requests = runtime
         .current()
         .snapshot
         .limits
         .max_requests_per_connection;
-    let state = Arc::new(ConnState {
-        served: AtomicU64::new(0),
-        done: Notify::new(),
-    });
-    let service = {
+    let state = state.clone();
+    service_fn(move |request: Request<Incoming>| {
+        // INVARIANT: one load per request; the request keeps this generation to the end
+        // (a reload meanwhile only affects later requests).
+        let gateway = runtime.current();
+        let conn = conn.clone();
         let state = state.clone();
-        service_fn(move |request: Request<Incoming>| {
-            // INVARIANT: one load per request; the request keeps this generation to the end
-            // (a reload meanwhile only affects later requests).
-            let gateway = runtime.current();
-            let conn = conn.clone();
-            let state = state.clone();
-            async move {
-                let version = request.version();
-                let served = state.served.fetch_add(1, Ordering::Relaxed) + 1;
-                let last = max_requests.is_some_and(|max| served >= max);
-                let cors = gateway.snapshot.cors.as_ref().map(|c| {
-                    let origin = request.headers().get(header::ORIGIN).cloned();
-                    (c, origin, cors::is_preflight(&request))
-                });
-                let mut response = handle(gateway.clone(), request, conn).await;
-                if let Some((settings, origin, false)) = &cors {
-                    cors::decorate(settings, origin.as_ref(), &mut response);
-                }
-                if last {
-                    if version < Version::HTTP_2 {
-                        response
-                            .headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    state.done.notify_one();
-                }
-                Ok::<_, Infallible>(response)
+        let served = state.request_started();
+        async move {
+            let version = request.version();
+            let last = max_requests.is_some_and(|max| served >= max);
+            if last {
+                state.no_park.store(true, Ordering::SeqCst);
             }
-        })
+            let cors = gateway.snapshot.cors.as_ref().map(|c| {
+                let origin = request.headers().get(header::ORIGIN).cloned();
+                (c, origin, cors::is_preflight(&request))
+            });
+            let mut response = handle(gateway.clone(), request, conn).await;
+            if let Some((settings, origin, false)) = &cors {
+                cors::decorate(settings, origin.as_ref(), &mut response);
+            }
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // The socket becomes a tunnel: never take it back from hyper.
+                state.no_park.store(true, Ordering::SeqCst);
+            }
+            if last {
+                if version < Version::HTTP_2 {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                state.done.notify_one();
+            }
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+/// What every connection task shares: the `[limits]` of the first generation and the HTTP/2
+/// builder (HTTP/1 builders are made per hyper instance, see `Shared::http1`).
+struct Shared {
+    runtime: Arc<Runtime>,
+    limits: LimitsSettings,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Shared {
+    fn new(runtime: Arc<Runtime>, limits: LimitsSettings) -> Shared {
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(64);
+        Shared {
+            runtime,
+            limits,
+            http2,
+        }
+    }
+
+    /// hyper's HTTP/1 knobs from `[limits]`, for one hyper instance of a connection whose
+    /// first request head must be complete by `first_deadline`. Timeouts need the timer
+    /// (without it hyper ignores `header_read_timeout`, and there is no slowloris protection);
+    /// the per-instance timer also tells `idle::ConnIo` when hyper waits for a head.
+    fn http1(&self, first_deadline: Instant, state: &Arc<ConnState>) -> http1::Builder {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(ConnTimer::new(state.clone(), first_deadline))
+            .header_read_timeout(self.limits.header_read_timeout)
+            .max_buf_size(self.limits.max_header_bytes)
+            .max_headers(self.limits.max_headers);
+        builder
+    }
+}
+
+/// The HTTP/2 connection preface: a client that starts with it speaks h2 (prior knowledge on
+/// plain HTTP, or ALPN `h2`); anything else is HTTP/1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a wait for the client's next bytes ended.
+enum Wait {
+    Bytes(Bytes),
+    /// The client closed its side.
+    Eof,
+    /// The header timeout passed, the socket failed, or the server is shutting down.
+    Close,
+}
+
+/// Wait for the client's next bytes until `deadline`, or until shutdown.
+async fn wait_for_bytes<I>(io: &mut I, deadline: Instant, stop: &mut watch::Receiver<bool>) -> Wait
+where
+    I: AsyncRead + Unpin,
+{
+    tokio::select! {
+        biased;
+        read = idle::next_bytes(io) => match read {
+            Ok(Some(bytes)) => Wait::Bytes(bytes),
+            Ok(None) => Wait::Eof,
+            Err(err) => {
+                tracing::debug!(error = %err, "Reading an idle connection failed.");
+                Wait::Close
+            }
+        },
+        () = tokio::time::sleep_until(deadline.into()) => Wait::Close,
+        _ = stop.wait_for(|stop| *stop) => Wait::Close,
+    }
+}
+
+/// Close a connection that hyper is not serving: FIN (and `close_notify` on TLS), bounded.
+async fn close<I: AsyncWrite + Unpin>(mut io: I, within: Duration) {
+    let _ = tokio::time::timeout(within, io.shutdown()).await;
+}
+
+/// Serve one connection until it closes, shutting it down gracefully (finish in-flight
+/// requests, then close; GOAWAY on h2) on server shutdown or after
+/// `max_requests_per_connection`.
+///
+/// The first bytes decide the protocol, as hyper-util's `auto` did: the h2 preface means h2,
+/// anything else HTTP/1. HTTP/1 runs one hyper connection per burst of requests and parks the
+/// bare socket in between (`idle`); h2 runs in a separate allocation so that an idle HTTP/1
+/// connection's task does not carry h2's state.
+async fn serve_connection<I>(
+    shared: Arc<Shared>,
+    mut io: I,
+    conn: ConnInfo,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = shared.limits.header_read_timeout;
+    let state = Arc::new(ConnState::default());
+    let mut service = service(&shared, conn, &state);
+
+    // The protocol: read until the bytes are the h2 preface or cannot be. A client that sends
+    // nothing is held no longer than a request head may take.
+    let mut deadline = Instant::now() + header_timeout;
+    let mut first = BytesMut::new();
+    let h2 = loop {
+        match wait_for_bytes(&mut io, deadline, &mut stop).await {
+            Wait::Bytes(bytes) => first.extend_from_slice(&bytes),
+            // EOF mid-preface: HTTP/1 gets what there is, as under `auto`.
+            Wait::Eof if !first.is_empty() => break false,
+            Wait::Eof | Wait::Close => return close(io, header_timeout).await,
+        }
+        let n = first.len().min(H2_PREFACE.len());
+        if first[..n] != H2_PREFACE[..n] {
+            break false;
+        }
+        if n == H2_PREFACE.len() {
+            break true;
+        }
     };
-    // With upgrades: a websocket route's 101 must complete (`proxy::upgrade`); every other
-    // route strips `Upgrade` and never answers 101, so nothing else can be tunnelled.
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if h2 {
+        return Box::pin(serve_h2(shared, io, first.freeze(), service, state, stop)).await;
+    }
+
+    let mut prefix = first.freeze();
+    loop {
+        let builder = shared.http1(deadline, &state);
+        let io_for_hyper = TokioIo::new(ConnIo::new(io, prefix, Some(state.clone())));
+        // Boxed: a parked connection's task holds only a pointer-sized hole for it.
+        let mut connection = Box::new(
+            builder
+                .serve_connection(io_for_hyper, service)
+                .with_upgrades(),
+        );
+        let mut closing = false;
+        let parked = loop {
+            tokio::select! {
+                driven = std::future::poll_fn(|cx| match Pin::new(&mut *connection).poll(cx) {
+                    Poll::Ready(result) => Poll::Ready(Some(result)),
+                    Poll::Pending if state.take_park_request() => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }) => match driven {
+                    Some(result) => {
+                        if let Err(err) = result {
+                            tracing::debug!(error = %err, "Connection ended with an error.");
+                        }
+                        return;
+                    }
+                    None => break !closing,
+                },
+                changed = stop.wait_for(|stop| *stop), if !closing => {
+                    let _ = changed;
+                    Pin::new(&mut *connection).graceful_shutdown();
+                    closing = true;
+                }
+                () = state.done.notified(), if !closing => {
+                    Pin::new(&mut *connection).graceful_shutdown();
+                    closing = true;
+                }
+            }
+        };
+        // Idle between requests: take hyper apart (its buffers are freed here).
+        deadline = Instant::now() + header_timeout;
+        let Some(parts) = connection.into_parts() else {
+            return;
+        };
+        let (socket, unread) = parts.io.into_inner().into_inner();
+        io = socket;
+        service = parts.service;
+        if !parked {
+            return close(io, header_timeout).await;
+        }
+        prefix = if !parts.read_buf.is_empty() {
+            // The start of a pipelined request: hyper reads the rest.
+            parts.read_buf
+        } else if !unread.is_empty() {
+            unread
+        } else {
+            drop(parts.read_buf);
+            match wait_for_bytes(&mut io, deadline, &mut stop).await {
+                Wait::Bytes(bytes) => bytes,
+                Wait::Eof | Wait::Close => return close(io, header_timeout).await,
+            }
+        };
+    }
+}
+
+/// An HTTP/2 connection, in its own allocation (see `serve_connection`).
+async fn serve_h2<I, S>(
+    shared: Arc<Shared>,
+    io: I,
+    preface: Bytes,
+    service: S,
+    state: Arc<ConnState>,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static,
+{
+    let io = TokioIo::new(ConnIo::new(io, preface, None));
+    let connection = shared.http2.serve_connection(io, service);
     tokio::pin!(connection);
     let mut closing = false;
     loop {
@@ -213,7 +402,7 @@ async fn serve_connection<I>(
                 if let Err(err) = result {
                     tracing::debug!(error = %err, "Connection ended with an error.");
                 }
-                break;
+                return;
             }
             changed = stop.wait_for(|stop| *stop), if !closing => {
                 let _ = changed;

@@ -640,3 +640,115 @@ async fn readyz_flips_when_redis_goes_down_and_back() {
     redis.restart().await;
     wait_until("ready again", || async { ready().await.status == 200 }).await;
 }
+
+/// SIGHUP reloads the real binary (`portcullis run`): an included routes file is rewritten with
+/// its size and modification time kept, so the file watch cannot see the change and only the
+/// signal can apply it. A keep-alive connection opened before the reload keeps working across it.
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_the_running_binary_without_dropping_a_keep_alive_connection() {
+    use std::process::{Command, Stdio};
+
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let routes = dir.path().join("routes.toml");
+    let route = |path: &str| {
+        format!(
+            "[[routes]]\nmethods = [\"GET\"]\npath = \"{path}\"\npublic = true\nupstream = \"api\"\n"
+        )
+    };
+    std::fs::write(&routes, route("/alpha")).unwrap();
+    let main = dir.path().join("gateway.toml");
+    std::fs::write(
+        &main,
+        format!(
+            "include = [\"routes.toml\"]\n\n[server]\nlisten = \"{addr}\"\n\n\
+             [upstreams.api]\ntargets = [\"{}\"]\n\n[identity.jwt]\nalgorithms = [\"HS256\"]\n\
+             secret_env = \"PORTCULLIS_TEST_SECRET\"\n\n[grants]\nstore = \"file\"\n",
+            upstream.addr
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("gateway.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config"])
+        .arg(&main)
+        .env(
+            "PORTCULLIS_TEST_SECRET",
+            std::str::from_utf8(SECRET).unwrap(),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    // Kill the child however the test ends.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut conn = loop {
+        if let Ok(conn) = TcpStream::connect(addr).await {
+            break conn;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("gateway exited ({status}):\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not start:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let pid = child.id().to_string();
+    let _child = Reap(child);
+
+    assert_eq!(get_on(&mut conn, "/alpha").await.status, 200);
+    assert_eq!(get_on(&mut conn, "/bravo").await.status, 404);
+
+    // Same size, same mtime: invisible to the watch (it compares both).
+    let modified = std::fs::metadata(&routes).unwrap().modified().unwrap();
+    std::fs::write(&routes, route("/bravo")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&routes)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    // Longer than the watch's poll + debounce (250 ms + 1 s): still the old routes.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(get_on(&mut conn, "/bravo").await.status, 404, "{}", log());
+
+    let hup = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Polled on the connection opened before the reload: it is never dropped.
+    while get_on(&mut conn, "/bravo").await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get_on(&mut conn, "/alpha").await.status, 404);
+    // And a new connection sees the new routes too.
+    assert_eq!(
+        request(addr, "GET", "/bravo", None, &[]).await.status,
+        200,
+        "{}",
+        log()
+    );
+}

@@ -13,6 +13,7 @@ mod e2e_admin_roles;
 mod e2e_decisions;
 mod e2e_grants_redis;
 mod e2e_identity;
+mod e2e_idle;
 mod e2e_limits;
 mod e2e_ops;
 mod e2e_redis_sentinel;

@@ -1,0 +1,252 @@
+//! Idle HTTP/1 keep-alive connections without hyper's buffers ("parking").
+//!
+//! hyper 1.x keeps an HTTP/1 connection's read buffer (8 KiB), write buffer (8 KiB) and
+//! parser state for the connection's whole life, so 10,000 idle keep-alive clients cost
+//! ~250 MiB. Instead, `server` runs one hyper connection per *burst* of requests and takes it
+//! apart (`into_parts`) the moment it is idle: between requests a connection is only its socket
+//! and a small task, and the next bytes the client sends start a new hyper connection over the
+//! same socket, with those bytes replayed in front (`ConnIo::prefix`).
+//!
+//! When is it safe to take hyper apart? Only when it is waiting for the *head* of the next
+//! request with nothing buffered either way: no request body half-read (its remaining bytes
+//! would be parsed as a new request: smuggling), no response bytes unflushed. Two signals,
+//! both exact rather than guessed from timing:
+//!
+//! * `ConnTimer`: hyper arms the header-read timer exactly when it starts reading a request
+//!   head (`Reading::Init`, which it only enters once the previous request and response are
+//!   both complete and keep-alive is on). The service call for the parsed head disarms our
+//!   flag (`ConnState::head_wanted`).
+//! * `ConnIo` notes every write and clears the note only when a flush of the socket
+//!   completes (hyper flushes the socket only after its own write buffer is empty).
+//!
+//! If hyper then asks the socket for bytes and there are none yet, `ConnIo` raises
+//! `park_requested`; the driver in `server` sees it as soon as hyper's poll returns `Pending`
+//! and calls `into_parts`. Bytes hyper had already read but not parsed (a pipelined, partial
+//! next head) come back in `Parts::read_buf` and are replayed at once. A connection only parks
+//! after its current hyper instance served at least one request, so a replayed partial head
+//! is read to its end by hyper as before.
+//!
+//! What hyper did while idle is kept: the header-read timeout still runs from the moment the
+//! connection went idle (the driver waits at most the rest of it, then closes like hyper;
+//! a resumed instance gets only what is left), graceful shutdown closes a parked connection at
+//! once (as hyper does an idle one), and the client closing is answered with a shutdown.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::rt::{Sleep, Timer};
+use hyper_util::rt::TokioTimer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// Per connection, shared by the driver, the service, `ConnIo` and `ConnTimer`.
+#[derive(Default)]
+pub(super) struct ConnState {
+    /// Requests handed to the service so far (all hyper instances of this connection).
+    pub served: AtomicU64,
+    /// The last request allowed by `max_requests_per_connection` was served.
+    pub done: Notify,
+    /// hyper is reading a request head (set when it arms the header timer, cleared when the
+    /// head reaches the service).
+    pub head_wanted: AtomicBool,
+    /// `ConnIo` refused a read so that the driver parks the connection.
+    pub park_requested: AtomicBool,
+    /// Never park again (upgraded, closing, shut down).
+    pub no_park: AtomicBool,
+}
+
+impl ConnState {
+    /// Called by the service for every request head hyper hands over.
+    pub fn request_started(&self) -> u64 {
+        self.head_wanted.store(false, Ordering::SeqCst);
+        self.served.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    pub fn take_park_request(&self) -> bool {
+        self.park_requested.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// The socket as hyper sees it: `prefix` first (bytes read while parked or left over by the
+/// previous hyper instance), then the socket; refuses the read that would start an idle wait
+/// inside hyper (see the module docs).
+pub(super) struct ConnIo<I> {
+    inner: I,
+    prefix: Bytes,
+    /// `None`: never park (HTTP/2).
+    state: Option<Arc<ConnState>>,
+    /// `served` when this hyper instance started: park only after it served a request.
+    served_at_start: u64,
+    /// Bytes were offered to the socket since the last completed flush.
+    unflushed: bool,
+}
+
+impl<I> ConnIo<I> {
+    pub fn new(inner: I, prefix: Bytes, state: Option<Arc<ConnState>>) -> ConnIo<I> {
+        let served_at_start = state
+            .as_ref()
+            .map_or(0, |s| s.served.load(Ordering::SeqCst));
+        ConnIo {
+            inner,
+            prefix,
+            state,
+            served_at_start,
+            unflushed: false,
+        }
+    }
+
+    /// The socket back, and any replay bytes hyper did not read (normally none).
+    pub fn into_inner(self) -> (I, Bytes) {
+        (self.inner, self.prefix)
+    }
+
+    fn should_park(&self) -> bool {
+        let Some(state) = &self.state else {
+            return false;
+        };
+        !self.unflushed
+            && state.head_wanted.load(Ordering::SeqCst)
+            && !state.no_park.load(Ordering::SeqCst)
+            && state.served.load(Ordering::SeqCst) > self.served_at_start
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ConnIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if read.is_pending()
+            && this.should_park()
+            && let Some(state) = &this.state
+        {
+            // Nothing to read and hyper idle: the driver acts on `park_requested` as soon as
+            // hyper's poll returns, and never polls this hyper instance again. (Bytes that
+            // are already there go straight to hyper: no park for a client that is quick.)
+            state.park_requested.store(true, Ordering::SeqCst);
+        }
+        read
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.unflushed = true;
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.unflushed = true;
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        this.unflushed = false;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(state) = &this.state {
+            state.no_park.store(true, Ordering::SeqCst);
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// hyper's timer for one hyper instance of a connection: Tokio's, noting when hyper starts
+/// reading a request head, and holding the instance's first head to `first_deadline` (the
+/// header-read timeout that was already running while the connection was parked).
+///
+/// INVARIANT: hyper's HTTP/1 server uses its timer only for the header-read timeout, armed
+/// at the start of each request head (hyper 1.x `Conn::poll_read_head`).
+pub(super) struct ConnTimer {
+    inner: TokioTimer,
+    state: Arc<ConnState>,
+    first_deadline: Instant,
+    first_done: AtomicBool,
+}
+
+impl ConnTimer {
+    pub fn new(state: Arc<ConnState>, first_deadline: Instant) -> ConnTimer {
+        ConnTimer {
+            inner: TokioTimer::new(),
+            state,
+            first_deadline,
+            first_done: AtomicBool::new(false),
+        }
+    }
+
+    fn head_started(&self, deadline: Instant) -> Instant {
+        self.state.head_wanted.store(true, Ordering::SeqCst);
+        if self.first_done.swap(true, Ordering::SeqCst) {
+            deadline
+        } else {
+            deadline.min(self.first_deadline)
+        }
+    }
+}
+
+impl Timer for ConnTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
+        self.inner.sleep(duration)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
+        let deadline = self.head_started(deadline);
+        self.inner.sleep_until(deadline)
+    }
+
+    fn now(&self) -> Instant {
+        self.inner.now()
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
+        let deadline = self.head_started(new_deadline);
+        self.inner.reset(sleep, deadline);
+    }
+}
+
+/// Wait for the next bytes from `io` without holding a buffer between polls: `Some(bytes)`,
+/// or `None` once the peer closed its side.
+pub(super) async fn next_bytes<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Option<Bytes>> {
+    std::future::poll_fn(|cx| {
+        let mut scratch = [0u8; 2048];
+        let mut buf = ReadBuf::new(&mut scratch);
+        ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+        let filled = buf.filled();
+        Poll::Ready(Ok(
+            (!filled.is_empty()).then(|| Bytes::copy_from_slice(filled))
+        ))
+    })
+    .await
+}
