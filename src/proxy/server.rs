@@ -100,7 +100,7 @@ pub async fn serve_runtime(
                     // The handshake counts against the header timeout: a client that stalls
                     // it is a slowloris too. Boxed: only the handshake needs its state.
                     let header_timeout = shared.limits.header_read_timeout;
-                    let handshake = Box::pin(terminator.acceptor.accept(stream));
+                    let handshake = Box::pin(terminator.acceptor().accept(stream));
                     let stream = match tokio::time::timeout(header_timeout, handshake).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(err)) => {

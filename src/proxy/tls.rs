@@ -112,24 +112,25 @@ fn load_pair(settings: &TlsSettings) -> Result<Arc<CertifiedKey>, TlsError> {
         })
 }
 
-/// Serves whatever pair was loaded last.
+/// Serves the pair `build` loaded (checked to match, so a renewal caught between writing the
+/// key and the cert fails to build instead of serving a broken pair).
 #[derive(Debug)]
-struct SwappableCert(ArcSwap<CertifiedKey>);
+struct LoadedCert(Arc<CertifiedKey>);
 
-impl ResolvesServerCert for SwappableCert {
+impl ResolvesServerCert for LoadedCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load_full())
+        Some(self.0.clone())
     }
 }
 
 /// Build the listener's rustls config; also what `portcullis check` runs.
 pub fn server_config(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
-    build(settings).map(|(config, _)| config)
+    build(settings)
 }
 
-fn build(settings: &TlsSettings) -> Result<(ServerConfig, Arc<SwappableCert>), TlsError> {
+fn build(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
     let provider = provider();
-    let resolver = Arc::new(SwappableCert(ArcSwap::new(load_pair(settings)?)));
+    let resolver = Arc::new(LoadedCert(load_pair(settings)?));
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match &settings.client_auth {
@@ -148,34 +149,48 @@ fn build(settings: &TlsSettings) -> Result<(ServerConfig, Arc<SwappableCert>), T
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_cert_resolver(resolver.clone());
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((config, resolver))
+    Ok(config)
 }
 
-/// The listener's TLS side: the acceptor plus what reloads its certificate.
+/// The listener's TLS side: the config new handshakes use, and what reloads it.
 pub struct Terminator {
-    pub acceptor: tokio_rustls::TlsAcceptor,
-    resolver: Arc<SwappableCert>,
+    config: ArcSwap<ServerConfig>,
     settings: TlsSettings,
 }
 
+/// Modification times of the files the config is built from (cert, key, client CA).
+type Stamps = [Option<SystemTime>; 3];
+
 impl Terminator {
     pub fn build(settings: &TlsSettings) -> Result<Terminator, TlsError> {
-        let (config, resolver) = build(settings)?;
         Ok(Terminator {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            resolver,
+            config: ArcSwap::from_pointee(build(settings)?),
             settings: settings.clone(),
         })
     }
 
-    fn stamps(&self) -> Option<(SystemTime, SystemTime)> {
-        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        Some((mtime(&self.settings.cert)?, mtime(&self.settings.key)?))
+    /// The acceptor for a new connection: the config loaded last.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.load_full())
     }
 
-    /// Poll the cert and key files every `watch_interval`; swap in a changed pair that loads.
+    fn stamps(&self) -> Stamps {
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        [
+            mtime(&self.settings.cert),
+            mtime(&self.settings.key),
+            self.settings
+                .client_auth
+                .as_ref()
+                .and_then(|(ca, _)| mtime(ca)),
+        ]
+    }
+
+    /// Poll the cert, key and client CA files every `watch_interval`; when one changed,
+    /// rebuild the whole config and swap it in if it builds (a rotated client CA takes effect
+    /// like a renewed certificate). Open connections keep the config they were accepted with.
     /// Runs until the returned handle is aborted (the listener does so when it stops).
     pub fn spawn_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
@@ -186,19 +201,22 @@ impl Terminator {
             loop {
                 tick.tick().await;
                 let now = this.stamps();
-                if now.is_none() || now == seen {
+                // A file missing (mid-replacement): try again next tick.
+                let missing = now[..2].contains(&None)
+                    || (this.settings.client_auth.is_some() && now[2].is_none());
+                if missing || now == seen {
                     continue;
                 }
-                match load_pair(&this.settings) {
-                    Ok(pair) => {
-                        this.resolver.0.store(pair);
+                match build(&this.settings) {
+                    Ok(config) => {
+                        this.config.store(Arc::new(config));
                         seen = now;
-                        tracing::info!(cert = %this.settings.cert.display(), "TLS certificate reloaded.");
+                        tracing::info!(cert = %this.settings.cert.display(), "TLS certificate and client CA reloaded.");
                     }
                     // Often a renewal caught between writing the cert and the key: retry next
                     // tick without remembering these stamps.
                     Err(err) => {
-                        tracing::warn!(error = %err, "TLS certificate reload failed; keeping the old one.");
+                        tracing::warn!(error = %err, "TLS reload failed; keeping the old certificate and client CA.");
                     }
                 }
             }

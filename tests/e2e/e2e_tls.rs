@@ -197,3 +197,45 @@ async fn a_replaced_certificate_is_served_to_new_connections() {
         200
     );
 }
+
+/// The client CA file is watched like the certificate: after a rotation, clients of the new
+/// CA are served and clients of the old one refused, without a restart.
+#[tokio::test]
+async fn a_rotated_client_ca_takes_effect_for_new_connections() {
+    let pki = Pki::new();
+    let up = EdgeUpstream::start(Speak::H1).await;
+    let ca = pki.dir.path().join("clients-ca.pem");
+    let old_ca = Pki::new();
+    let new_ca = Pki::new();
+    std::fs::copy(old_ca.ca_path(), &ca).unwrap();
+    let text = tls_config(
+        &pki,
+        &up,
+        &format!(
+            "client_ca = \"{}\"\nclient_auth = \"required\"\nwatch_interval = \"50ms\"\n",
+            ca.display()
+        ),
+    );
+    let gw = EdgeGateway::start(&text, pki.dir.path()).await;
+    let served = |identity| async {
+        match tls_connect(gw.addr, pki.roots(), &[b"http/1.1"], Some(identity)).await {
+            Err(_) => false,
+            Ok(stream) => send(stream, false, get("/health"))
+                .await
+                .is_ok_and(|a| a.status == 200),
+        }
+    };
+    assert!(served(old_ca.client_identity("alice")).await);
+    assert!(!served(new_ca.client_identity("bob")).await);
+
+    std::fs::copy(new_ca.ca_path(), &ca).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !served(new_ca.client_identity("bob")).await {
+        assert!(
+            Instant::now() < deadline,
+            "the new client CA never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!served(old_ca.client_identity("alice")).await);
+}
