@@ -28,6 +28,7 @@ fn settings(algs: &[&str]) -> JwtSettings {
         subject_claim: "sub".into(),
         tenant: TenantSource::Claim("tenant".into()),
         leeway: Duration::from_secs(30),
+        cache_size: DEFAULT_CACHE_SIZE,
     }
 }
 
