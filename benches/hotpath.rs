@@ -8,6 +8,8 @@
 //!   insert), `repeat/*` presents the same token again (what a client on a keep-alive
 //!   connection does; served by the verified-token cache). `.../cache` with the default
 //!   `cache_size`, `.../nocache` with `cache_size = 0` (the behaviour before the cache).
+//! - `request_id/*`: a fresh request id as `pipeline::handle` made it before (`uuid_now_v7`:
+//!   `getrandom` per call, a process-wide lock) and now (`fastrand_v7`: thread-local PRNG).
 //! - `audit/*`: the request path's share of an audit event: building the `Decision` (the
 //!   clones `pipeline::audit` does) and sealing it (serialize + SHA-256, on the writer thread).
 //! - `pipeline/decision/{cache,nocache}`: the in-process pipeline without sockets:
@@ -240,6 +242,22 @@ fn bench_audit(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_request_id(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request_id");
+    g.bench_function("uuid_now_v7", |b| {
+        b.iter(|| {
+            black_box(
+                HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+                    .unwrap_or(HeaderValue::from_static("invalid")),
+            )
+        })
+    });
+    g.bench_function("fastrand_v7", |b| {
+        b.iter(|| black_box(portcullis::proxy::pipeline::new_request_id()))
+    });
+    g.finish();
+}
+
 const PIPELINE_CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:0"
@@ -322,6 +340,7 @@ criterion_group!(
     bench_route_match,
     bench_jwt,
     bench_audit,
+    bench_request_id,
     bench_pipeline
 );
 criterion_main!(benches);
