@@ -12,6 +12,8 @@
 //!   `nbf <= now + leeway`. `jsonwebtoken`'s own (system-clock) validation is not used.
 //! - `MissingTenant` means the token is otherwise valid; every other failure after the
 //!   `Authorization` header is present is `InvalidToken` or `TokenExpired`.
+//! - A repeated token may be answered from the verified-token cache (`cache`), which never
+//!   accepts what the full check would refuse: see the invariants there.
 
 mod cache;
 pub mod jwks;
