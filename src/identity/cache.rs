@@ -3,7 +3,7 @@
 //! most of the cost of authentication (an RSA or ECDSA verify is tens of microseconds).
 //!
 //! Invariants (fail closed: a hit never accepts what the full check would refuse):
-//! - Keyed by the exact token text. The map hashes it (ahash, randomly seeded) and compares
+//! - Keyed by the exact token bytes. The map hashes it (ahash, randomly seeded) and compares
 //!   the stored token in full on every hit: a hash collision is a miss, never another token's
 //!   claims.
 //! - Only tokens that passed every token-only check (signature, `exp`, `nbf`, `iss`, `aud`,
@@ -47,7 +47,7 @@ impl Verified {
     }
 }
 
-type Map<B> = quick_cache::sync::Cache<Box<str>, Arc<Verified>, UnitWeighter, B>;
+type Map<B> = quick_cache::sync::Cache<Box<[u8]>, Arc<Verified>, UnitWeighter, B>;
 
 /// A bounded map from token to [`Verified`]; capacity 0 disables it.
 pub(crate) struct TokenCache<B = DefaultHashBuilder> {
@@ -80,7 +80,7 @@ impl<B: BuildHasher + Clone> TokenCache<B> {
     /// entry is removed.
     pub(crate) fn get(
         &self,
-        token: &str,
+        token: &[u8],
         now: u64,
         key_generation: impl FnOnce() -> u64,
     ) -> Option<Arc<Verified>> {
@@ -96,7 +96,7 @@ impl<B: BuildHasher + Clone> TokenCache<B> {
 
     /// Remember a token that passed every token-only check at `now`. Not stored unless
     /// servable at `now` (inside the leeway, or before `nbf`, the full check runs every time).
-    pub(crate) fn insert(&self, token: &str, verified: &Arc<Verified>, now: u64) {
+    pub(crate) fn insert(&self, token: &[u8], verified: &Arc<Verified>, now: u64) {
         if let Some(entries) = &self.entries
             && verified.current(now)
         {
@@ -152,47 +152,47 @@ mod unit {
     #[test]
     fn colliding_hashes_never_serve_another_tokens_claims() {
         let cache = TokenCache::with_hasher(16, Colliding);
-        cache.insert("token-a", &verified("alice", 100, None, None), 10);
-        cache.insert("token-b", &verified("bob", 100, None, None), 10);
+        cache.insert(b"token-a", &verified("alice", 100, None, None), 10);
+        cache.insert(b"token-b", &verified("bob", 100, None, None), 10);
         let gen_ = || unreachable!("HMAC entries do not look at the key set");
-        assert_eq!(&*cache.get("token-a", 10, gen_).unwrap().subject, "alice");
-        assert_eq!(&*cache.get("token-b", 10, gen_).unwrap().subject, "bob");
-        assert!(cache.get("token-c", 10, gen_).is_none());
-        assert!(cache.get("token-", 10, gen_).is_none());
-        assert!(cache.get("token-aa", 10, gen_).is_none());
+        assert_eq!(&*cache.get(b"token-a", 10, gen_).unwrap().subject, "alice");
+        assert_eq!(&*cache.get(b"token-b", 10, gen_).unwrap().subject, "bob");
+        assert!(cache.get(b"token-c", 10, gen_).is_none());
+        assert!(cache.get(b"token-", 10, gen_).is_none());
+        assert!(cache.get(b"token-aa", 10, gen_).is_none());
     }
 
     #[test]
     fn entries_expire_at_exp_without_leeway() {
         let cache = TokenCache::new(16);
-        cache.insert("t", &verified("alice", 100, None, None), 10);
-        assert!(cache.get("t", 99, || 0).is_some());
-        assert!(cache.get("t", 100, || 0).is_none(), "served at exp");
+        cache.insert(b"t", &verified("alice", 100, None, None), 10);
+        assert!(cache.get(b"t", 99, || 0).is_some());
+        assert!(cache.get(b"t", 100, || 0).is_none(), "served at exp");
         assert_eq!(cache.len(), 0, "the stale entry is removed");
         // Not inserted when already at or past exp (the leeway window is never cached).
-        cache.insert("t", &verified("alice", 100, None, None), 100);
+        cache.insert(b"t", &verified("alice", 100, None, None), 100);
         assert_eq!(cache.len(), 0);
     }
 
     #[test]
     fn not_before_is_respected() {
         let cache = TokenCache::new(16);
-        cache.insert("t", &verified("alice", 100, Some(50), None), 40);
+        cache.insert(b"t", &verified("alice", 100, Some(50), None), 40);
         assert_eq!(cache.len(), 0, "nbf in the future is not cached");
-        cache.insert("t", &verified("alice", 100, Some(50), None), 50);
-        assert!(cache.get("t", 50, || 0).is_some());
+        cache.insert(b"t", &verified("alice", 100, Some(50), None), 50);
+        assert!(cache.get(b"t", 50, || 0).is_some());
         // A clock that steps back before nbf: miss (the full check decides).
-        assert!(cache.get("t", 49, || 0).is_none());
+        assert!(cache.get(b"t", 49, || 0).is_none());
     }
 
     #[test]
     fn public_key_entries_need_the_same_key_generation() {
         let cache = TokenCache::new(16);
-        cache.insert("t", &verified("alice", 100, None, Some(7)), 10);
-        assert!(cache.get("t", 10, || 7).is_some());
-        assert!(cache.get("t", 10, || 8).is_none());
+        cache.insert(b"t", &verified("alice", 100, None, Some(7)), 10);
+        assert!(cache.get(b"t", 10, || 7).is_some());
+        assert!(cache.get(b"t", 10, || 8).is_none());
         assert!(
-            cache.get("t", 10, || 7).is_none(),
+            cache.get(b"t", 10, || 7).is_none(),
             "removed on a generation miss"
         );
     }
@@ -200,13 +200,17 @@ mod unit {
     #[test]
     fn capacity_zero_disables_and_the_size_is_bounded() {
         let off = TokenCache::new(0);
-        off.insert("t", &verified("alice", 100, None, None), 10);
-        assert!(off.get("t", 10, || 0).is_none());
+        off.insert(b"t", &verified("alice", 100, None, None), 10);
+        assert!(off.get(b"t", 10, || 0).is_none());
         assert_eq!(off.len(), 0);
 
         let small = TokenCache::new(4);
         for i in 0..100 {
-            small.insert(&format!("t{i}"), &verified("alice", 100, None, None), 10);
+            small.insert(
+                format!("t{i}").as_bytes(),
+                &verified("alice", 100, None, None),
+                10,
+            );
         }
         assert!(small.len() <= small.capacity() as usize && small.len() > 0);
     }

@@ -388,12 +388,15 @@ impl Authenticator {
         tenant_header: Option<&[u8]>,
         now: u64,
     ) -> Result<Principal, AuthnError> {
-        let token = bearer_token(authorization.ok_or(AuthnError::MissingToken)?)?;
-        if let Some(verified) = self.cache.get(token, now, || self.keys.load().generation) {
+        let raw = bearer_value(authorization.ok_or(AuthnError::MissingToken)?)?;
+        // Looked up before the character check: only checked tokens are ever stored, so bytes
+        // equal to a stored key passed it already.
+        if let Some(verified) = self.cache.get(raw, now, || self.keys.load().generation) {
             return self.principal(&verified, tenant_header);
         }
+        let token = token_text(raw)?;
         let verified = Arc::new(self.verify_token(token, now)?);
-        self.cache.insert(token, &verified, now);
+        self.cache.insert(raw, &verified, now);
         self.principal(&verified, tenant_header)
     }
 
@@ -612,19 +615,25 @@ fn checked_tenant(tenant: Option<&[u8]>) -> Result<Box<str>, AuthnError> {
     }
 }
 
-/// `Bearer <token>`: scheme case-insensitive (RFC 9110 §11.1), exactly one space, one token of
-/// base64url characters and dots, at most [`jwt::MAX_TOKEN_LEN`] bytes. Anything else is invalid.
-fn bearer_token(value: &[u8]) -> Result<&str, AuthnError> {
+/// `Bearer <token>`: scheme case-insensitive (RFC 9110 §11.1), exactly one space, then 1 to
+/// [`jwt::MAX_TOKEN_LEN`] bytes (checked by [`token_text`]). Anything else is invalid.
+fn bearer_value(value: &[u8]) -> Result<&[u8], AuthnError> {
     let scheme = value.get(..6).ok_or(AuthnError::InvalidToken)?;
     if !scheme.eq_ignore_ascii_case(b"Bearer") || value.get(6) != Some(&b' ') {
         return Err(AuthnError::InvalidToken);
     }
     let token = value.get(7..).unwrap_or_default();
-    if token.is_empty()
-        || token.len() > jwt::MAX_TOKEN_LEN
-        || !token
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    if token.is_empty() || token.len() > jwt::MAX_TOKEN_LEN {
+        return Err(AuthnError::InvalidToken);
+    }
+    Ok(token)
+}
+
+/// One token of base64url characters and dots.
+fn token_text(token: &[u8]) -> Result<&str, AuthnError> {
+    if !token
+        .iter()
+        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
     {
         return Err(AuthnError::InvalidToken);
     }
