@@ -4,12 +4,17 @@
 //! - `route_match`: matchit lookup at 1,000 routes (the same table as `decide.rs`; route match
 //!   + `decide` together at 1,000 routes × 100 roles is `decide.rs`'s `portcullis/1000`).
 //! - `jwt/*`: `Authenticator::authenticate` for HS256, ES256 and RS256 tokens: `fresh/*` never
-//!   repeats a token (every call verifies the signature), `repeat/*` presents the same token again
-//!   (what a client on a keep-alive connection does; served by the verified-token cache).
+//!   repeats a token (every call verifies the signature; with the cache on, a miss plus an
+//!   insert), `repeat/*` presents the same token again (what a client on a keep-alive
+//!   connection does; served by the verified-token cache). `.../cache` with the default
+//!   `cache_size`, `.../nocache` with `cache_size = 0` (the behaviour before the cache).
+//! - `request_id/*`: a fresh request id as `pipeline::handle` made it before (`uuid_now_v7`:
+//!   `getrandom` per call, a process-wide lock) and now (`fastrand_v7`: thread-local PRNG).
 //! - `audit/*`: the request path's share of an audit event: building the `Decision` (the
 //!   clones `pipeline::audit` does) and sealing it (serialize + SHA-256, on the writer thread).
-//! - `pipeline/decision`: the in-process pipeline without sockets: `canonicalize` →
-//!   `Gateway::identify` (JWT) → `Gateway::evaluate` (route, file-store grants, `decide`).
+//! - `pipeline/decision/{cache,nocache}`: the in-process pipeline without sockets:
+//!   `canonicalize` → `Gateway::identify` (JWT, HS256, the same token every time) →
+//!   `Gateway::evaluate` (route, file-store grants, `decide`).
 //!   Not included: header preflight/sanitizing, hyper, forwarding and the audit enqueue,
 //!   because `pipeline::handle` takes a `Request<hyper::body::Incoming>`, which only a hyper
 //!   connection can produce; benching it in-process would mean making the pipeline generic
@@ -17,6 +22,7 @@
 //!   `benches/load.sh` end to end.
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench hotpath`
+//! (only the JWT and pipeline benches: `... -- 'jwt/|pipeline/'`)
 //! (quicker: `-- --warm-up-time 1 --measurement-time 3`).
 
 use std::hint::black_box;
@@ -32,7 +38,7 @@ use http::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::audit::event::Chain;
 use portcullis::audit::{AuditEvent, Decision, EventBody};
-use portcullis::identity::{Authenticator, JwtSettings, TenantSource};
+use portcullis::identity::{Authenticator, DEFAULT_CACHE_SIZE, JwtSettings, TenantSource};
 use portcullis::proxy::Gateway;
 use portcullis::route::{RouteTableBuilder, canonicalize};
 use serde_json::json;
@@ -94,7 +100,7 @@ fn bench_route_match(c: &mut Criterion) {
     });
 }
 
-fn jwt_settings(alg: &str) -> JwtSettings {
+fn jwt_settings(alg: &str, cache_size: usize) -> JwtSettings {
     JwtSettings {
         algorithms: vec![alg.to_owned()],
         secret_env: (alg == "HS256").then(|| "UNUSED".to_owned()),
@@ -105,6 +111,7 @@ fn jwt_settings(alg: &str) -> JwtSettings {
         subject_claim: "sub".into(),
         tenant: TenantSource::Claim("tenant".into()),
         leeway: Duration::from_secs(30),
+        cache_size,
     }
 }
 
@@ -149,40 +156,43 @@ fn bench_jwt(c: &mut Criterion) {
         ("ES256", Algorithm::ES256),
         ("RS256", Algorithm::RS256),
     ] {
-        let auth = Authenticator::build_with_secret(&jwt_settings(name), Some(SECRET)).unwrap();
         let now = now();
         // `fresh`: a new authenticator (so an empty token cache) per call, built outside the
         // timed section, and a token from a set of 4,096 distinct ones.
         let fresh = tokens(alg, 4096);
-        let mut i = 0usize;
-        g.bench_function(format!("fresh/{name}"), |b| {
-            b.iter_batched(
-                || {
-                    i = (i + 1) % fresh.len();
-                    (
-                        Authenticator::build_with_secret(&jwt_settings(name), Some(SECRET))
-                            .unwrap(),
-                        fresh[i].clone(),
-                    )
-                },
-                // Returned, so the authenticator is dropped outside the timed section.
-                |(a, t)| {
-                    let ok = a.authenticate(Some(t.as_bytes()), None, now).is_ok();
-                    (a, t, black_box(ok))
-                },
-                criterion::BatchSize::SmallInput,
-            )
-        });
         let one = tokens(alg, 1).remove(0);
-        assert!(auth.authenticate(Some(one.as_bytes()), None, now).is_ok());
-        g.bench_function(format!("repeat/{name}"), |b| {
-            b.iter(|| {
-                black_box(
-                    auth.authenticate(Some(black_box(one.as_bytes())), None, now)
-                        .is_ok(),
+        for (variant, size) in [("cache", DEFAULT_CACHE_SIZE), ("nocache", 0)] {
+            let settings = jwt_settings(name, size);
+            let mut i = 0usize;
+            g.bench_function(format!("fresh/{name}/{variant}"), |b| {
+                b.iter_batched(
+                    || {
+                        i = (i + 1) % fresh.len();
+                        (
+                            Authenticator::build_with_secret(&settings, Some(SECRET)).unwrap(),
+                            fresh[i].clone(),
+                        )
+                    },
+                    // Returned, so the authenticator is dropped outside the timed section.
+                    |(a, t)| {
+                        let ok = a.authenticate(Some(t.as_bytes()), None, now).is_ok();
+                        (a, t, black_box(ok))
+                    },
+                    criterion::BatchSize::SmallInput,
                 )
-            })
-        });
+            });
+            let auth = Authenticator::build_with_secret(&settings, Some(SECRET)).unwrap();
+            assert!(auth.authenticate(Some(one.as_bytes()), None, now).is_ok());
+            assert_eq!(auth.cached_tokens(), usize::from(size > 0));
+            g.bench_function(format!("repeat/{name}/{variant}"), |b| {
+                b.iter(|| {
+                    black_box(
+                        auth.authenticate(Some(black_box(one.as_bytes())), None, now)
+                            .is_ok(),
+                    )
+                })
+            });
+        }
     }
     g.finish();
 }
@@ -232,6 +242,22 @@ fn bench_audit(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_request_id(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request_id");
+    g.bench_function("uuid_now_v7", |b| {
+        b.iter(|| {
+            black_box(
+                HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+                    .unwrap_or(HeaderValue::from_static("invalid")),
+            )
+        })
+    });
+    g.bench_function("fastrand_v7", |b| {
+        b.iter(|| black_box(portcullis::proxy::pipeline::new_request_id()))
+    });
+    g.finish();
+}
+
 const PIPELINE_CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:0"
@@ -269,28 +295,43 @@ allow_events = "none"
 "#;
 
 fn bench_pipeline(c: &mut Criterion) {
-    let snapshot = portcullis::config::load_str_with_secret(
-        PIPELINE_CONFIG,
-        Path::new("bench.toml"),
-        Some(SECRET),
-    )
-    .unwrap();
-    let gw = Gateway::build_offline(snapshot).unwrap();
     let token = tokens(Algorithm::HS256, 1).remove(0);
     let mut headers = HeaderMap::new();
     headers.insert(AUTHORIZATION, token);
     let method = Method::GET;
     let now = now();
-    let run = |raw: &str| {
-        let path = canonicalize(raw).unwrap();
-        let identity = ready(gw.identify(&headers, &method, now)).unwrap();
-        let eval = ready(gw.evaluate(&method, &path, identity)).unwrap();
-        eval.verdict.grant().is_some()
-    };
-    assert!(run("/api/campaigns/42"), "bench request must be allowed");
-    c.bench_function("pipeline/decision", |b| {
-        b.iter(|| black_box(run(black_box("/api/campaigns/42"))))
-    });
+    for (variant, config) in [
+        ("cache", PIPELINE_CONFIG.to_owned()),
+        (
+            "nocache",
+            PIPELINE_CONFIG.replace(
+                "secret_env = \"UNUSED\"",
+                "secret_env = \"UNUSED\"\ncache_size = 0",
+            ),
+        ),
+    ] {
+        let snapshot = portcullis::config::load_str_with_secret(
+            &config,
+            Path::new("bench.toml"),
+            Some(SECRET),
+        )
+        .unwrap();
+        let gw = Gateway::build_offline(snapshot).unwrap();
+        let run = |raw: &str| {
+            let path = canonicalize(raw).unwrap();
+            let identity = ready(gw.identify(&headers, &method, now)).unwrap();
+            let eval = ready(gw.evaluate(&method, &path, identity)).unwrap();
+            eval.verdict.grant().is_some()
+        };
+        assert!(run("/api/campaigns/42"), "bench request must be allowed");
+        assert_eq!(
+            gw.authenticator.cached_tokens(),
+            usize::from(variant == "cache")
+        );
+        c.bench_function(&format!("pipeline/decision/{variant}"), |b| {
+            b.iter(|| black_box(run(black_box("/api/campaigns/42"))))
+        });
+    }
 }
 
 criterion_group!(
@@ -299,6 +340,7 @@ criterion_group!(
     bench_route_match,
     bench_jwt,
     bench_audit,
+    bench_request_id,
     bench_pipeline
 );
 criterion_main!(benches);

@@ -193,6 +193,7 @@ pub(crate) struct Jwt {
     pub subject_claim: Option<S<String>>,
     pub tenant_claim: Option<S<String>>,
     pub leeway: Option<S<String>>,
+    pub cache_size: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -864,6 +864,27 @@ fn durations() {
 }
 
 #[test]
+fn jwt_cache_size() {
+    let debug = |s: &Snapshot| format!("{:?}", s.authenticator);
+    assert!(debug(&ok(BASE)).contains("cache_capacity: 10000"));
+    let off = ok(&base_with("issuer =", "cache_size = 0\nissuer ="));
+    assert!(debug(&off).contains("cache_capacity: 0"), "{}", debug(&off));
+    let text = base_with("issuer =", "cache_size = -1\nissuer =");
+    let e = assert_one(
+        &text,
+        "cache_size",
+        "`cache_size` must be 0 (no cache) up to",
+    );
+    assert!(e.help.unwrap().contains("cache_size = 10000"));
+    let text = base_with("issuer =", "cache_size = 20000000\nissuer =");
+    assert_one(
+        &text,
+        "cache_size",
+        "`cache_size` must be 0 (no cache) up to",
+    );
+}
+
+#[test]
 fn sizes() {
     let text = format!("{BASE}\n[audit.spool]\ndir = \"s\"\nmax_size = \"lots\"\n");
     assert_one(&text, "max_size", "invalid size `lots`");

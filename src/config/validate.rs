@@ -22,7 +22,9 @@ use super::{
     HeaderNames, IdentityKinds, RedisSettings, RedisTarget, RouteEntry, SentinelSettings,
     ServerSettings, Snapshot, StaleFor, StoreSettings, UpstreamSettings,
 };
-use crate::identity::{Authenticator, IdentitySetupError, JwksUrl, JwtSettings, TenantSource};
+use crate::identity::{
+    Authenticator, DEFAULT_CACHE_SIZE, IdentitySetupError, JwksUrl, JwtSettings, TenantSource,
+};
 use crate::policy::{
     Location, Mode, Policy, PolicyDef, PolicyError, Requirement, RoleDef, Rule, SubjectData,
     TenantData,
@@ -32,6 +34,8 @@ use crate::route::{RouteConflict, RouteTableBuilder};
 mod audit;
 mod edge;
 
+/// Upper bound of `[identity.jwt] cache_size` (a typo guard: each entry holds a whole token).
+const MAX_JWT_CACHE_SIZE: usize = 10_000_000;
 /// JWT algorithms `identity` verifies.
 const ALGORITHMS: &[&str] = &[
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
@@ -992,6 +996,7 @@ impl Ctx<'_> {
             subject_claim,
             tenant_claim,
             leeway,
+            cache_size,
         } = jwt.into_inner();
         let errors_before = self.errors.len();
         let mut algs = Vec::new();
@@ -1193,6 +1198,24 @@ impl Ctx<'_> {
                 Some("clock skew beyond a minute lets expired tokens through; fix the clocks (NTP) and keep `leeway` at most `60s`".into()),
             );
         }
+        let cache_size = match &cache_size {
+            None => DEFAULT_CACHE_SIZE,
+            Some(c) => match usize::try_from(*c.get_ref()) {
+                Ok(n) if n <= MAX_JWT_CACHE_SIZE => n,
+                _ => {
+                    self.err(
+                        main,
+                        c.span(),
+                        "identity.jwt.cache_size",
+                        format!(
+                            "`cache_size` must be 0 (no cache) up to {MAX_JWT_CACHE_SIZE} entries"
+                        ),
+                        Some(format!("e.g. `cache_size = {DEFAULT_CACHE_SIZE}`")),
+                    );
+                    0
+                }
+            },
+        };
         let tenant = self.tenant_source(main, tenant_claim.as_ref(), tenant);
         if self.errors.len() > errors_before {
             return None;
@@ -1213,6 +1236,7 @@ impl Ctx<'_> {
             subject_claim: subject_claim.map_or_else(|| "sub".to_owned(), S::into_inner),
             tenant: tenant?,
             leeway: leeway_d,
+            cache_size,
         };
         Some((settings, spans))
     }

@@ -83,7 +83,8 @@ impl JwksSource {
         }
     }
 
-    async fn download(&self) -> Result<KeySet, String> {
+    /// The JWKS document, checked; not parsed into keys.
+    async fn download(&self) -> Result<Bytes, String> {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(crate::proxy::tls::provider())
             .map_err(|e| format!("no TLS roots: {e}"))?
@@ -111,14 +112,23 @@ impl JwksSource {
         .map_err(|_| "timed out reading the body".to_owned())?
         .map_err(|e| e.to_string())?
         .to_bytes();
-        let (keys, by_kid) = parse_jwks(&body, &self.settings.url.to_string(), self.pinned)
-            .map_err(|e| e.to_string())?;
-        Ok(KeySet { keys, by_kid })
+        Ok(body)
+    }
+
+    fn parse(&self, body: &[u8]) -> Result<KeySet, String> {
+        parse_jwks(body, &self.settings.url.to_string(), self.pinned)
+            .map(KeySet::new)
+            .map_err(|e| e.to_string())
     }
 }
 
 async fn run(source: Weak<JwksSource>, metrics: Arc<Metrics>) {
     let mut last: Option<tokio::time::Instant> = None;
+    // The document behind the keys this task stored. A byte-identical download keeps the
+    // stored set (and its generation), so verified tokens stay cached across refreshes that
+    // change nothing; any other document is a new set, which misses every cached entry made
+    // with the previous one (a removed or replaced key is never served from the cache).
+    let mut applied: Option<Bytes> = None;
     loop {
         let Some(src) = source.upgrade() else { return };
         // Rate limit: at most one download per `min_interval`, however often we are woken.
@@ -131,10 +141,21 @@ async fn run(source: Weak<JwksSource>, metrics: Arc<Metrics>) {
             }
         }
         last = Some(tokio::time::Instant::now());
-        match src.download().await {
-            Ok(set) => {
+        let fetched = src.download().await.and_then(|body| {
+            if applied.as_ref() == Some(&body) {
+                return Ok(None);
+            }
+            src.parse(&body).map(|set| Some((body, set)))
+        });
+        match fetched {
+            Ok(None) => {
+                metrics.jwks_refreshes_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(url = %src.settings.url, "JWKS refreshed; unchanged.");
+            }
+            Ok(Some((body, set))) => {
                 let count = set.keys.len();
                 src.keys.store(Arc::new(set));
+                applied = Some(body);
                 metrics.jwks_refreshes_ok.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(url = %src.settings.url, keys = count, "JWKS refreshed.");
             }

@@ -12,7 +12,10 @@
 //!   `nbf <= now + leeway`. `jsonwebtoken`'s own (system-clock) validation is not used.
 //! - `MissingTenant` means the token is otherwise valid; every other failure after the
 //!   `Authorization` header is present is `InvalidToken` or `TokenExpired`.
+//! - A repeated token may be answered from the verified-token cache (`cache`), which never
+//!   accepts what the full check would refuse: see the invariants there.
 
+mod cache;
 pub mod jwks;
 pub mod jwt;
 #[cfg(test)]
@@ -23,6 +26,7 @@ pub(crate) use jwt::{valid_subject, valid_tenant};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use std::str::FromStr;
@@ -57,7 +61,12 @@ pub struct JwtSettings {
     pub tenant: TenantSource,
     /// At most 60 s (config rejects more).
     pub leeway: Duration,
+    /// Verified tokens remembered (`cache_size`, default [`DEFAULT_CACHE_SIZE`]); 0 disables.
+    pub cache_size: usize,
 }
+
+/// Default `[identity.jwt] cache_size`.
+pub const DEFAULT_CACHE_SIZE: usize = 10_000;
 
 /// `jwks_url` with its refresh settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,11 +210,33 @@ struct PublicKey {
 }
 
 /// The public keys in use; swapped whole when a JWKS URL is refreshed.
-#[derive(Default)]
 pub(crate) struct KeySet {
     keys: Vec<PublicKey>,
     /// `kid` → index into `keys`. A `kid` only ever selects from here (never a path or URL).
     by_kid: HashMap<String, usize>,
+    /// Unique per key set built in this process: cached tokens verified with a public key
+    /// record it and are served only while the same set is in use.
+    generation: u64,
+}
+
+impl KeySet {
+    fn new((keys, by_kid): KeyMap) -> KeySet {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        KeySet {
+            keys,
+            by_kid,
+            generation: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// Which key verified a signature.
+#[derive(Clone, Copy)]
+enum SignedBy {
+    /// The HS secret (fixed for the authenticator's life).
+    Secret,
+    /// A public key of the key set with this generation.
+    KeySet(u64),
 }
 
 /// The configured authenticator (closed set; only JWT for now).
@@ -220,6 +251,8 @@ pub struct Authenticator {
     subject_claim: String,
     tenant: TenantSource,
     leeway: u64,
+    /// Verified tokens (`cache::TokenCache`); never shared with another authenticator.
+    cache: cache::TokenCache,
 }
 
 impl fmt::Debug for Authenticator {
@@ -238,6 +271,7 @@ impl fmt::Debug for Authenticator {
             .field("subject_claim", &self.subject_claim)
             .field("tenant", &self.tenant)
             .field("leeway_s", &self.leeway)
+            .field("cache_capacity", &self.cache.capacity())
             .finish()
     }
 }
@@ -297,7 +331,7 @@ impl Authenticator {
             )));
         }
 
-        let (keys, by_kid) = match &settings.jwks_file {
+        let (keys, by_kid): KeyMap = match &settings.jwks_file {
             Some(path) => load_jwks(path, pinned)?,
             None => (Vec::new(), HashMap::new()),
         };
@@ -319,7 +353,7 @@ impl Authenticator {
             }
         }
 
-        let keys = Arc::new(ArcSwap::from_pointee(KeySet { keys, by_kid }));
+        let keys = Arc::new(ArcSwap::from_pointee(KeySet::new((keys, by_kid))));
         let jwks = settings
             .jwks_url
             .clone()
@@ -334,6 +368,7 @@ impl Authenticator {
             subject_claim: settings.subject_claim.clone(),
             tenant: settings.tenant.clone(),
             leeway: settings.leeway.as_secs(),
+            cache: cache::TokenCache::new(settings.cache_size),
         })
     }
 
@@ -343,13 +378,35 @@ impl Authenticator {
     ///
     /// Order: syntax, header, pinned algorithm, signature, and only then claims, so nothing in an
     /// unverified payload is interpreted. `now` is the only clock used.
+    ///
+    /// A token that passed every token-only check is remembered (`cache`) until its `exp`;
+    /// presenting exactly the same token again skips the signature and claim checks, but the
+    /// tenant header is still evaluated on every request.
     pub fn authenticate(
         &self,
         authorization: Option<&[u8]>,
         tenant_header: Option<&[u8]>,
         now: u64,
     ) -> Result<Principal, AuthnError> {
-        let token = bearer_token(authorization.ok_or(AuthnError::MissingToken)?)?;
+        let raw = bearer_value(authorization.ok_or(AuthnError::MissingToken)?)?;
+        // Looked up before the character check: only checked tokens are ever stored, so bytes
+        // equal to a stored key passed it already.
+        if let Some(verified) = self.cache.get(raw, now, || self.keys.load().generation) {
+            return self.principal(&verified, tenant_header);
+        }
+        let token = token_text(raw)?;
+        let verified = Arc::new(self.verify_token(token, now)?);
+        self.cache.insert(raw, &verified, now);
+        self.principal(&verified, tenant_header)
+    }
+
+    /// Tokens currently remembered by the verified-token cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// The full check of everything that depends on the token alone.
+    fn verify_token(&self, token: &str, now: u64) -> Result<cache::Verified, AuthnError> {
         let (header_b64, rest) = token.split_once('.').ok_or(AuthnError::InvalidToken)?;
         let (payload_b64, signature_b64) = rest.split_once('.').ok_or(AuthnError::InvalidToken)?;
         if header_b64.is_empty() || signature_b64.is_empty() || signature_b64.contains('.') {
@@ -376,9 +433,9 @@ impl Authenticator {
         if !self.pinned.contains(alg) {
             return Err(AuthnError::InvalidToken);
         }
-        if !self.verify_signature(alg, header.kid.as_deref(), signing_input, signature_b64) {
-            return Err(AuthnError::InvalidToken);
-        }
+        let signed_by = self
+            .verify_signature(alg, header.kid.as_deref(), signing_input, signature_b64)
+            .ok_or(AuthnError::InvalidToken)?;
 
         let spec = jwt::ClaimSpec {
             subject: &self.subject_claim,
@@ -391,7 +448,7 @@ impl Authenticator {
         };
         let claims =
             jwt::parse_claims(payload_bytes, &spec).map_err(|()| AuthnError::InvalidToken)?;
-        self.principal(claims, tenant_header, now)
+        self.check_claims(claims, signed_by, now)
     }
 
     /// The tenant header name when the tenant comes from a header.
@@ -416,13 +473,14 @@ impl Authenticator {
 
     /// The HS secret for HMAC algorithms (a `kid` cannot select anything else); for public-key
     /// algorithms the key named by `kid`, or without `kid` every key allowed for `alg`.
+    /// `None` when the signature does not verify.
     fn verify_signature(
         &self,
         alg: Algorithm,
         kid: Option<&str>,
         signing_input: &str,
         signature_b64: &str,
-    ) -> bool {
+    ) -> Option<SignedBy> {
         let check = |key: &DecodingKey| {
             matches!(
                 jsonwebtoken::crypto::verify(signature_b64, signing_input.as_bytes(), key, alg),
@@ -430,10 +488,12 @@ impl Authenticator {
             )
         };
         if alg.family() == AlgorithmFamily::Hmac {
-            return self.hmac.as_ref().is_some_and(|h| check(&h.decoding));
+            let ok = self.hmac.as_ref().is_some_and(|h| check(&h.decoding));
+            return ok.then_some(SignedBy::Secret);
         }
+        // One load: the generation recorded is the one of the set that verified.
         let set = self.keys.load();
-        match kid {
+        let ok = match kid {
             Some(kid) => match set.by_kid.get(kid).and_then(|&i| set.keys.get(i)) {
                 Some(k) => k.algs.contains(alg) && check(&k.key),
                 None => {
@@ -450,7 +510,8 @@ impl Authenticator {
                 .iter()
                 .filter(|k| k.algs.contains(alg))
                 .any(|k| check(&k.key)),
-        }
+        };
+        ok.then_some(SignedBy::KeySet(set.generation))
     }
 
     /// The `jwks_url` refresher, if configured (started by the gateway, `jwks::JwksSource::start`).
@@ -468,14 +529,15 @@ impl Authenticator {
         }
     }
 
-    /// Time, issuer, audience, then subject and tenant. The tenant is last so that
-    /// `MissingTenant` means "otherwise valid".
-    fn principal(
+    /// Time, issuer, audience, subject and, with the tenant from a claim, the tenant. The
+    /// tenant is last so that `MissingTenant` means "otherwise valid" (with the tenant from a
+    /// header, `principal` checks it after this).
+    fn check_claims(
         &self,
         claims: jwt::Claims<'_>,
-        tenant_header: Option<&[u8]>,
+        signed_by: SignedBy,
         now: u64,
-    ) -> Result<Principal, AuthnError> {
+    ) -> Result<cache::Verified, AuthnError> {
         let exp = claims.exp.ok_or(AuthnError::InvalidToken)?;
         // RFC 7519 §4.1.4: valid only while now < exp (plus leeway).
         if now >= exp.saturating_add(self.leeway) {
@@ -501,39 +563,77 @@ impl Authenticator {
             return Err(AuthnError::InvalidToken);
         }
         let tenant = match &self.tenant {
-            TenantSource::Claim(_) => claims.tenant.as_deref().map(str::as_bytes),
-            TenantSource::Header(_) => tenant_header,
+            TenantSource::Claim(_) => {
+                Some(checked_tenant(claims.tenant.as_deref().map(str::as_bytes))?)
+            }
+            TenantSource::Header(_) => None,
         };
-        let tenant = match tenant {
-            None | Some([]) => return Err(AuthnError::MissingTenant),
-            Some(t) if !jwt::valid_tenant(t) => return Err(AuthnError::InvalidToken),
-            // valid_tenant admits ASCII only, so this never fails.
-            Some(t) => std::str::from_utf8(t)
-                .map_err(|_| AuthnError::InvalidToken)?
-                .to_owned(),
+        Ok(cache::Verified {
+            subject: subject.into(),
+            tenant,
+            mfa: claims.mfa,
+            exp,
+            nbf: claims.nbf,
+            key_generation: match signed_by {
+                SignedBy::Secret => None,
+                SignedBy::KeySet(generation) => Some(generation),
+            },
+        })
+    }
+
+    /// The caller: the verified token plus, with the tenant from a header, this request's
+    /// tenant header (checked here on every request, cached token or not).
+    fn principal(
+        &self,
+        verified: &cache::Verified,
+        tenant_header: Option<&[u8]>,
+    ) -> Result<Principal, AuthnError> {
+        let tenant = match (&self.tenant, &verified.tenant) {
+            (TenantSource::Header(_), _) => checked_tenant(tenant_header)?,
+            (TenantSource::Claim(_), Some(tenant)) => tenant.clone(),
+            // INVARIANT: `check_claims` sets the tenant in claim mode; fail closed if not.
+            (TenantSource::Claim(_), None) => return Err(AuthnError::MissingTenant),
         };
         Ok(Principal {
-            tenant,
-            subject: subject.into_owned(),
-            mfa: claims.mfa,
-            expires_at: exp,
+            tenant: tenant.into(),
+            subject: verified.subject.as_ref().to_owned(),
+            mfa: verified.mfa,
+            expires_at: verified.exp,
         })
     }
 }
 
-/// `Bearer <token>`: scheme case-insensitive (RFC 9110 §11.1), exactly one space, one token of
-/// base64url characters and dots, at most [`jwt::MAX_TOKEN_LEN`] bytes. Anything else is invalid.
-fn bearer_token(value: &[u8]) -> Result<&str, AuthnError> {
+/// A tenant (claim or header): missing or empty is `MissingTenant`, outside the charset invalid.
+fn checked_tenant(tenant: Option<&[u8]>) -> Result<Box<str>, AuthnError> {
+    match tenant {
+        None | Some([]) => Err(AuthnError::MissingTenant),
+        Some(t) if !jwt::valid_tenant(t) => Err(AuthnError::InvalidToken),
+        // valid_tenant admits ASCII only, so this never fails.
+        Some(t) => std::str::from_utf8(t)
+            .map(Box::from)
+            .map_err(|_| AuthnError::InvalidToken),
+    }
+}
+
+/// `Bearer <token>`: scheme case-insensitive (RFC 9110 §11.1), exactly one space, then 1 to
+/// [`jwt::MAX_TOKEN_LEN`] bytes (checked by [`token_text`]). Anything else is invalid.
+fn bearer_value(value: &[u8]) -> Result<&[u8], AuthnError> {
     let scheme = value.get(..6).ok_or(AuthnError::InvalidToken)?;
     if !scheme.eq_ignore_ascii_case(b"Bearer") || value.get(6) != Some(&b' ') {
         return Err(AuthnError::InvalidToken);
     }
     let token = value.get(7..).unwrap_or_default();
-    if token.is_empty()
-        || token.len() > jwt::MAX_TOKEN_LEN
-        || !token
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    if token.is_empty() || token.len() > jwt::MAX_TOKEN_LEN {
+        return Err(AuthnError::InvalidToken);
+    }
+    Ok(token)
+}
+
+/// One token of base64url characters and dots.
+fn token_text(token: &[u8]) -> Result<&str, AuthnError> {
+    if !token
+        .iter()
+        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
     {
         return Err(AuthnError::InvalidToken);
     }

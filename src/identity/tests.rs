@@ -28,6 +28,7 @@ fn settings(algs: &[&str]) -> JwtSettings {
         subject_claim: "sub".into(),
         tenant: TenantSource::Claim("tenant".into()),
         leeway: Duration::from_secs(30),
+        cache_size: DEFAULT_CACHE_SIZE,
     }
 }
 
@@ -879,4 +880,166 @@ fn build_reads_the_secret_from_the_environment() {
         auth(&a, &sign_hs(Algorithm::HS256, &claims())),
         Err(InvalidToken)
     );
+}
+
+// === verified-token cache ===
+
+/// The fixture JWKS restricted to `kids`, installed as the key set (what a JWKS URL refresh does).
+fn rotate_to(a: &Authenticator, kids: &[&str]) {
+    let all: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("jwks.json")).unwrap()).unwrap();
+    let keys: Vec<Value> = all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap()))
+        .cloned()
+        .collect();
+    let doc = json!({ "keys": keys }).to_string();
+    let set = KeySet::new(parse_jwks(doc.as_bytes(), "test", a.pinned).unwrap());
+    a.keys.store(Arc::new(set));
+}
+
+#[test]
+fn cache_serves_a_repeated_token_until_exp_by_the_injected_clock() {
+    let a = hs(&["HS256"]);
+    let t = sign_hs(Algorithm::HS256, &claims());
+    assert_eq!(auth_at(&a, &t, NOW), Ok(alice()));
+    assert_eq!(a.cached_tokens(), 1);
+    assert_eq!(auth_at(&a, &t, NOW + 299), Ok(alice()), "hit before exp");
+    // At exp the entry is no longer served: the full check runs and applies the leeway
+    // (30 s), without caching the token again.
+    assert_eq!(auth_at(&a, &t, NOW + 300), Ok(alice()));
+    assert_eq!(a.cached_tokens(), 0);
+    assert_eq!(auth_at(&a, &t, NOW + 329), Ok(alice()));
+    assert_eq!(a.cached_tokens(), 0);
+    assert_eq!(auth_at(&a, &t, NOW + 330), Err(TokenExpired));
+    // Cached again at an earlier clock, then refused after exp + leeway although cached.
+    assert_eq!(auth_at(&a, &t, NOW), Ok(alice()));
+    assert_eq!(a.cached_tokens(), 1);
+    assert_eq!(auth_at(&a, &t, NOW + 330), Err(TokenExpired));
+}
+
+#[test]
+fn cache_never_holds_a_token_before_nbf() {
+    let a = hs(&["HS256"]);
+    // nbf 10 s ahead: accepted within the leeway, but not cached.
+    let t = sign_hs(Algorithm::HS256, &with(claims(), "nbf", json!(NOW + 10)));
+    assert_eq!(auth_at(&a, &t, NOW), Ok(alice()));
+    assert_eq!(a.cached_tokens(), 0);
+    // nbf beyond the leeway: refused, and still refused on the next try.
+    let far = sign_hs(Algorithm::HS256, &with(claims(), "nbf", json!(NOW + 100)));
+    assert_eq!(auth_at(&a, &far, NOW), Err(InvalidToken));
+    assert_eq!(auth_at(&a, &far, NOW), Err(InvalidToken));
+    assert_eq!(a.cached_tokens(), 0);
+    // Once nbf has passed it is cached; a clock stepping back before nbf - leeway refuses it.
+    assert_eq!(auth_at(&a, &far, NOW + 100), Ok(alice()));
+    assert_eq!(a.cached_tokens(), 1);
+    assert_eq!(auth_at(&a, &far, NOW), Err(InvalidToken));
+}
+
+#[test]
+fn cache_refuses_a_retired_kid_after_key_rotation() {
+    let a = all();
+    let rsa = sign_pem(Algorithm::RS256, Some("rsa-1"), "rsa.pem", &claims());
+    let rsa_no_kid = sign_pem(Algorithm::RS256, None, "rsa.pem", &claims());
+    let hs_token = sign_hs(Algorithm::HS256, &claims());
+    for t in [&rsa, &rsa_no_kid, &hs_token] {
+        assert_eq!(auth(&a, t), Ok(alice()));
+    }
+    assert_eq!(a.cached_tokens(), 3);
+    assert_eq!(auth(&a, &rsa), Ok(alice()), "hit");
+
+    // The provider retires rsa-1: both RSA tokens are refused although cached.
+    rotate_to(&a, &["ec-1", "ed-1"]);
+    assert_eq!(auth(&a, &rsa), Err(InvalidToken));
+    assert_eq!(auth(&a, &rsa_no_kid), Err(InvalidToken));
+    // The HS secret did not change: its token is still served.
+    assert_eq!(auth(&a, &hs_token), Ok(alice()));
+
+    // A new key set that contains the key again verifies afresh (and caches again).
+    rotate_to(&a, &["rsa-1"]);
+    assert_eq!(auth(&a, &rsa), Ok(alice()));
+    assert_eq!(auth(&a, &rsa), Ok(alice()));
+    // Any change of the set misses entries made with the previous one.
+    rotate_to(&a, &[]);
+    assert_eq!(auth(&a, &rsa), Err(InvalidToken));
+}
+
+#[test]
+fn cache_keeps_evaluating_the_tenant_header_per_request() {
+    let mut s = settings(&["HS256"]);
+    s.tenant = TenantSource::Header("x-tenant-id".into());
+    let a = build(&s);
+    let t = sign_hs(Algorithm::HS256, &claims());
+    let bearer = format!("Bearer {t}");
+    let at = |tenant: Option<&[u8]>| a.authenticate(Some(bearer.as_bytes()), tenant, NOW);
+    assert_eq!(at(Some(b"acme")), Ok(alice()));
+    assert_eq!(a.cached_tokens(), 1);
+    let other = at(Some(b"globex")).unwrap();
+    assert_eq!(
+        (other.tenant.as_str(), other.subject.as_str()),
+        ("globex", "alice")
+    );
+    assert_eq!(at(None), Err(MissingTenant));
+    assert_eq!(at(Some(b"")), Err(MissingTenant));
+    assert_eq!(at(Some(b"acme:1")), Err(InvalidToken));
+    assert_eq!(at(Some(b"acme")), Ok(alice()));
+    // A token-only failure first is still reported as such (nothing was cached for it).
+    let no_sub = sign_hs(Algorithm::HS256, &without(claims(), "sub"));
+    let no_sub = format!("Bearer {no_sub}");
+    assert_eq!(
+        a.authenticate(Some(no_sub.as_bytes()), None, NOW),
+        Err(InvalidToken)
+    );
+}
+
+#[test]
+fn cache_holds_only_successful_verifications() {
+    let a = hs(&["HS256"]);
+    let no_tenant = sign_hs(Algorithm::HS256, &without(claims(), "tenant"));
+    let expired = sign_hs(Algorithm::HS256, &with(claims(), "exp", json!(NOW - 100)));
+    let good = sign_hs(Algorithm::HS256, &claims());
+    let tampered = format!("{}x", &good[..good.len() - 1]);
+    for _ in 0..2 {
+        assert_eq!(auth(&a, &no_tenant), Err(MissingTenant));
+        assert_eq!(auth(&a, &expired), Err(TokenExpired));
+        assert!(auth(&a, &tampered).is_err());
+    }
+    assert_eq!(a.cached_tokens(), 0);
+    // A cached token does not make a different token (same prefix) valid.
+    assert_eq!(auth(&a, &good), Ok(alice()));
+    assert!(auth(&a, &tampered).is_err());
+    assert!(auth(&a, &format!("{good}A")).is_err());
+    assert_eq!(a.cached_tokens(), 1);
+}
+
+#[test]
+fn cache_size_zero_disables_the_cache() {
+    let mut s = settings(&["HS256"]);
+    s.jwks_file = None;
+    s.cache_size = 0;
+    let a = build(&s);
+    let t = sign_hs(Algorithm::HS256, &claims());
+    for _ in 0..3 {
+        assert_eq!(auth(&a, &t), Ok(alice()));
+    }
+    assert_eq!(a.cached_tokens(), 0);
+    assert!(format!("{a:?}").contains("cache_capacity: 0"));
+}
+
+#[test]
+fn a_new_authenticator_does_not_share_the_cache() {
+    // A reload builds a new authenticator (here with another secret) that adopts the key
+    // set; what the old one verified is not carried over.
+    let old = hs(&["HS256"]);
+    let t = sign_hs(Algorithm::HS256, &claims());
+    assert_eq!(auth(&old, &t), Ok(alice()));
+    assert_eq!(old.cached_tokens(), 1);
+    let mut s = settings(&["HS256"]);
+    s.jwks_file = None;
+    let new = Authenticator::build_with_secret(&s, Some(b"another-secret-0123456789")).unwrap();
+    new.adopt_keys(&old);
+    assert_eq!(new.cached_tokens(), 0);
+    assert_eq!(auth(&new, &t), Err(InvalidToken));
 }

@@ -303,6 +303,22 @@ fn valid_request_id(value: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
 }
 
+/// A fresh request id: a UUIDv7 whose random bits come from a thread-local PRNG (`fastrand`).
+/// `uuid::Uuid::now_v7` would make a `getrandom` system call and take a process-wide lock per
+/// request; request ids must be unique, not secret (like audit event ids).
+pub fn new_request_id() -> HeaderValue {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    random[8..].copy_from_slice(&fastrand::u16(..).to_le_bytes());
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    let mut text = uuid::Uuid::encode_buffer();
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut text))
+        .unwrap_or(HeaderValue::from_static("invalid"))
+}
+
 /// What the audit event needs, collected as the request moves along.
 struct RequestCtx {
     started: Instant,
@@ -332,8 +348,7 @@ pub async fn handle(
     let request_id_name = &gw.snapshot.headers.request_id;
     let request_id = match request.headers().get(request_id_name) {
         Some(v) if valid_request_id(v) => v.clone(),
-        _ => HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
-            .unwrap_or(HeaderValue::from_static("invalid")),
+        _ => new_request_id(),
     };
     let mut ctx = RequestCtx {
         started: Instant::now(),
@@ -759,5 +774,34 @@ fn set_forwarding_headers(out: &mut HeaderMap, conn: &ConnInfo, client_host: Opt
     );
     if let Some(host) = client_host {
         out.insert("x-forwarded-host", host);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_uuid_v7_values_and_valid_headers() {
+        let ids: Vec<HeaderValue> = (0..1000).map(|_| new_request_id()).collect();
+        let mut seen = std::collections::HashSet::new();
+        for id in &ids {
+            assert!(valid_request_id(id));
+            let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
+            assert_eq!(parsed.get_version_num(), 7);
+            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
+            assert!(seen.insert(parsed), "duplicate id {parsed}");
+        }
+        // The timestamp is now, in milliseconds.
+        let (secs, _) = uuid::Uuid::parse_str(ids[0].to_str().unwrap())
+            .unwrap()
+            .get_timestamp()
+            .unwrap()
+            .to_unix();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(now.abs_diff(secs) <= 5);
     }
 }

@@ -191,6 +191,46 @@ async fn jwks_url_rotation_is_picked_up_in_the_background() {
 }
 
 #[tokio::test]
+async fn cached_token_is_refused_once_its_kid_is_retired() {
+    let idp = JwksServer::start(jwks_with(&["rsa-1", "ec-1"])).await;
+    let upstream = Upstream::start().await;
+    let config = JWKS_CONFIG.replace("{JWKS}", &idp.addr.to_string());
+    let gw = start_gateway(&config, &upstream).await;
+    let rsa = signed("rsa.pem", jsonwebtoken::Algorithm::RS256, "rsa-1");
+    let ec = signed("ec.pem", jsonwebtoken::Algorithm::ES256, "ec-1");
+
+    // Accepted, and then served from the verified-token cache.
+    poll_status(gw.addr, &rsa, 200).await;
+    let authenticator = gw.gateway.authenticator.clone();
+    assert!(authenticator.cached_tokens() >= 1);
+    for _ in 0..3 {
+        let r = request(gw.addr, "GET", "/items", Some(&rsa), &[]).await;
+        assert_eq!(r.status, 200);
+    }
+
+    // The provider retires rsa-1. A token naming an unknown kid wakes the refresher (the
+    // regular refresh is an hour away); wait until the download has been applied.
+    idp.serve(jwks_with(&["ec-1"]));
+    let m = gw.gateway.metrics.clone();
+    let before = m.jwks_refreshes_ok.load(Ordering::SeqCst);
+    let unknown = signed("ec.pem", jsonwebtoken::Algorithm::ES256, "ec-2");
+    let r = request(gw.addr, "GET", "/items", Some(&unknown), &[]).await;
+    assert_eq!(r.status, 401);
+    support::eventually("the JWKS refresh after the rotation", || {
+        m.jwks_refreshes_ok.load(Ordering::SeqCst) > before
+    })
+    .await;
+
+    // The same token, cached a moment ago, is refused now; the kept key still works.
+    let r = request(gw.addr, "GET", "/items", Some(&rsa), &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.reason(), "invalid_token");
+    let r = request(gw.addr, "GET", "/items", Some(&ec), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(upstream.count(), 5);
+}
+
+#[tokio::test]
 async fn jwks_url_fails_closed_while_the_provider_is_unreachable() {
     // Nothing listens on the port: no keys, every token refused, the gateway still answers.
     let port = support::receivers::free_port();
