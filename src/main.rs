@@ -15,6 +15,9 @@ fn main() -> std::process::ExitCode {
     // `PORTCULLIS_WORKER_THREADS`: size of the request runtime (default: one per CPU the
     // process may run on). Benchmarks set it to match the peer's worker count.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // A request thread out of work hands the audit writer the burst of events its requests
+    // wait for, so they share one group commit (see `audit::wake_pending`).
+    builder.on_thread_park(portcullis::audit::wake_pending);
     if let Some(n) = std::env::var("PORTCULLIS_WORKER_THREADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())

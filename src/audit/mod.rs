@@ -40,6 +40,7 @@ pub use sink::SinkStats;
 
 use crate::config::{AllowEvents, AuditSettings, Durability, FsyncPolicy, OnFull, SecretSource};
 use spool::{Spool, SpoolError, SpoolOptions};
+pub use writer::wake_pending;
 use writer::{Job, Queue, Writer};
 
 /// Events waiting for the writer; beyond this the queue counts as full.
@@ -426,7 +427,7 @@ impl Drop for AuditLog {
         // running (the join below would wait for it).
         let mut job = Job::Shutdown;
         for _ in 0..1000 {
-            match self.queue.push(job, true) {
+            match self.queue.push_now(job) {
                 Err(TrySendError::Full(back)) => {
                     job = back;
                     std::thread::sleep(Duration::from_millis(1));

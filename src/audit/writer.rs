@@ -8,13 +8,16 @@
 //! It also settles the crash-loss tickets (`loss.rs`) of what it wrote.
 //!
 //! Waking a thread costs more than sealing an event (two context switches; on a loaded core
-//! that was most of the audit CPU per request). So only events somebody waits for
-//! (`durability = "spooled"`, role changes) wake the writer; while un-awaited events flow it
-//! drains the queue every `TICK`, and once the queue stays empty it parks until the next push.
+//! that was most of the audit CPU per request, and a writer woken per event preempts the
+//! request thread before the next request can add to the batch). So the writer parks for at
+//! most `TICK` while events flow and is woken early only (a) by a push that finds it parked
+//! on an empty queue, or (b) for events somebody waits for (`durability = "spooled"`, role
+//! changes) when a request thread runs out of work (`wake_pending`, the runtime's
+//! `on_thread_park` hook): one wake per burst of requests, so they share one group commit.
 
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -40,33 +43,75 @@ pub(crate) struct Queue {
     writer: OnceLock<Thread>,
     /// The writer found the queue empty and parks until a push wakes it.
     idle: AtomicBool,
+    /// Awaited jobs were queued since the writer was last woken.
+    pending: AtomicBool,
+}
+
+/// Some queue has `pending` set (checked first, so a park costs one load when nothing waits).
+static ANY_PENDING: AtomicBool = AtomicBool::new(false);
+/// Every live queue, for `wake_pending`.
+static QUEUES: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
+
+/// Wake the writers that have awaited events queued. Installed as the request runtime's
+/// `on_thread_park` hook: a request thread with nothing left to run hands the writer the
+/// whole burst it queued. Without the hook (tests, the CLI) the writer's `TICK` bounds the wait.
+pub fn wake_pending() {
+    if !ANY_PENDING.load(Ordering::Relaxed) || !ANY_PENDING.swap(false, Ordering::SeqCst) {
+        return;
+    }
+    let mut queues = QUEUES.lock().unwrap_or_else(|p| p.into_inner());
+    queues.retain(|q| match q.upgrade() {
+        Some(q) => {
+            if q.pending.swap(false, Ordering::SeqCst) {
+                q.wake();
+            }
+            true
+        }
+        None => false,
+    });
 }
 
 impl Queue {
     pub fn new(capacity: usize) -> (Arc<Queue>, Receiver<Job>) {
         let (tx, rx) = sync_channel(capacity);
-        let queue = Queue {
+        let queue = Arc::new(Queue {
             tx,
             writer: OnceLock::new(),
             idle: AtomicBool::new(false),
-        };
-        (Arc::new(queue), rx)
+            pending: AtomicBool::new(false),
+        });
+        QUEUES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&queue));
+        (queue, rx)
     }
 
     pub fn set_writer(&self, thread: Thread) {
         let _ = self.writer.set(thread);
     }
 
-    /// Enqueue without blocking. `urgent`: somebody waits for this job, wake the writer now;
-    /// otherwise it is woken only if it parked on an empty queue.
+    /// Enqueue without blocking. A writer parked on an empty queue is woken now. Otherwise it
+    /// is busy and drains within `TICK`; `urgent` (somebody waits for this job) also marks the
+    /// queue for `wake_pending`, which wakes it as soon as the pushing thread runs dry.
     pub fn push(&self, job: Job, urgent: bool) -> Result<(), TrySendError<Job>> {
         self.tx.try_send(job)?;
         // Pairs with the fence in `Writer::wait`: either the writer sees this job when it
         // looks again, or this push sees `idle` and wakes it.
         fence(Ordering::SeqCst);
-        if urgent || self.idle.swap(false, Ordering::SeqCst) {
+        if self.idle.swap(false, Ordering::SeqCst) {
             self.wake();
+        } else if urgent {
+            self.pending.store(true, Ordering::SeqCst);
+            ANY_PENDING.store(true, Ordering::SeqCst);
         }
+        Ok(())
+    }
+
+    /// Wake the writer now (shutdown).
+    pub fn push_now(&self, job: Job) -> Result<(), TrySendError<Job>> {
+        self.tx.try_send(job)?;
+        self.wake();
         Ok(())
     }
 
