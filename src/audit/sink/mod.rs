@@ -423,12 +423,18 @@ impl Worker {
     }
 
     /// Keep refused events next to the spool (`dead-letter/<sink>.jsonl`) and count them.
+    /// Counted once written, so a reader who sees the count also finds the file.
     fn dead_letter(&self, records: &[&Record], why: &str) {
-        self.stats
-            .dead_lettered
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
         tracing::error!(sink = %self.settings.name, count = records.len(), reason = why, "Audit events dead-lettered.");
-        let Some(dir) = &self.dead_letter else { return };
+        let count = || {
+            self.stats
+                .dead_lettered
+                .fetch_add(records.len() as u64, Ordering::Relaxed)
+        };
+        let Some(dir) = &self.dead_letter else {
+            count();
+            return;
+        };
         let path = dir.join(format!("{}.jsonl", self.settings.name));
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
@@ -445,6 +451,7 @@ impl Worker {
         if let Err(err) = write() {
             tracing::error!(path = %path.display(), error = %err, "Cannot write the dead-letter file.");
         }
+        count();
     }
 }
 
