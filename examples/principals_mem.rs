@@ -271,13 +271,14 @@ fn main() {
         .iter()
         .map(|t| format!("Bearer {t}").into_bytes())
         .collect();
-    drop(tokens);
     let now = exp - 3000;
     let before = rss_kib();
     for h in &headers {
         auth.authenticate(Some(h), None, now).expect("token");
     }
     let after = rss_kib();
+    // Freed only now: memory freed before the measurement would be reused by the cache.
+    drop(tokens);
     let cached = auth.cached_tokens();
     println!(
         "JWT cache: {cached} tokens cached ({} bytes each); RSS {} -> {} MiB: {} bytes per token",
