@@ -37,6 +37,8 @@ cache_ttl = "10m"
 url = "{REDIS}"
 prefix = "m"
 client_tracking = false
+# Generous: the figure is memory, and a loaded machine must not fail a lookup.
+command_timeout = "5s"
 cache_capacity = {CAPACITY}
 [roles.viewer]
 permissions = ["campaigns.view", "reports.view"]
