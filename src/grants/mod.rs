@@ -9,6 +9,7 @@
 pub mod admin;
 mod cache;
 pub mod file;
+mod intern;
 pub mod ops;
 pub mod redis;
 

@@ -43,6 +43,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::cache::{Clocks, L1, Use};
+use super::intern::{Found, Interner};
 use super::{Access, GrantsError, Resolved, RoleStore};
 use crate::config::{GrantsSettings, RedisSettings, RedisTarget, SentinelSettings, StaleFor};
 use crate::policy::{Policy, RoleDef, SubjectData, TenantData};
@@ -87,11 +88,44 @@ pub struct ApiKeyRecord {
     pub expires: Option<u64>,
 }
 
-/// Cache key of a principal. Hashes like `GrantKeyRef`, so lookups borrow.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Cache key of a principal: tenant and subject in one allocation (`tenant` is
+/// `text[..split]`). Hashes like `GrantKeyRef` (tenant, then subject), so lookups borrow.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct GrantKey {
-    tenant: Box<str>,
-    subject: Box<str>,
+    text: Box<str>,
+    split: u32,
+}
+
+impl GrantKey {
+    /// `None` if the tenant is longer than `u32::MAX` bytes (never: identities are short).
+    fn new(tenant: &str, subject: &str) -> Option<GrantKey> {
+        let split = u32::try_from(tenant.len()).ok()?;
+        let mut text = String::with_capacity(tenant.len() + subject.len());
+        text.push_str(tenant);
+        text.push_str(subject);
+        Some(GrantKey {
+            text: text.into_boxed_str(),
+            split,
+        })
+    }
+
+    fn tenant(&self) -> &str {
+        self.text.get(..self.split as usize).unwrap_or_default()
+    }
+
+    fn subject(&self) -> &str {
+        self.text.get(self.split as usize..).unwrap_or_default()
+    }
+}
+
+impl Hash for GrantKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        GrantKeyRef {
+            tenant: self.tenant(),
+            subject: self.subject(),
+        }
+        .hash(state);
+    }
 }
 
 #[derive(Hash)]
@@ -102,7 +136,7 @@ struct GrantKeyRef<'a> {
 
 impl quick_cache::Equivalent<GrantKey> for GrantKeyRef<'_> {
     fn equivalent(&self, key: &GrantKey) -> bool {
-        *key.tenant == *self.tenant && *key.subject == *self.subject
+        key.tenant() == self.tenant && key.subject() == self.subject
     }
 }
 
@@ -129,6 +163,8 @@ struct Shared {
     prefix: String,
     clocks: Clocks,
     grants: L1<GrantKey, Compiled>,
+    /// Compiled grants shared by principals with equal data (`intern.rs`).
+    interner: Interner,
     api_keys: L1<KeyDigest, ApiKeyValue>,
     connected: AtomicBool,
     subscribed: AtomicBool,
@@ -235,6 +271,7 @@ impl RedisStore {
             prefix: redis.prefix.clone(),
             clocks: Clocks::default(),
             grants: L1::new(redis.cache_capacity),
+            interner: Interner::default(),
             api_keys: L1::new(redis.cache_capacity),
             connected: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
@@ -390,9 +427,8 @@ impl RedisStore {
             return Ok(entry.value.resolved);
         }
         shared.misses.fetch_add(1, Ordering::Relaxed);
-        let owned = GrantKey {
-            tenant: tenant.into(),
-            subject: subject.into(),
+        let Some(owned) = GrantKey::new(tenant, subject) else {
+            return Err(GrantsError::Unavailable("tenant name too long".into()));
         };
         let load = shared.grants.load(&shared.clocks, owned, || async {
             self.fetch_grants(policy, tenant, subject)
@@ -481,27 +517,52 @@ impl RedisStore {
         let parsed = parse_tenant(tenant_hash.as_ref(), roles.as_ref()).and_then(|tenant_data| {
             parse_subject(user.as_ref()).map(|subject_data| (tenant_data, subject_data))
         });
-        let resolved = match parsed {
+        match parsed {
             Ok((tenant_data, subject_data)) => {
-                let (grants, mut problems) = policy.tenant(&tenant_data);
-                let grants = Arc::new(grants);
-                let (principal, more) = policy.principal(&grants, &subject_data);
-                problems.extend(more);
-                for problem in &problems {
-                    self.data_error(tenant, subject, &problem.message);
-                }
-                Resolved {
-                    tenant: grants,
-                    principal,
-                }
+                Ok(self.compile(policy, tenant, subject, &tenant_data, subject_data))
             }
             Err(message) => {
                 self.data_error(tenant, subject, &message);
                 // No partial grants: the principal holds nothing until the data is fixed.
-                Resolved::default()
+                Ok(Arc::new(Resolved::default()))
             }
-        };
-        Ok(Arc::new(resolved))
+        }
+    }
+
+    /// Compile freshly fetched data, or share what an equal `(epoch, tenant record,
+    /// assignment)` compiled to (`intern.rs`). Data with problems is compiled (and its problems
+    /// reported) every time and never shared.
+    fn compile(
+        &self,
+        policy: &Policy,
+        tenant: &str,
+        subject: &str,
+        tenant_data: &TenantData,
+        subject_data: SubjectData,
+    ) -> Arc<Resolved> {
+        let interner = &self.shared.interner;
+        let (grants, mut problems) =
+            match interner.lookup(self.epoch, tenant, tenant_data, &subject_data) {
+                Found::Principal(shared) => return shared,
+                Found::Tenant(grants) => (grants, Vec::new()),
+                Found::Nothing => {
+                    let (grants, problems) = policy.tenant(tenant_data);
+                    (Arc::new(grants), problems)
+                }
+            };
+        let (principal, more) = policy.principal(&grants, &subject_data);
+        problems.extend(more);
+        for problem in &problems {
+            self.data_error(tenant, subject, &problem.message);
+        }
+        let resolved = Arc::new(Resolved {
+            tenant: grants,
+            principal,
+        });
+        if problems.is_empty() {
+            interner.remember(self.epoch, tenant, tenant_data, &resolved);
+        }
+        resolved
     }
 
     fn data_error(&self, tenant: &str, subject: &str, message: &str) {
@@ -707,7 +768,7 @@ impl Shared {
 
     fn invalidate_tenant(&self, tenant: &str) {
         self.clocks.invalidate_tenant(tenant);
-        self.grants.forget_flights(|k| &*k.tenant == tenant);
+        self.grants.forget_flights(|k| k.tenant() == tenant);
         self.api_keys.forget_flights(|_| true);
         if self.revocations.receiver_count() > 0 {
             let _ = self.revocations.send(Revocation::Tenant(tenant.into()));
@@ -718,7 +779,7 @@ impl Shared {
         self.clocks.invalidate_one();
         self.grants.remove(&GrantKeyRef { tenant, subject });
         self.grants
-            .forget_flights(|k| &*k.tenant == tenant && &*k.subject == subject);
+            .forget_flights(|k| k.tenant() == tenant && k.subject() == subject);
         self.api_keys.retain(|_, v| {
             v.as_ref()
                 .is_none_or(|r| r.tenant != tenant || r.subject != subject)
@@ -1203,6 +1264,33 @@ mod tests {
             ])))
             .is_err()
         );
+    }
+
+    #[test]
+    fn grant_keys_hash_like_their_borrowed_form_and_keep_the_split() {
+        use std::hash::BuildHasher;
+        let state = std::hash::RandomState::new();
+        let key = GrantKey::new("acme", "bob").unwrap();
+        assert_eq!((key.tenant(), key.subject()), ("acme", "bob"));
+        let borrowed = GrantKeyRef {
+            tenant: "acme",
+            subject: "bob",
+        };
+        assert_eq!(state.hash_one(&key), state.hash_one(&borrowed));
+        assert!(quick_cache::Equivalent::equivalent(&borrowed, &key));
+        // The same bytes split elsewhere are another principal.
+        let other = GrantKeyRef {
+            tenant: "acm",
+            subject: "ebob",
+        };
+        assert!(!quick_cache::Equivalent::equivalent(&other, &key));
+        assert_ne!(key, GrantKey::new("acm", "ebob").unwrap());
+        assert_ne!(state.hash_one(&key), state.hash_one(&other));
+        // Subjects may contain `:` (tenants may not); empty parts are kept apart too.
+        let colon = GrantKey::new("acme", "svc:a").unwrap();
+        assert_eq!((colon.tenant(), colon.subject()), ("acme", "svc:a"));
+        let empty = GrantKey::new("", "x").unwrap();
+        assert_eq!((empty.tenant(), empty.subject()), ("", "x"));
     }
 
     #[test]

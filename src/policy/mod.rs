@@ -203,7 +203,7 @@ pub struct PolicyError {
 }
 
 /// A principal's own assignment in one tenant, as a store returns it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct SubjectData {
     pub roles: Vec<String>,
     pub grant: Vec<String>,

@@ -575,6 +575,53 @@ async fn warm_cache_hits_make_zero_redis_calls() {
     assert_eq!(e.store().round_trips(), trips);
 }
 
+/// Principals with equal data share one compiled value (memory per cached principal, issue 7);
+/// a changed assignment or tenant record is compiled again and never shared with the old one.
+#[tokio::test]
+async fn principals_with_equal_data_share_compiled_grants_until_it_changes() {
+    use std::sync::Arc;
+    let e = env(Opts::default()).await;
+    for who in ["ann", "bob", "cy"] {
+        e.roles(who, r#"["viewer"]"#).await;
+    }
+    e.roles("dan", r#"["editor"]"#).await;
+    let (store, policy) = (e.store(), &e.gw.gateway.snapshot.policy);
+    let resolve = |who: &'static str| async move {
+        store
+            .resolve_grants(policy, "acme", who, portcullis::grants::Access::Read)
+            .await
+            .unwrap()
+    };
+    let (ann, bob, cy, dan) = (
+        resolve("ann").await,
+        resolve("bob").await,
+        resolve("cy").await,
+        resolve("dan").await,
+    );
+    assert!(Arc::ptr_eq(&ann, &bob) && Arc::ptr_eq(&bob, &cy));
+    assert!(!Arc::ptr_eq(&ann, &dan));
+    assert!(Arc::ptr_eq(&ann.tenant, &dan.tenant));
+    assert_eq!(store.cached_principals(), 4);
+
+    // Bob's roles change: his new grants are his own, the others keep theirs.
+    e.roles("bob", r#"["editor"]"#).await;
+    e.invalidate("acme:bob").await;
+    let bob2 = resolve("bob").await;
+    assert!(!Arc::ptr_eq(&bob2, &ann));
+    assert!(Arc::ptr_eq(&bob2, &dan), "now equal to dan's data");
+    e.allowed("PUT", "/api/campaigns/1", "bob").await;
+    e.refused("PUT", "/api/campaigns/1", "ann", 403, "missing_permission")
+        .await;
+
+    // The tenant record changes: everything is compiled again against the new record.
+    e.redis.hset("t:acme:tenant", "tier", "growth").await;
+    e.invalidate("acme").await;
+    let ann2 = resolve("ann").await;
+    assert!(!Arc::ptr_eq(&ann2, &ann));
+    assert!(!Arc::ptr_eq(&ann2.tenant, &ann.tenant));
+    assert!(Arc::ptr_eq(&resolve("cy").await, &ann2));
+}
+
 fn key_hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
