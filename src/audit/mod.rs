@@ -217,7 +217,6 @@ impl AuditLog {
                 emitter: sink::Emitter {
                     queue: queue.clone(),
                     gateway: gateway.clone(),
-                    counters: counters.clone(),
                 },
                 counters: counters.clone(),
                 dead_letter: options.dir.as_ref().map(|d| d.join("dead-letter")),
