@@ -5,7 +5,9 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -212,21 +214,15 @@ pub fn init_logging(settings: Option<&config::LogSettings>, buffered: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let json = settings.format == config::LogFormat::Json;
-    let _ = if buffered && logwriter::BufferedStderr::start() {
-        let builder = builder.with_writer(logwriter::BufferedStderr);
-        if json {
-            builder.json().flatten_event(true).try_init()
-        } else {
-            builder.try_init()
-        }
+    let writer = if buffered && logwriter::BufferedStderr::start() {
+        BoxMakeWriter::new(logwriter::BufferedStderr)
     } else {
-        let builder = builder.with_writer(std::io::stderr);
-        if json {
-            builder.json().flatten_event(true).try_init()
-        } else {
-            builder.try_init()
-        }
+        BoxMakeWriter::new(std::io::stderr)
+    };
+    let builder = builder.with_writer(writer);
+    let _ = match settings.format {
+        config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        config::LogFormat::Text => builder.try_init(),
     };
 }
 
