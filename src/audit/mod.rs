@@ -217,6 +217,7 @@ impl AuditLog {
                 emitter: sink::Emitter {
                     queue: queue.clone(),
                     gateway: gateway.clone(),
+                    counters: counters.clone(),
                 },
                 counters: counters.clone(),
                 dead_letter: options.dir.as_ref().map(|d| d.join("dead-letter")),

@@ -147,12 +147,13 @@ impl SinkStats {
 pub(crate) struct Emitter {
     pub queue: Arc<super::writer::Queue>,
     pub gateway: Arc<str>,
+    pub counters: Arc<Counters>,
 }
 
 impl Emitter {
     fn emit(&self, body: EventBody) {
         let event = Box::new(AuditEvent::new(self.gateway.clone(), body));
-        let _ = self.queue.push(
+        let sent = self.queue.push(
             Job::Event {
                 event,
                 done: None,
@@ -161,6 +162,11 @@ impl Emitter {
             },
             false,
         );
+        if sent.is_err() {
+            // Not silently: counted, and covered by the next `audit.loss` record.
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.counters.loss_pending.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
