@@ -27,7 +27,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::h1::{self, H1Body, H1Error, IdlePool};
 use super::limits::{LimitedBody, is_too_large};
+use super::respond::BodyError;
 use super::tls::{self, TlsError};
 use crate::config::{UpstreamProtocol, UpstreamSettings};
 use crate::policy::Grant;
@@ -40,6 +42,12 @@ pub enum ForwardError {
         upstream: String,
         #[source]
         source: hyper_util::client::legacy::Error,
+    },
+    #[error("upstream `{upstream}` failed: {source}")]
+    Failed {
+        upstream: String,
+        #[source]
+        source: h1::H1Error,
     },
     #[error("upstream `{0}` did not answer in time")]
     Timeout(String),
@@ -70,6 +78,8 @@ struct Target {
     failures: AtomicU32,
     /// Milliseconds since `Upstreams::epoch` until which the target is skipped; 0 = healthy.
     ejected_until: AtomicU64,
+    /// Keep-alive connections of the lean HTTP/1 client (`h1`).
+    idle: Arc<IdlePool>,
 }
 
 struct Pool {
@@ -84,6 +94,9 @@ struct Pool {
     /// `max_connections`: one permit per in-flight request, held until its response body ends.
     limit: Option<Arc<Semaphore>>,
     client: Client<Connector, LimitedBody>,
+    /// Plain HTTP/1.1: requests without a body take the lean client (`h1`).
+    lean: bool,
+    connect_timeout: Duration,
 }
 
 /// All configured upstreams, indexed like `Snapshot::upstreams`.
@@ -138,6 +151,10 @@ impl Upstreams {
                             authority,
                             failures: AtomicU32::new(0),
                             ejected_until: AtomicU64::new(0),
+                            idle: IdlePool::new(
+                                s.max_connections.unwrap_or(256).min(256),
+                                s.idle_timeout,
+                            ),
                         })
                         .map_err(|_| ForwardError::InvalidTarget(t.clone()))
                 })
@@ -173,6 +190,8 @@ impl Upstreams {
                 },
                 limit: s.max_connections.map(|n| Arc::new(Semaphore::new(n))),
                 client: builder.build(connector),
+                lean: s.tls.is_none() && s.protocol == UpstreamProtocol::Http1,
+                connect_timeout: s.connect_timeout,
             });
         }
         Ok(Upstreams {
@@ -217,6 +236,11 @@ impl Upstreams {
             return Err(ForwardError::UpgradeUnsupported(pool.name.clone()));
         }
         let (mut parts, body) = request.into_parts();
+        if pool.lean && !upgrade && body.is_end_stream() {
+            return self
+                .forward_lean(pool, deadline, parts, &path_and_query, permit)
+                .await;
+        }
         // An h2 downstream request must not reach an HTTP/1 upstream as HTTP/2 (and back).
         parts.version = pool.version;
         let retry = (pool.targets.len() > 1
@@ -258,7 +282,7 @@ impl Upstreams {
                         return Err(ForwardError::UnexpectedUpgrade(pool.name.clone()));
                     }
                     return Ok(response.map(|inner| UpstreamBody {
-                        inner,
+                        inner: Inner::Hyper(inner),
                         _permit: permit,
                     }));
                 }
@@ -282,6 +306,82 @@ impl Upstreams {
                 }
                 Ok(Err(source)) => {
                     return Err(ForwardError::Unavailable {
+                        upstream: pool.name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Upstreams {
+    /// A request without a body to a plain HTTP/1.1 upstream, through the lean client. Same
+    /// target choice, passive health, retry rule and deadline as the hyper path.
+    async fn forward_lean(
+        &self,
+        pool: &Pool,
+        deadline: tokio::time::Instant,
+        mut parts: http::request::Parts,
+        path_and_query: &PathAndQuery,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
+        let retry = pool.targets.len() > 1
+            && matches!(
+                parts.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+            );
+        let host_given = parts.headers.contains_key(http::header::HOST);
+        let mut tried: Vec<usize> = Vec::new();
+        loop {
+            let Some(idx) = pool.pick(self.now_ms(), &tried) else {
+                return Err(ForwardError::InvalidTarget(pool.name.clone()));
+            };
+            tried.push(idx);
+            let Some(target) = pool.targets.get(idx) else {
+                return Err(ForwardError::InvalidTarget(pool.name.clone()));
+            };
+            // HTTP/1.1 needs a Host; an HTTP/1.0 client may have sent none (hyper adds the
+            // target's, as here).
+            if !host_given && let Ok(host) = http::HeaderValue::from_str(target.authority.as_str())
+            {
+                parts.headers.insert(http::header::HOST, host);
+            }
+            let sent = h1::send(
+                &target.idle,
+                target.authority.as_str(),
+                pool.connect_timeout,
+                &parts.method,
+                path_and_query,
+                &parts.headers,
+            );
+            match tokio::time::timeout_at(deadline, sent).await {
+                Ok(Ok(response)) => {
+                    target.failures.store(0, Ordering::Relaxed);
+                    return Ok(response.map(|inner| UpstreamBody {
+                        inner: Inner::Lean(inner),
+                        _permit: permit,
+                    }));
+                }
+                Err(_) => {
+                    pool.failed(self, target);
+                    return Err(ForwardError::Timeout(pool.name.clone()));
+                }
+                Ok(Err(err @ (H1Error::Connect(_) | H1Error::ConnectTimeout))) => {
+                    pool.failed(self, target);
+                    tracing::debug!(upstream = %pool.name, target = %target.authority, error = %err, "Upstream connect failed.");
+                    if !retry || pool.pick(self.now_ms(), &tried).is_none() {
+                        return Err(ForwardError::Failed {
+                            upstream: pool.name.clone(),
+                            source: err,
+                        });
+                    }
+                }
+                Ok(Err(H1Error::UnexpectedUpgrade)) => {
+                    return Err(ForwardError::UnexpectedUpgrade(pool.name.clone()));
+                }
+                Ok(Err(source)) => {
+                    return Err(ForwardError::Failed {
                         upstream: pool.name.clone(),
                         source,
                     });
@@ -347,26 +447,45 @@ impl Pool {
 /// An upstream response body; holds the `max_connections` permit until the body is done.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Inner,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Hyper(Incoming),
+    Lean(H1Body),
 }
 
 impl Body for UpstreamBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> std::task::Poll<Option<Result<Frame<bytes::Bytes>, BodyError>>> {
+        match &mut self.inner {
+            Inner::Hyper(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(BodyError::from),
+            Inner::Lean(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(BodyError::from),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(body) => body.is_end_stream(),
+            Inner::Lean(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(body) => body.size_hint(),
+            Inner::Lean(body) => body.size_hint(),
+        }
     }
 }

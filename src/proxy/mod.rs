@@ -3,6 +3,7 @@
 
 pub mod cors;
 pub mod forward;
+mod h1;
 pub mod headers;
 mod idle;
 pub mod limits;

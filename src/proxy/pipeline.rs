@@ -683,6 +683,7 @@ async fn handle_inner(
                 ForwardError::Busy(_) => Refusal::UpstreamBusy,
                 ForwardError::BodyTooLarge(_) => Refusal::PayloadTooLarge,
                 ForwardError::Unavailable { .. }
+                | ForwardError::Failed { .. }
                 | ForwardError::InvalidTarget(_)
                 | ForwardError::UnexpectedUpgrade(_)
                 | ForwardError::UpgradeUnsupported(_)

@@ -12,7 +12,10 @@ use serde::Serialize;
 
 use crate::policy::{Denial, Reason};
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BodyError>;
+
+/// Why a streamed response body broke off (hyper's client or the lean HTTP/1 client).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Malformed or ambiguous requests (400 unless noted); the reason goes in the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

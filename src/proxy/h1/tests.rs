@@ -1,0 +1,422 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+
+// === pure parts ===
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (n, v) in pairs {
+        map.append(
+            HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    map
+}
+
+#[test]
+fn framing_follows_rfc_9112_and_refuses_ambiguity() {
+    let get = Method::GET;
+    let ok = StatusCode::OK;
+    assert_eq!(
+        framing(&get, ok, &headers(&[("content-length", "5")])).unwrap(),
+        Framing::Length(5)
+    );
+    assert_eq!(
+        framing(&get, ok, &headers(&[("content-length", "5, 5")])).unwrap(),
+        Framing::Length(5)
+    );
+    assert_eq!(
+        framing(&get, ok, &headers(&[("transfer-encoding", "Chunked")])).unwrap(),
+        Framing::Chunked
+    );
+    assert_eq!(
+        framing(&get, ok, &headers(&[])).unwrap(),
+        Framing::UntilClose
+    );
+    // No body whatever the headers say.
+    assert_eq!(
+        framing(&Method::HEAD, ok, &headers(&[("content-length", "5")])).unwrap(),
+        Framing::Empty
+    );
+    assert_eq!(
+        framing(
+            &get,
+            StatusCode::NO_CONTENT,
+            &headers(&[("content-length", "5")])
+        )
+        .unwrap(),
+        Framing::Empty
+    );
+    assert_eq!(
+        framing(&get, StatusCode::NOT_MODIFIED, &headers(&[])).unwrap(),
+        Framing::Empty
+    );
+    // Fail closed.
+    for bad in [
+        &[("content-length", "5"), ("transfer-encoding", "chunked")][..],
+        &[("content-length", "5"), ("content-length", "6")],
+        &[("content-length", "5, 6")],
+        &[("content-length", "-1")],
+        &[("content-length", "0x10")],
+        &[("content-length", "")],
+        &[("content-length", "99999999999999999999")],
+        &[("transfer-encoding", "gzip")],
+        &[("transfer-encoding", "gzip, chunked")],
+        &[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked"),
+        ],
+        &[("transfer-encoding", "chunked, identity")],
+    ] {
+        assert!(
+            framing(&get, ok, &headers(bad)).is_err(),
+            "{bad:?} must be refused"
+        );
+    }
+}
+
+#[test]
+fn chunk_sizes_are_strict_hex_with_optional_extensions() {
+    assert_eq!(parse_chunk_size(b"1a"), Some(26));
+    assert_eq!(parse_chunk_size(b"0"), Some(0));
+    assert_eq!(parse_chunk_size(b"A;name=value"), Some(10));
+    assert_eq!(parse_chunk_size(b"A ;ext"), Some(10));
+    assert_eq!(
+        parse_chunk_size(b"fffffffffffffff"),
+        Some(0xfff_ffff_ffff_ffff)
+    );
+    for bad in [
+        &b""[..],
+        b";ext",
+        b"g",
+        b"-1",
+        b"0x10",
+        b"1 2",
+        b"ffffffffffffffff",
+    ] {
+        assert_eq!(
+            parse_chunk_size(bad),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn request_heads_carry_method_target_and_headers_but_no_framing() {
+    let mut out = Vec::new();
+    encode_request(
+        &mut out,
+        &Method::DELETE,
+        &PathAndQuery::from_static("/a/b?c=d"),
+        &headers(&[
+            ("host", "example.com"),
+            ("x-authz-subject", "alice"),
+            ("content-length", "0"),
+        ]),
+    );
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "DELETE /a/b?c=d HTTP/1.1\r\nhost: example.com\r\nx-authz-subject: alice\r\n\r\n"
+    );
+}
+
+// === over a socket ===
+
+/// A raw upstream: answers the n-th request it reads (on any connection) with
+/// `answers[n]`, then keeps the connection open unless the answer is followed by `CLOSE`.
+struct RawUpstream {
+    addr: String,
+    accepted: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+const CLOSE: &str = "\u{0}close";
+
+async fn raw_upstream(answers: Vec<&'static str>) -> RawUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let answers = Arc::new(Mutex::new(VecDeque::from(answers)));
+    let (acc, reqs) = (accepted.clone(), requests.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            acc.fetch_add(1, Ordering::SeqCst);
+            let (answers, reqs) = (answers.clone(), reqs.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        reqs.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&head).into_owned());
+                        let answer = answers.lock().unwrap().pop_front().unwrap_or(CLOSE);
+                        let (bytes, close) = match answer.strip_suffix(CLOSE) {
+                            Some(bytes) => (bytes, true),
+                            None => (answer, false),
+                        };
+                        if socket.write_all(bytes.as_bytes()).await.is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    RawUpstream {
+        addr,
+        accepted,
+        requests,
+    }
+}
+
+async fn get(
+    pool: &Arc<IdlePool>,
+    up: &RawUpstream,
+    method: Method,
+) -> Result<(u16, String), String> {
+    let response = send(
+        pool,
+        &up.addr,
+        Duration::from_secs(2),
+        &method,
+        &PathAndQuery::from_static("/x"),
+        &headers(&[("host", "up")]),
+    )
+    .await
+    .map_err(|e| format!("head: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn pool() -> Arc<IdlePool> {
+    IdlePool::new(8, Duration::from_secs(60))
+}
+
+#[tokio::test]
+async fn length_delimited_responses_reuse_one_connection() {
+    let up = raw_upstream(vec![
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+        "HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\nno!",
+    ])
+    .await;
+    let pool = pool();
+    assert_eq!(
+        get(&pool, &up, Method::GET).await.unwrap(),
+        (200, "hello".into())
+    );
+    assert_eq!(pool.idle(), 1);
+    assert_eq!(
+        get(&pool, &up, Method::GET).await.unwrap(),
+        (404, "no!".into())
+    );
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for both"
+    );
+    let first = up.requests.lock().unwrap()[0].clone();
+    assert!(
+        first.starts_with("GET /x HTTP/1.1\r\nhost: up\r\n"),
+        "{first}"
+    );
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_decoded_and_trailers_dropped() {
+    let up = raw_upstream(vec![
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ])
+    .await;
+    let pool = pool();
+    assert_eq!(
+        get(&pool, &up, Method::GET).await.unwrap(),
+        (200, "hello, world".into())
+    );
+    assert_eq!(
+        get(&pool, &up, Method::GET).await.unwrap(),
+        (200, "ok".into())
+    );
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn malformed_chunked_bodies_fail_and_are_not_reused() {
+    for answer in [
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+    ] {
+        let up = raw_upstream(vec![answer]).await;
+        let pool = pool();
+        let got = get(&pool, &up, Method::GET).await;
+        assert!(
+            got.as_ref().is_err_and(|e| e.starts_with("body:")),
+            "{answer:?}: {got:?}"
+        );
+        assert_eq!(pool.idle(), 0);
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_before_any_byte_is_relayed() {
+    for answer in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx",
+        "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        "HTTP/2.0 200 OK\r\ncontent-length: 0\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+    ] {
+        let up = raw_upstream(vec![answer]).await;
+        let pool = pool();
+        let got = get(&pool, &up, Method::GET).await;
+        assert!(
+            got.as_ref().is_err_and(|e| e.starts_with("head:")),
+            "{answer:?}: {got:?}"
+        );
+        assert_eq!(pool.idle(), 0);
+    }
+}
+
+#[tokio::test]
+async fn close_delimited_bodies_run_to_eof_and_are_not_reused() {
+    let up = raw_upstream(vec![
+        "HTTP/1.1 200 OK\r\n\r\nuntil the end\u{0}close",
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ])
+    .await;
+    let pool = pool();
+    assert_eq!(
+        get(&pool, &up, Method::GET).await.unwrap(),
+        (200, "until the end".into())
+    );
+    assert_eq!(pool.idle(), 0);
+    assert_eq!(
+        get(&pool, &up, Method::GET).await.unwrap(),
+        (200, "ok".into())
+    );
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn extra_bytes_after_the_body_or_connection_close_prevent_reuse() {
+    let up = raw_upstream(vec![
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA",
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+        "HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ])
+    .await;
+    let pool = pool();
+    for _ in 0..3 {
+        assert_eq!(
+            get(&pool, &up, Method::GET).await.unwrap(),
+            (200, "ok".into())
+        );
+        assert_eq!(pool.idle(), 0);
+    }
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped_and_head_has_no_body() {
+    let up = raw_upstream(vec![
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ])
+    .await;
+    let pool = pool();
+    assert_eq!(
+        get(&pool, &up, Method::GET).await.unwrap(),
+        (200, "ok".into())
+    );
+    assert_eq!(
+        get(&pool, &up, Method::HEAD).await.unwrap(),
+        (200, String::new())
+    );
+    // The HEAD response left the connection in a known state: reused.
+    assert_eq!(
+        get(&pool, &up, Method::GET).await.unwrap(),
+        (200, "ok".into())
+    );
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_closed_while_idle_is_retried_only_for_idempotent_methods() {
+    // Each answer closes its connection after being written, but says keep-alive.
+    let closing = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok\u{0}close";
+    // A GET on a pooled connection the upstream closed: retried on a new one.
+    let up2 = raw_upstream(vec![closing, closing]).await;
+    let pool2 = pool();
+    assert_eq!(
+        get(&pool2, &up2, Method::GET).await.unwrap(),
+        (200, "ok".into())
+    );
+    assert_eq!(pool2.idle(), 1, "kept: the upstream said keep-alive");
+    assert_eq!(
+        get(&pool2, &up2, Method::GET).await.unwrap(),
+        (200, "ok".into())
+    );
+    assert_eq!(up2.accepted.load(Ordering::SeqCst), 2);
+
+    // A POST in the same situation is not sent twice.
+    let up3 = raw_upstream(vec![closing, closing]).await;
+    let pool3 = pool();
+    assert_eq!(
+        get(&pool3, &up3, Method::POST).await.unwrap(),
+        (200, "ok".into())
+    );
+    assert_eq!(pool3.idle(), 1);
+    let second = get(&pool3, &up3, Method::POST).await;
+    let sent = up3.requests.lock().unwrap().len();
+    match second {
+        // The close was seen at checkout: a fresh connection, sent once.
+        Ok(answer) => assert_eq!((answer, sent), ((200, "ok".into()), 2)),
+        // The close raced the write: refused, not repeated.
+        Err(e) => assert!(e.starts_with("head:") && sent == 1, "{e} after {sent}"),
+    }
+}
+
+#[tokio::test]
+async fn connect_failures_are_reported_as_such() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let err = send(
+        &pool(),
+        &addr,
+        Duration::from_secs(2),
+        &Method::GET,
+        &PathAndQuery::from_static("/"),
+        &HeaderMap::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, H1Error::Connect(_)), "{err:?}");
+}
