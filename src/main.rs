@@ -13,18 +13,25 @@ fn main() -> std::process::ExitCode {
         init_logging(None, false);
     }
     // `PORTCULLIS_WORKER_THREADS`: size of the request runtime (default: one per CPU the
-    // process may run on). Benchmarks set it to match the peer's worker count.
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // A request thread out of work hands the audit writer the burst of events its requests
-    // wait for, so they share one group commit (see `audit::wake_pending`).
-    builder.on_thread_park(portcullis::audit::wake_pending);
-    if let Some(n) = std::env::var("PORTCULLIS_WORKER_THREADS")
+    // process may run on). Benchmarks set it to match the peer's worker count. One thread is a
+    // current-thread runtime: the same single thread of request work, without the
+    // work-stealing scheduler's cross-thread wake-ups (+9-14 % req/s, benches/README.md).
+    let workers = std::env::var("PORTCULLIS_WORKER_THREADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|&n| n > 0)
-    {
-        builder.worker_threads(n);
-    }
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1);
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    // A request thread out of work hands the audit writer the burst of events its requests
+    // wait for, so they share one group commit (see `audit::wake_pending`).
+    builder.on_thread_park(portcullis::audit::wake_pending);
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -94,7 +94,14 @@ async fn kill_9_with_a_full_spool_then_restart_delivers_everything() {
             "\n[audit]\ngateway = \"gw-crash\"\n[audit.spool]\ndir = \"spool\"\nfsync = \"never\"\n[[audit.sinks]]\ntype = \"splunk_hec\"\nname = \"hec\"\nurl = \"{}\"\ntoken_file = \"hec.token\"\nbatch_wait = \"10ms\"\nretry_initial = \"10ms\"\nretry_max = \"50ms\"\n",
             hec.url()
         );
-    let mut first = spawn(dir.path(), &config, &mut listen);
+    // The first run on one worker thread (a current-thread runtime), the second on the
+    // default multi-thread one: the spool survives either.
+    let mut first = spawn_with(
+        dir.path(),
+        &config,
+        &mut listen,
+        &[("PORTCULLIS_WORKER_THREADS", "1")],
+    );
     let t = token("vic", "acme");
     let n = 25;
     let mut request_ids = Vec::new();

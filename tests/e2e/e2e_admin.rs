@@ -684,6 +684,8 @@ async fn sighup_reloads_the_running_binary_without_dropping_a_keep_alive_connect
             std::str::from_utf8(SECRET).unwrap(),
         )
         .env("RUST_LOG", "warn")
+        // One worker thread: the current-thread runtime serves signals and reloads too.
+        .env("PORTCULLIS_WORKER_THREADS", "1")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
