@@ -228,3 +228,102 @@ async fn tls_upstream_with_a_private_ca_over_http1_and_h2() {
     assert_eq!(r.status, 502, "{}", r.raw);
     assert_eq!(up.count(), 0);
 }
+
+/// An HTTP/1.1 upstream that answers each request head it reads with the next canned
+/// response, on any connection, and counts the connections it accepted.
+struct CannedUpstream {
+    addr: SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn canned_upstream(answers: Vec<&'static str>) -> CannedUpstream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(
+        answers
+            .into_iter()
+            .collect::<std::collections::VecDeque<_>>(),
+    ));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = socket.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let Some(answer) = answers.lock().unwrap().pop_front() else {
+                            return;
+                        };
+                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    CannedUpstream { addr, connections }
+}
+
+#[tokio::test]
+async fn chunked_and_head_responses_are_relayed_over_one_reused_upstream_connection() {
+    let up = canned_upstream(vec![
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain",
+    ])
+    .await;
+    let gw = start(&[up.addr.to_string()], "").await;
+    let r = request(gw.addr, "GET", "/health", None, &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello world"),
+        "{}",
+        r.raw
+    );
+    let r = request(gw.addr, "HEAD", "/health", None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(r.header("content-length"), Some("11"));
+    assert_eq!(r.body, "");
+    let r = request(gw.addr, "GET", "/health", None, &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "again"), "{}", r.raw);
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "keep-alive to the upstream: one connection for the three requests"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_response_with_ambiguous_framing_is_a_502_and_its_connection_is_dropped() {
+    for bad in [
+        // Response smuggling: both framings; a conforming reader could pick either.
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let up = canned_upstream(vec![bad, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]).await;
+        let gw = start(&[up.addr.to_string()], "").await;
+        let r = request(gw.addr, "GET", "/health", None, &[]).await;
+        assert_eq!(r.status, 502, "{bad:?}: {}", r.raw);
+        assert_eq!(r.json()["error"], "upstream_unavailable");
+        assert_eq!(r.header("x-authz-source"), Some("gateway"));
+        let r = request(gw.addr, "GET", "/health", None, &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{}", r.raw);
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            2,
+            "{bad:?}: the connection that carried it must not be reused"
+        );
+    }
+}
