@@ -68,13 +68,22 @@ fn is_spoofable(name: &str, names: &HeaderNames) -> bool {
         || name == names.request_id
 }
 
-/// Names listed in the `Connection` header(s), lower-cased.
+/// Names listed in the `Connection` header(s), lower-cased. Hop-by-hop names both
+/// sanitizers remove anyway (`keep-alive`, the usual token) are left out: a `HeaderName` for a
+/// non-standard name is an allocation per request.
 fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut tokens = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',') {
-            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+            let token = token.trim();
+            let removed_anyway = HOP_BY_HOP
+                .iter()
+                .any(|h| *h != "content-length" && h.eq_ignore_ascii_case(token));
+            if removed_anyway {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 tokens.push(name);
             }
         }

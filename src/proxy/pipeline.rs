@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
@@ -331,7 +331,6 @@ struct RequestCtx {
     principal: Option<Principal>,
     roles: Vec<String>,
     outcome: Option<Outcome>,
-    required: Vec<String>,
     mode: policy::Mode,
     /// Arrival → decision, once there is one.
     decided_after: Option<std::time::Duration>,
@@ -365,7 +364,6 @@ pub async fn handle(
         principal: None,
         roles: Vec::new(),
         outcome: None,
-        required: Vec::new(),
         mode: gw.snapshot.mode,
         decided_after: None,
         upstream_time: None,
@@ -472,7 +470,10 @@ async fn audit(
     let event = Decision {
         decision,
         reason,
-        required: ctx.required.clone(),
+        // Built here, not per request: most allow events are not audited.
+        required: entry
+            .map(|e| required_names(&gw.snapshot, e))
+            .unwrap_or_default(),
         tenant: ctx.principal.as_ref().map(|p| p.tenant.clone()),
         subject: ctx.principal.as_ref().map(|p| p.subject.clone()),
         roles: ctx.roles.clone(),
@@ -599,7 +600,6 @@ async fn handle_inner(
     }
     if let Some(entry) = eval.route.and_then(|id| gw.route_entry(id)) {
         ctx.mode = entry.rule.mode;
-        ctx.required = required_names(snap, entry);
     }
     ctx.outcome = Some(eval.verdict.outcome.clone());
     ctx.decided_after = Some(ctx.started.elapsed());
@@ -764,17 +764,27 @@ pub fn refusal_for(snap: &Snapshot, eval: &Evaluation) -> Option<Refusal> {
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// `x-forwarded-*` from the socket, never from the client (the client's copies are gone).
+/// Constant names: inserting by `&str` would allocate a custom `HeaderName` per request.
 fn set_forwarding_headers(out: &mut HeaderMap, conn: &ConnInfo, client_host: Option<HeaderValue>) {
-    if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_string()) {
-        out.insert("x-forwarded-for", v);
+    let mut ip = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut ip[..]);
+    if std::io::Write::write_fmt(&mut cursor, format_args!("{}", conn.peer.ip())).is_ok() {
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        if let Ok(v) = HeaderValue::from_bytes(ip.get(..len).unwrap_or_default()) {
+            out.insert(X_FORWARDED_FOR, v);
+        }
     }
     out.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
     if let Some(host) = client_host {
-        out.insert("x-forwarded-host", host);
+        out.insert(X_FORWARDED_HOST, host);
     }
 }
 
