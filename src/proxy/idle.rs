@@ -19,9 +19,14 @@
 //! * `ConnIo` notes every write and clears the note only when a flush of the socket
 //!   completes (hyper flushes the socket only after its own write buffer is empty).
 //!
-//! If hyper then asks the socket for bytes and there are none yet, `ConnIo` raises
-//! `park_requested`; the driver in `server` sees it as soon as hyper's poll returns `Pending`
-//! and calls `into_parts`. Bytes hyper had already read but not parsed (a pipelined, partial
+//! If hyper then asks the socket for bytes, there are none yet, and the connection has been
+//! idle for `PARK_AFTER`, `ConnIo` raises `park_requested`; the driver in `server` sees it as
+//! soon as hyper's poll returns `Pending` and calls `into_parts`. The grace period keeps a busy
+//! keep-alive connection (next request within milliseconds) in one hyper instance instead of
+//! taking hyper apart and rebuilding it (buffers, timer, boxed state) for every request; it
+//! costs no timer of its own: the header-read timer hyper arms anyway first fires at the end
+//! of the grace period (`GraceSleep`), notes it and wakes hyper, then runs on to the real
+//! deadline. Bytes hyper had already read but not parsed (a pipelined, partial
 //! next head) come back in `Parts::read_buf` and are replayed at once. A connection only parks
 //! after its current hyper instance served at least one request, so a replayed partial head
 //! is read to its end by hyper as before.
@@ -31,6 +36,7 @@
 //! a resumed instance gets only what is left), graceful shutdown closes a parked connection at
 //! once (as hyper does an idle one), and the client closing is answered with a shutdown.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -58,17 +64,50 @@ pub(super) struct ConnState {
     pub park_requested: AtomicBool,
     /// Never park again (upgraded, closing, shut down).
     pub no_park: AtomicBool,
+    /// hyper has waited `PARK_AFTER` for the current request head.
+    pub grace_passed: AtomicBool,
+    /// When the current request head is due (hyper's header-read deadline), as nanoseconds
+    /// since `epoch()`; 0 before the first one.
+    head_deadline: AtomicU64,
+}
+
+/// How long a keep-alive connection waits for its next request inside hyper before it is
+/// parked. Long enough that a busy client never parks, short enough that idle connections
+/// give their buffers back almost at once.
+pub(super) const PARK_AFTER: Duration = Duration::from_millis(10);
+
+/// A process-wide origin for instants kept in atomics.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl ConnState {
     /// Called by the service for every request head hyper hands over.
     pub fn request_started(&self) -> u64 {
         self.head_wanted.store(false, Ordering::SeqCst);
+        self.grace_passed.store(false, Ordering::SeqCst);
         self.served.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     pub fn take_park_request(&self) -> bool {
         self.park_requested.swap(false, Ordering::SeqCst)
+    }
+
+    /// The header-read deadline hyper set for the head it is waiting for, if any: a parked
+    /// connection keeps it (the idle time inside hyper counts).
+    pub fn head_deadline(&self) -> Option<Instant> {
+        match self.head_deadline.load(Ordering::SeqCst) {
+            0 => None,
+            nanos => Some(epoch() + Duration::from_nanos(nanos)),
+        }
+    }
+
+    fn set_head_deadline(&self, deadline: Instant) {
+        let nanos = u64::try_from(deadline.saturating_duration_since(epoch()).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.head_deadline.store(nanos, Ordering::SeqCst);
     }
 }
 
@@ -111,6 +150,7 @@ impl<I> ConnIo<I> {
         };
         !self.unflushed
             && state.head_wanted.load(Ordering::SeqCst)
+            && state.grace_passed.load(Ordering::SeqCst)
             && !state.no_park.load(Ordering::SeqCst)
             && state.served.load(Ordering::SeqCst) > self.served_at_start
     }
@@ -208,11 +248,14 @@ impl ConnTimer {
 
     fn head_started(&self, deadline: Instant) -> Instant {
         self.state.head_wanted.store(true, Ordering::SeqCst);
-        if self.first_done.swap(true, Ordering::SeqCst) {
+        self.state.grace_passed.store(false, Ordering::SeqCst);
+        let deadline = if self.first_done.swap(true, Ordering::SeqCst) {
             deadline
         } else {
             deadline.min(self.first_deadline)
-        }
+        };
+        self.state.set_head_deadline(deadline);
+        deadline
     }
 }
 
@@ -223,7 +266,7 @@ impl Timer for ConnTimer {
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
         let deadline = self.head_started(deadline);
-        self.inner.sleep_until(deadline)
+        Box::pin(GraceSleep::new(self.state.clone(), deadline))
     }
 
     fn now(&self) -> Instant {
@@ -232,7 +275,56 @@ impl Timer for ConnTimer {
 
     fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
         let deadline = self.head_started(new_deadline);
-        self.inner.reset(sleep, deadline);
+        *sleep = Box::pin(GraceSleep::new(self.state.clone(), deadline));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// hyper's header-read timer with a stop on the way: at `PARK_AFTER` (if that comes
+    /// before the deadline) it notes `grace_passed` and wakes hyper, whose next read then lets
+    /// the connection park; it completes only at the real deadline.
+    struct GraceSleep {
+        #[pin]
+        sleep: tokio::time::Sleep,
+        state: Arc<ConnState>,
+        deadline: Instant,
+        grace_noted: bool,
+    }
+}
+
+impl GraceSleep {
+    fn new(state: Arc<ConnState>, deadline: Instant) -> GraceSleep {
+        let grace = Instant::now() + PARK_AFTER;
+        let first = if grace < deadline { grace } else { deadline };
+        GraceSleep {
+            sleep: tokio::time::sleep_until(first.into()),
+            state,
+            deadline,
+            grace_noted: grace >= deadline,
+        }
+    }
+}
+
+impl Sleep for GraceSleep {}
+
+impl Future for GraceSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if this.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if *this.grace_noted {
+            return Poll::Ready(());
+        }
+        *this.grace_noted = true;
+        this.state.grace_passed.store(true, Ordering::SeqCst);
+        let deadline = *this.deadline;
+        this.sleep.as_mut().reset(deadline.into());
+        // hyper polls its read before this timer: poll again so the read sees the grace.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 

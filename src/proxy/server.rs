@@ -348,8 +348,11 @@ async fn serve_connection<I>(
                 }
             }
         };
-        // Idle between requests: take hyper apart (its buffers are freed here).
-        deadline = Instant::now() + header_timeout;
+        // Idle between requests: take hyper apart (its buffers are freed here). The header
+        // timeout keeps running from when hyper started waiting (`PARK_AFTER` ago or more).
+        deadline = state
+            .head_deadline()
+            .unwrap_or_else(|| Instant::now() + header_timeout);
         let Some(parts) = connection.into_parts() else {
             return;
         };
