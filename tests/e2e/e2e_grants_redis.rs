@@ -382,6 +382,44 @@ async fn outage_serves_cached_reads_until_max_stale_and_never_allows_otherwise()
     assert_eq!(e.up.count(), before);
 }
 
+/// A Redis that hangs (SIGSTOP: connected, silent) rather than dies: every request still gets
+/// its answer within `command_timeout` (plus scheduling), from a stale entry for a cached
+/// principal's read, else 503; nothing is allowed from a missing answer; it recovers on resume.
+#[tokio::test]
+async fn a_hung_redis_costs_at_most_command_timeout_and_fails_closed() {
+    let e = env(Opts {
+        ttl: "1ms", // every request after the first asks Redis
+        command_timeout: "200ms",
+        ..Opts::default()
+    })
+    .await;
+    e.roles("bob", r#"["editor"]"#).await;
+    e.roles("carol", r#"["editor"]"#).await;
+    e.allowed("GET", "/api/campaigns/1", "bob").await;
+
+    e.redis.freeze();
+    let bound = Duration::from_millis(200 + 800);
+    let t = Instant::now();
+    e.allowed("GET", "/api/campaigns/1", "bob").await;
+    assert!(t.elapsed() < bound, "stale read took {:?}", t.elapsed());
+    let t = Instant::now();
+    e.refused("PUT", "/api/campaigns/1", "bob", 503, "").await;
+    assert!(t.elapsed() < bound, "write refusal took {:?}", t.elapsed());
+    let t = Instant::now();
+    e.refused("GET", "/api/campaigns/1", "carol", 503, "").await;
+    assert!(
+        t.elapsed() < bound,
+        "uncached refusal took {:?}",
+        t.elapsed()
+    );
+
+    e.redis.thaw();
+    eventually_async("a write is decided from Redis again", || async {
+        e.call("PUT", "/api/campaigns/1", "carol").await.status == 200
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_restarted_redis_is_picked_up_without_restarting_the_gateway() {
     let mut e = env(Opts::default()).await;

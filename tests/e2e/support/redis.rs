@@ -100,6 +100,25 @@ impl RedisServer {
         }
     }
 
+    /// Freeze the server (SIGSTOP): connections stay open and the kernel still accepts new
+    /// ones, but nothing answers — a hung Redis, not a dead one. `thaw` resumes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} redis-server");
+    }
+
     /// Start again on the same port (empty: nothing is persisted).
     pub async fn restart(&mut self) {
         self.kill();
