@@ -382,6 +382,35 @@ async fn outage_serves_cached_reads_until_max_stale_and_never_allows_otherwise()
     assert_eq!(e.up.count(), before);
 }
 
+/// An invalidated entry is known to be wrong: never served, not even stale during an outage,
+/// whether the message named the principal or its tenant. Untouched entries still serve reads.
+#[tokio::test]
+async fn an_invalidated_entry_is_never_served_stale_during_an_outage() {
+    let mut e = env(Opts::default()).await;
+    e.roles("bob", r#"["editor"]"#).await;
+    e.roles("dan", r#"["editor"]"#).await;
+    e.redis
+        .hset("t:beta:user:erin", "roles", r#"["editor"]"#)
+        .await;
+    let erin = token("erin", "beta");
+    let erin_get = || request(e.gw.addr, "GET", "/api/campaigns/1", Some(&erin), &[]);
+    e.allowed("GET", "/api/campaigns/1", "bob").await;
+    e.allowed("GET", "/api/campaigns/1", "dan").await;
+    assert_eq!(erin_get().await.status, 200);
+
+    e.invalidate("acme:bob").await;
+    e.invalidate("beta").await;
+    e.redis.kill();
+    let store = e.store().clone();
+    eventually("store notices the outage", || !store.health().subscribed).await;
+
+    e.refused("GET", "/api/campaigns/1", "bob", 503, "").await;
+    let before = e.up.count();
+    assert_refused(&erin_get().await, 503, "");
+    assert_eq!(e.up.count(), before);
+    e.allowed("GET", "/api/campaigns/1", "dan").await;
+}
+
 /// A Redis that hangs (SIGSTOP: connected, silent) rather than dies: every request still gets
 /// its answer within `command_timeout` (plus scheduling), from a stale entry for a cached
 /// principal's read, else 503; nothing is allowed from a missing answer; it recovers on resume.
