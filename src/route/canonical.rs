@@ -303,4 +303,62 @@ mod tests {
             assert!(!once.ends_with("/.") && !once.ends_with("/.."));
         }
     }
+
+    /// Any input, hostile or not: no panic; a refusal, or a canonical path that is a fixed
+    /// point, starts with `/`, has no empty, `.` or `..` segment, and carries no escape that
+    /// could decode to a separator, a `%`, a control or a non-ASCII byte.
+    mod generated {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn hostile_path() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "/", "/", ".", "..", "%", "%2", "%2e", "%2E", "%2f", "%2F", "%5c", "%5C", "%25",
+                "%00", "%7f", "%c0%ae", "%41", "%7e", "a", "B", "~", "-", "\\", ";", " ", "?", "#",
+                ":", "@", "\u{ff0e}", "\u{0}",
+            ]);
+            prop::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+        }
+
+        fn check(raw: &str) {
+            let Ok(canonical) = canonicalize(raw) else {
+                return;
+            };
+            assert!(canonical.starts_with('/'), "{raw:?} -> {canonical:?}");
+            assert_eq!(
+                canonicalize(&canonical).ok().as_deref(),
+                Some(&*canonical),
+                "not a fixed point: {raw:?}"
+            );
+            let inner = canonical.strip_suffix('/').unwrap_or(&canonical);
+            for segment in inner.split('/').skip(1) {
+                assert!(
+                    !matches!(segment, "" | "." | ".."),
+                    "{raw:?} -> {canonical:?}"
+                );
+            }
+            let upper = canonical.to_ascii_uppercase();
+            for escape in ["%2F", "%5C", "%25", "%00", "%7F", "%C0", "%80"] {
+                assert!(!upper.contains(escape), "{raw:?} -> {canonical:?}");
+            }
+            assert!(
+                canonical.bytes().all(|b| b.is_ascii_graphic()),
+                "{raw:?} -> {canonical:?}"
+            );
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            #[test]
+            fn hostile_paths_never_panic_and_canonical_output_is_clean(raw in hostile_path()) {
+                check(&raw);
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics(raw in "\\PC{0,64}") {
+                check(&raw);
+            }
+        }
+    }
 }

@@ -382,6 +382,73 @@ async fn outage_serves_cached_reads_until_max_stale_and_never_allows_otherwise()
     assert_eq!(e.up.count(), before);
 }
 
+/// An invalidated entry is known to be wrong: never served, not even stale during an outage,
+/// whether the message named the principal or its tenant. Untouched entries still serve reads.
+#[tokio::test]
+async fn an_invalidated_entry_is_never_served_stale_during_an_outage() {
+    let mut e = env(Opts::default()).await;
+    e.roles("bob", r#"["editor"]"#).await;
+    e.roles("dan", r#"["editor"]"#).await;
+    e.redis
+        .hset("t:beta:user:erin", "roles", r#"["editor"]"#)
+        .await;
+    let erin = token("erin", "beta");
+    let erin_get = || request(e.gw.addr, "GET", "/api/campaigns/1", Some(&erin), &[]);
+    e.allowed("GET", "/api/campaigns/1", "bob").await;
+    e.allowed("GET", "/api/campaigns/1", "dan").await;
+    assert_eq!(erin_get().await.status, 200);
+
+    e.invalidate("acme:bob").await;
+    e.invalidate("beta").await;
+    e.redis.kill();
+    let store = e.store().clone();
+    eventually("store notices the outage", || !store.health().subscribed).await;
+
+    e.refused("GET", "/api/campaigns/1", "bob", 503, "").await;
+    let before = e.up.count();
+    assert_refused(&erin_get().await, 503, "");
+    assert_eq!(e.up.count(), before);
+    e.allowed("GET", "/api/campaigns/1", "dan").await;
+}
+
+/// A Redis that hangs (SIGSTOP: connected, silent) rather than dies: every request still gets
+/// its answer within `command_timeout` (plus scheduling), from a stale entry for a cached
+/// principal's read, else 503; nothing is allowed from a missing answer; it recovers on resume.
+#[tokio::test]
+async fn a_hung_redis_costs_at_most_command_timeout_and_fails_closed() {
+    let e = env(Opts {
+        ttl: "1ms", // every request after the first asks Redis
+        command_timeout: "200ms",
+        ..Opts::default()
+    })
+    .await;
+    e.roles("bob", r#"["editor"]"#).await;
+    e.roles("carol", r#"["editor"]"#).await;
+    e.allowed("GET", "/api/campaigns/1", "bob").await;
+
+    e.redis.freeze();
+    let bound = Duration::from_millis(200 + 800);
+    let t = Instant::now();
+    e.allowed("GET", "/api/campaigns/1", "bob").await;
+    assert!(t.elapsed() < bound, "stale read took {:?}", t.elapsed());
+    let t = Instant::now();
+    e.refused("PUT", "/api/campaigns/1", "bob", 503, "").await;
+    assert!(t.elapsed() < bound, "write refusal took {:?}", t.elapsed());
+    let t = Instant::now();
+    e.refused("GET", "/api/campaigns/1", "carol", 503, "").await;
+    assert!(
+        t.elapsed() < bound,
+        "uncached refusal took {:?}",
+        t.elapsed()
+    );
+
+    e.redis.thaw();
+    eventually_async("a write is decided from Redis again", || async {
+        e.call("PUT", "/api/campaigns/1", "carol").await.status == 200
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_restarted_redis_is_picked_up_without_restarting_the_gateway() {
     let mut e = env(Opts::default()).await;
@@ -786,4 +853,119 @@ async fn explain_resolves_from_redis() {
         (Some(503), Some("authorization_unavailable")),
         "{down}"
     );
+}
+
+/// `portcullis explain` (the real binary, which connects like the gateway) for `GET
+/// /api/campaigns/1` as bob, with `config` and extra environment; its JSON answer.
+fn explain_bob(config: &str, env: &[(&str, &str)], unset: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let config = config
+        .replace("{UPSTREAM}", "127.0.0.1:9")
+        .replace("{TTL}", "30s")
+        .replace("{MAX_STALE}", "5m")
+        .replace("{COMMAND_TIMEOUT}", "1s")
+        .replace("{TRACKING}", "true");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.args(["explain", "--config"])
+        .arg(&path)
+        .args(["--tenant", "acme", "--subject", "bob", "--method", "GET"])
+        .args(["--path", "/api/campaigns/1"])
+        .env("PORTCULLIS_TEST_SECRET", "s3cret");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    for k in unset {
+        cmd.env_remove(k);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn decision(answer: &serde_json::Value) -> (Option<&str>, Option<u64>, Option<&str>) {
+    (
+        answer["decision"].as_str(),
+        answer["status"].as_u64(),
+        answer["reason"].as_str(),
+    )
+}
+
+const ALLOWED: (Option<&str>, Option<u64>, Option<&str>) = (Some("allow"), Some(200), None);
+const UNAVAILABLE: (Option<&str>, Option<u64>, Option<&str>) =
+    (Some("deny"), Some(503), Some("authorization_unavailable"));
+
+/// An ACL-protected Redis (the default user off): `username` + `password_env`, or credentials in
+/// the URL, log the store in; a wrong password is an outage (503), never an allow.
+#[tokio::test]
+async fn redis_credentials_from_username_and_password_env_or_the_url() {
+    let acl: Vec<String> = ["--user", "default", "off", "--user", "gw", "on"]
+        .into_iter()
+        .chain([">gw-s3cret", "~*", "&*", "+@all"])
+        .map(str::to_owned)
+        .collect();
+    let redis = RedisServer::start_with(&acl, Some("gw:gw-s3cret")).await;
+    redis
+        .hset("t:acme:user:bob", "roles", r#"["viewer"]"#)
+        .await;
+    let with_password_env = CONFIG.replace("{REDIS}", &redis.url()).replace(
+        "prefix = \"t\"",
+        "prefix = \"t\"\nusername = \"gw\"\npassword_env = \"PORTCULLIS_TEST_REDIS_PASSWORD\"",
+    );
+    let answer = explain_bob(
+        &with_password_env,
+        &[("PORTCULLIS_TEST_REDIS_PASSWORD", "gw-s3cret")],
+        &[],
+    );
+    assert_eq!(decision(&answer), ALLOWED, "{answer}");
+    let answer = explain_bob(
+        &with_password_env,
+        &[("PORTCULLIS_TEST_REDIS_PASSWORD", "wrong")],
+        &[],
+    );
+    assert_eq!(decision(&answer), UNAVAILABLE, "{answer}");
+    // Without credentials the default user is off: no access, fail closed.
+    let anonymous = CONFIG.replace("{REDIS}", &redis.url());
+    assert_eq!(decision(&explain_bob(&anonymous, &[], &[])), UNAVAILABLE);
+    let in_url = CONFIG.replace(
+        "{REDIS}",
+        &format!("redis://gw:gw-s3cret@127.0.0.1:{}/0", redis.port),
+    );
+    let answer = explain_bob(&in_url, &[], &[]);
+    assert_eq!(decision(&answer), ALLOWED, "{answer}");
+}
+
+/// `rediss://`: the store speaks TLS (rustls) to a Redis whose certificate a private CA signed,
+/// trusted through the platform's trust store (`SSL_CERT_FILE` here); a certificate the store
+/// does not trust is an outage (503), never a plaintext fallback or an allow.
+#[tokio::test]
+async fn rediss_connects_over_tls_and_refuses_an_untrusted_certificate() {
+    let pki = crate::support::edge::Pki::new();
+    let (cert, key) = pki.write_server("redis");
+    let tls_port = crate::support::redis::free_port();
+    let tls: Vec<String> = vec![
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        cert.display().to_string(),
+        "--tls-key-file".into(),
+        key.display().to_string(),
+        "--tls-ca-cert-file".into(),
+        pki.ca_path().display().to_string(),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ];
+    // The harness seeds over the plain port; the gateway only knows the TLS one.
+    let redis = RedisServer::start_with(&tls, None).await;
+    redis
+        .hset("t:acme:user:bob", "roles", r#"["viewer"]"#)
+        .await;
+    let config = CONFIG.replace("{REDIS}", &format!("rediss://localhost:{tls_port}/0"));
+    let ca = pki.ca_path().display().to_string();
+    let answer = explain_bob(&config, &[("SSL_CERT_FILE", &ca)], &[]);
+    assert_eq!(decision(&answer), ALLOWED, "{answer}");
+    let answer = explain_bob(&config, &[], &["SSL_CERT_FILE", "SSL_CERT_DIR"]);
+    assert_eq!(decision(&answer), UNAVAILABLE, "{answer}");
 }

@@ -69,6 +69,8 @@ struct Seen {
     status: u16,
     reason: Option<String>,
     required_permission: Option<String>,
+    /// `own` when the allow rests on an own-only grant: the `x-authz-scope` the upstream saw.
+    scope: Option<String>,
 }
 
 #[tokio::test]
@@ -89,21 +91,31 @@ async fn explain_batch_matches_the_live_gateway() {
     let mut live = Vec::with_capacity(cases.len());
     for &(who, mfa, method, path) in &cases {
         let token = who.map(|(s, t)| if mfa { mfa_token(s, t) } else { token(s, t) });
+        let before = up.count();
         let r = request(gw.addr, method, path, token.as_deref(), &[]).await;
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
         live.push(if r.header("x-authz-source") == Some("gateway") {
+            assert_eq!(up.count(), before, "a gateway answer was forwarded");
             Seen {
                 decision: "deny".into(),
                 status: r.status,
                 reason: body["reason"].as_str().map(str::to_owned),
                 required_permission: body["required_permission"].as_str().map(str::to_owned),
+                scope: None,
             }
         } else {
+            assert_eq!(
+                up.count(),
+                before + 1,
+                "an upstream answer without a request"
+            );
+            let seen = up.last().unwrap();
             Seen {
                 decision: "allow".into(),
                 status: r.status,
                 reason: None,
                 required_permission: None,
+                scope: seen.header("x-authz-scope").map(str::to_owned),
             }
         });
     }
@@ -166,6 +178,7 @@ async fn explain_batch_matches_the_live_gateway() {
 
     let mut allows = 0;
     let mut denies = 0;
+    let mut own_only = 0;
     for ((case, live), answer) in cases.iter().zip(&live).zip(&answers) {
         let explained = Seen {
             decision: answer["decision"].as_str().unwrap().to_owned(),
@@ -176,6 +189,7 @@ async fn explain_batch_matches_the_live_gateway() {
             } else {
                 None
             },
+            scope: answer["scope"].as_str().map(str::to_owned),
         };
         // A monitor-mode route forwards what enforce mode would deny (except no_route).
         let monitored = answer["mode"] == "monitor" && explained.decision == "deny";
@@ -196,8 +210,8 @@ async fn explain_batch_matches_the_live_gateway() {
         if case.2 == "HEAD" {
             // A HEAD response has no body to carry the reason: compare what is visible.
             assert_eq!(
-                (&explained.decision, explained.status),
-                (&live.decision, live.status),
+                (&explained.decision, explained.status, &explained.scope),
+                (&live.decision, live.status, &live.scope),
                 "{case:?}"
             );
         } else {
@@ -205,12 +219,13 @@ async fn explain_batch_matches_the_live_gateway() {
         }
         if live.decision == "allow" {
             allows += 1;
+            own_only += usize::from(live.scope.as_deref() == Some("own"));
         } else {
             denies += 1;
         }
     }
     assert!(
-        allows > 50 && denies > 100,
-        "the set exercises both: {allows} allows, {denies} denies"
+        allows > 50 && denies > 100 && own_only > 2,
+        "the set exercises both: {allows} allows ({own_only} own-only), {denies} denies"
     );
 }

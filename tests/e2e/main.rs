@@ -8,6 +8,7 @@ mod audit_sinks;
 mod audit_syslog;
 mod audit_verify;
 mod cli;
+mod demo;
 mod e2e_admin;
 mod e2e_admin_roles;
 mod e2e_decisions;

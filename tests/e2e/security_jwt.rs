@@ -631,3 +631,62 @@ async fn missing_tenant_is_refused_without_a_default() {
     assert_eq!(r.reason(), "missing_tenant");
     assert_eq!(e.up.count(), before);
 }
+
+/// `[identity.tenant] from = "header:x-tenant-id"`: the tenant is the header's, never the
+/// token's claim; the subject's grants in that tenant decide; the header is not forwarded (the
+/// upstream gets `x-authz-tenant`); no header, a malformed value or two headers are refused.
+#[tokio::test]
+async fn tenant_from_a_configured_header() {
+    let config = SECURITY_CONFIG.replace(
+        "[grants]\n",
+        "[identity.tenant]\nfrom = \"header:x-tenant-id\"\n\n[grants]\n",
+    );
+    let e = env_with(&config).await;
+    let vic = token_with(serde_json::json!({"sub": "vic", "exp": now() + 3600}));
+    let get = |headers: &'static [(&'static str, &'static str)]| {
+        let (addr, vic) = (e.gw.addr, vic.clone());
+        async move { request(addr, "GET", ROUTE, Some(&vic), headers).await }
+    };
+    let r = get(&[("X-Tenant-Id", "acme")]).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let seen = e.up.last().unwrap();
+    assert_eq!(seen.header("x-authz-tenant"), Some("acme"));
+    assert_eq!(seen.header("x-authz-subject"), Some("vic"));
+    assert_eq!(
+        seen.header("x-tenant-id"),
+        None,
+        "the tenant header was forwarded"
+    );
+
+    let before = e.up.count();
+    // vic holds nothing in globex: the header picks the tenant, the grants decide.
+    let r = get(&[("X-Tenant-Id", "globex")]).await;
+    assert_eq!((r.status, r.reason()), (403, "missing_permission".into()));
+    // A token's tenant claim is not a source in header mode.
+    let claimed =
+        token_with(serde_json::json!({"sub": "vic", "tenant": "acme", "exp": now() + 3600}));
+    let r = request(e.gw.addr, "GET", ROUTE, Some(&claimed), &[]).await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (401, "missing_tenant".into()),
+        "{}",
+        r.raw
+    );
+    let r = get(&[]).await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (401, "missing_tenant".into()),
+        "{}",
+        r.raw
+    );
+    let r = get(&[("X-Tenant-Id", "ac me")]).await;
+    assert_eq!(r.status, 401, "{}", r.raw);
+    let r = get(&[("X-Tenant-Id", "acme"), ("X-Tenant-Id", "globex")]).await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (400, "duplicate_header".into()),
+        "{}",
+        r.raw
+    );
+    assert_eq!(e.up.count(), before, "a refused request was forwarded");
+}

@@ -305,7 +305,7 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-// === security suite helpers (tests/security_*.rs) ===
+// === security suite helpers (tests/e2e/security_*.rs) ===
 
 /// The config the security suites share: one public route, viewer/editor/admin/owner roles,
 /// two tenants. `{UPSTREAM}` is replaced by `start_gateway`.

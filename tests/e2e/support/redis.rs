@@ -11,9 +11,13 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Extra `redis-server` arguments (ACL users, a TLS port, ...).
+    extra: Vec<String>,
+    /// `user:password@` for the harness's own connections, when the default user is off.
+    auth: String,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr").port()
 }
@@ -21,11 +25,19 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Start on a free port and wait until it answers PING.
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(&[], None).await
+    }
+
+    /// Start with extra `redis-server` arguments; `auth` (`user:password`) is what the
+    /// harness's own connections (`hset`, `cmd`, ...) log in with.
+    pub async fn start_with(extra: &[String], auth: Option<&str>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = RedisServer {
             port: free_port(),
             child: None,
             dir,
+            extra: extra.to_vec(),
+            auth: auth.map(|a| format!("{a}@")).unwrap_or_default(),
         };
         server.spawn().await;
         server
@@ -38,6 +50,7 @@ impl RedisServer {
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--enable-debug-command", "local"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -74,12 +87,36 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// The plain-TCP URL with the harness's credentials (`start_with`'s `auth`).
+    fn harness_url(&self) -> String {
+        format!("redis://{}127.0.0.1:{}/0", self.auth, self.port)
+    }
+
     /// Kill the server (SIGKILL) and wait for it to exit: an outage, not a clean shutdown.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freeze the server (SIGSTOP): connections stay open and the kernel still accepts new
+    /// ones, but nothing answers — a hung Redis, not a dead one. `thaw` resumes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} redis-server");
     }
 
     /// Start again on the same port (empty: nothing is persisted).
@@ -89,7 +126,7 @@ impl RedisServer {
     }
 
     async fn try_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let client = redis::Client::open(self.url())?;
+        let client = redis::Client::open(self.harness_url())?;
         client.get_multiplexed_async_connection().await
     }
 
@@ -143,7 +180,7 @@ impl Drop for RedisServer {
     }
 }
 
-// === Sentinel: a master, a replica and three sentinels (tests/e2e_redis_sentinel.rs) ===
+// === Sentinel: a master, a replica and three sentinels (tests/e2e/e2e_redis_sentinel.rs) ===
 
 /// One `redis-server` process (data node or sentinel) on a loopback port; SIGKILLed on drop.
 pub struct Node {
