@@ -5,7 +5,7 @@
 //!
 //! Starts its own `redis-server` on a free port (never the shared 6379).
 //! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench grants`.
-//! That warm hits make zero Redis calls is asserted by `tests/e2e_grants_redis.rs`.
+//! That warm hits make zero Redis calls is asserted by `tests/e2e/e2e_grants_redis.rs`.
 
 use std::hint::black_box;
 use std::net::TcpListener;
