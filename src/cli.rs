@@ -469,6 +469,7 @@ pub async fn serve_until_signal(
 ) -> anyhow::Result<()> {
     let listen = snapshot.server.listen;
     let admin_listen = snapshot.server.admin_listen;
+    let shutdown_timeout = snapshot.limits.shutdown_timeout;
     let gateway = Arc::new(Gateway::build(snapshot)?);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -504,10 +505,13 @@ pub async fn serve_until_signal(
         )));
     }
     tracing::info!(address = %listen, scheme, "Gateway listening.");
-    server::serve_runtime(listener, runtime, shutdown_signal()).await;
+    server::serve_runtime(listener, runtime.clone(), shutdown_signal()).await;
     for task in tasks {
         task.abort();
     }
+    // The audit sinks deliver what is in the spool before the process exits (bounded).
+    let audit = runtime.current().audit.clone();
+    let _ = tokio::task::spawn_blocking(move || audit.shutdown(shutdown_timeout)).await;
     Ok(())
 }
 

@@ -10,6 +10,11 @@
 //! Sinks run on their own thread and runtime, so a slow SIEM cannot take worker time from
 //! requests either.
 //!
+//! Shutdown (`AuditLog::shutdown`, also run on drop): the writer puts what is queued into the
+//! spool and stops, then the sinks deliver up to the spool head within a deadline, without
+//! waiting out `batch_wait`. What a sink could not deliver in time is logged; with a disk spool
+//! it stays there for the next start, with an in-memory one it is lost.
+//!
 //! Events answered before they are written (`buffered`, sink failures) hold a crash-loss
 //! ticket (`loss.rs`): after a crash that lost the queue, the restart writes an `audit.loss`
 //! record with `cause = "crash"` and an upper bound of the lost events, which `audit verify`
@@ -25,10 +30,10 @@ mod writer;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::TrySendError;
+use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
@@ -49,6 +54,13 @@ const QUEUE_CAPACITY: usize = 65_536;
 const MEMORY_SPOOL: u64 = 64 << 20;
 /// The spool counts as full when less than this is free (about ten events).
 const FULL_MARGIN: u64 = 8 * 1024;
+/// How long dropping an `AuditLog` lets the sinks deliver what is in the spool (`shutdown`
+/// with this bound). The gateway's shutdown calls `shutdown` itself with `[limits]
+/// shutdown_timeout`.
+pub const DROP_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the drain deadline, how long the sink thread gets to notice the stop (a file sink's
+/// write cannot be interrupted) before it is left behind.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// The audit pipeline cannot take an event: the spool is full or failing (`on_full =
 /// "block"`), or the writer has stopped. The request must not be served unaudited.
@@ -107,6 +119,28 @@ pub struct AuditStats {
     pub sinks: Vec<sink::SinkSnapshot>,
 }
 
+/// A sink that had not delivered everything in the spool when `AuditLog::shutdown` returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undelivered {
+    pub sink: String,
+    /// Events between its cursor and the spool head.
+    pub events: u64,
+}
+
+/// What `AuditLog::shutdown` left behind; empty when every sink delivered everything (or the
+/// pipeline was already shut down).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    pub undelivered: Vec<Undelivered>,
+}
+
+/// The pipeline's threads, taken by the first `shutdown`.
+struct Threads {
+    writer: Option<JoinHandle<()>>,
+    /// The sink thread and a channel that disconnects when it ends (a join with a deadline).
+    sinks: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
+}
+
 /// Handle used by the request path.
 pub struct AuditLog {
     queue: Arc<Queue>,
@@ -118,8 +152,10 @@ pub struct AuditLog {
     counters: Arc<Counters>,
     spool: Arc<Spool>,
     sinks: Vec<Arc<SinkStats>>,
-    stop: watch::Sender<bool>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Segments on disk: what the sinks leave at shutdown is delivered by the next start.
+    durable: bool,
+    phase: watch::Sender<sink::Phase>,
+    threads: Mutex<Threads>,
 }
 
 /// Read a credential; its value is never logged or put in an error.
@@ -199,7 +235,7 @@ impl AuditLog {
         refresh_full(&spool, &counters);
         let (queue, rx) = Queue::new(QUEUE_CAPACITY);
         let (head_tx, head_rx) = watch::channel(next_seq - 1);
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (phase_tx, phase_rx) = watch::channel(sink::Phase::Run);
 
         let mut workers = Vec::new();
         let mut stats = Vec::new();
@@ -212,7 +248,7 @@ impl AuditLog {
                 settings: s.clone(),
                 spool: spool.clone(),
                 head: head_rx.clone(),
-                stop: stop_rx.clone(),
+                phase: phase_rx.clone(),
                 stats: st,
                 emitter: sink::Emitter {
                     queue: queue.clone(),
@@ -248,18 +284,24 @@ impl AuditLog {
                 source,
             })?;
         queue.set_writer(writer.thread().clone());
-        let mut threads = vec![writer];
-        if !workers.is_empty() {
-            threads.push(
-                std::thread::Builder::new()
-                    .name("portcullis-audit-sinks".into())
-                    .spawn(move || sink::run_workers(workers))
-                    .map_err(|source| AuditSetupError::Thread {
-                        what: "sink",
-                        source,
-                    })?,
-            );
-        }
+        let sinks = if workers.is_empty() {
+            None
+        } else {
+            let (ended, ended_rx) = mpsc::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name("portcullis-audit-sinks".into())
+                .spawn(move || {
+                    // Dropped when the workers are done (or on a panic): `shutdown` sees the
+                    // channel disconnect.
+                    let _ended = ended;
+                    sink::run_workers(workers);
+                })
+                .map_err(|source| AuditSetupError::Thread {
+                    what: "sink",
+                    source,
+                })?;
+            Some((thread, ended_rx))
+        };
         Ok(AuditLog {
             queue,
             durability: settings.durability,
@@ -270,8 +312,12 @@ impl AuditLog {
             counters,
             spool,
             sinks: stats,
-            stop: stop_tx,
-            threads: Mutex::new(threads),
+            durable: options.dir.is_some(),
+            phase: phase_tx,
+            threads: Mutex::new(Threads {
+                writer: Some(writer),
+                sinks,
+            }),
         })
     }
 
@@ -420,9 +466,23 @@ impl AuditLog {
     }
 }
 
-impl Drop for AuditLog {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
+impl AuditLog {
+    /// Stop the pipeline without losing what it accepted: the writer appends everything
+    /// queued to the spool and stops; then every sink delivers up to the spool head (a
+    /// `batch_wait` in progress ends at once) for at most `within`, after which the sinks are
+    /// stopped. Blocks the calling thread (from async code, call it on a blocking thread).
+    ///
+    /// What a sink could not deliver in time (its SIEM is down) is logged and reported; with a
+    /// disk spool it stays there and is delivered after the next start. Events recorded after
+    /// this are refused (`AuditUnavailable`). Later calls, and the drop, do nothing more.
+    pub fn shutdown(&self, within: Duration) -> ShutdownReport {
+        let (writer, sinks) = {
+            let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+            (threads.writer.take(), threads.sinks.take())
+        };
+        let Some(writer) = writer else {
+            return ShutdownReport::default();
+        };
         // A full queue is being drained by the writer: retry for a while rather than leave it
         // running (the join below would wait for it).
         let mut job = Job::Shutdown;
@@ -435,12 +495,56 @@ impl Drop for AuditLog {
                 Ok(()) | Err(TrySendError::Disconnected(_)) => break,
             }
         }
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        // Join the writer only (it stops within one poll and fsyncs what it holds); the sink
-        // thread may be mid-request and is left to finish on its own.
-        if let Some(writer) = threads.into_iter().next() {
-            let _ = writer.join();
+        // The writer stops within one poll, after appending (and fsyncing) what was queued
+        // before the shutdown job: from here on the spool head is final.
+        let _ = writer.join();
+        let Some((thread, ended)) = sinks else {
+            return ShutdownReport::default();
+        };
+        let deadline = Instant::now() + within;
+        let _ = self.phase.send(sink::Phase::Drain);
+        let done = |wait: Duration| {
+            matches!(
+                ended.recv_timeout(wait),
+                Ok(()) | Err(RecvTimeoutError::Disconnected)
+            )
+        };
+        let mut ended_in_time = done(deadline.saturating_duration_since(Instant::now()));
+        if !ended_in_time {
+            let _ = self.phase.send(sink::Phase::Stop);
+            ended_in_time = done(STOP_GRACE);
         }
+        if ended_in_time {
+            let _ = thread.join();
+        } else {
+            tracing::warn!("The audit sink thread did not stop in time; leaving it behind.");
+        }
+        let head = self.spool.head();
+        let undelivered: Vec<Undelivered> = self
+            .sinks
+            .iter()
+            .map(|s| Undelivered {
+                sink: s.name.clone(),
+                events: head.saturating_sub(self.spool.cursor(&s.name)),
+            })
+            .filter(|u| u.events > 0)
+            .collect();
+        for u in &undelivered {
+            if self.durable {
+                tracing::error!(sink = %u.sink, undelivered = u.events, timeout = ?within, "Audit events not delivered before shutdown; they stay in the spool and are delivered after the next start.");
+            } else {
+                tracing::error!(sink = %u.sink, undelivered = u.events, timeout = ?within, "Audit events not delivered before shutdown; the spool is in memory, so they are lost.");
+            }
+        }
+        ShutdownReport { undelivered }
+    }
+}
+
+impl Drop for AuditLog {
+    /// `shutdown(DROP_DRAIN_TIMEOUT)` unless it already ran: blocks for up to that long (plus
+    /// `STOP_GRACE`) while a sink cannot deliver.
+    fn drop(&mut self) {
+        self.shutdown(DROP_DRAIN_TIMEOUT);
     }
 }
 

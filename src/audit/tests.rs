@@ -80,15 +80,15 @@ async fn role_change_and_reload_are_spooled_before_they_resolve_and_seq_survives
     assert_eq!(events[0]["after"]["roles"], serde_json::json!(["editor"]));
     assert_eq!(events[1]["type"], "config.reload");
     assert_eq!(events[1]["prev"], events[0]["hash"]);
-    // Let the file sink persist its cursor first: `drop` joins only the writer, and a sink
-    // caught between its write and its cursor update would (rightly, at-least-once) send
-    // the line again after the restart, or race the new run's cursor file.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while log.stats().sinks[0].cursor < 2 {
-        assert!(Instant::now() < deadline, "cursor never reached the head");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // The drop lets the file sink deliver and persist its cursor before it returns, so the
+    // restart neither sends a line again nor races this run's cursor file.
     drop(log);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("spool/cursors/file"))
+            .unwrap()
+            .trim(),
+        "2"
+    );
 
     let log = AuditLog::start(&settings(dir.path(), Duration::from_secs(300))).unwrap();
     log.record(EventBody::Loss(Loss {
@@ -196,4 +196,114 @@ async fn buffered_events_are_written_promptly_whether_the_writer_is_busy_or_idle
     reload().await.unwrap();
     written_within(2012);
     assert_eq!(log.stats().dropped, 0);
+}
+
+fn file_sink(dir: &std::path::Path, batch_wait: Duration) -> SinkSettings {
+    let mut sink = SinkSettings::new(
+        "file",
+        AuditFormat::Json,
+        SinkKind::File {
+            path: dir.join("audit.jsonl"),
+            max_size: None,
+            max_files: 1,
+        },
+    );
+    sink.batch_wait = batch_wait;
+    sink
+}
+
+/// An HTTP sink whose receiver is down: nothing listens on its port.
+fn down_sink() -> SinkSettings {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sink = SinkSettings::new(
+        "down",
+        AuditFormat::Json,
+        SinkKind::Http {
+            url: format!("http://127.0.0.1:{port}/audit"),
+            headers: Vec::new(),
+            headers_env: Vec::new(),
+            tls: Default::default(),
+        },
+    );
+    sink.retry_initial = Duration::from_millis(10);
+    sink.retry_max = Duration::from_millis(50);
+    sink
+}
+
+fn decision() -> EventBody {
+    EventBody::Decision(Decision {
+        decision: "deny",
+        ..Decision::default()
+    })
+}
+
+/// In-memory spool: `shutdown` returns only once the sink has every recorded event, and a
+/// sink waiting out a long `batch_wait` stops waiting.
+#[tokio::test]
+async fn shutdown_delivers_an_in_memory_spool_without_waiting_out_batch_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), Duration::from_secs(300));
+    s.spool = None;
+    s.sinks = vec![file_sink(dir.path(), Duration::from_secs(10))];
+    let log = AuditLog::start(&s).unwrap();
+    let n = 7;
+    for _ in 0..n {
+        log.record(decision()).await.unwrap();
+    }
+    let started = Instant::now();
+    let report = log.shutdown(Duration::from_secs(8));
+    let took = started.elapsed();
+    assert_eq!(report, ShutdownReport::default(), "nothing left behind");
+    let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), n, "{text}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the 10 s batch_wait was cut short: {took:?}"
+    );
+    // Shut down: nothing more is accepted, and a second shutdown (or the drop) has no work.
+    assert_eq!(log.record(decision()).await, Err(AuditUnavailable));
+    assert_eq!(
+        log.shutdown(Duration::from_secs(8)),
+        ShutdownReport::default()
+    );
+}
+
+/// A sink whose receiver is down: `shutdown` gives up after its bound, reports what is left,
+/// and with a disk spool the events stay there (the cursor did not move) for the next start.
+#[tokio::test]
+async fn shutdown_with_a_sink_down_returns_within_the_bound_and_keeps_the_events_spooled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), Duration::from_secs(300));
+    s.sinks = vec![down_sink()];
+    let log = AuditLog::start(&s).unwrap();
+    let n = 4;
+    for _ in 0..n {
+        log.record(decision()).await.unwrap();
+    }
+    let started = Instant::now();
+    let report = log.shutdown(Duration::from_millis(300));
+    let took = started.elapsed();
+    // The decisions, and possibly the sink's own failure event.
+    let head = log.stats().head;
+    assert!(head >= n);
+    assert!(
+        took < Duration::from_millis(300) + STOP_GRACE + Duration::from_secs(1),
+        "bounded by the deadline: {took:?}"
+    );
+    assert_eq!(report.undelivered.len(), 1, "{report:?}");
+    assert_eq!(report.undelivered[0].sink, "down");
+    assert_eq!(report.undelivered[0].events, head, "{report:?}");
+    drop(log);
+
+    // The next start finds them still to deliver.
+    let log = AuditLog::start(&s).unwrap();
+    let stats = log.stats();
+    assert_eq!(stats.head, head);
+    assert_eq!(stats.sinks[0].cursor, 0, "nothing was acknowledged");
+    let report = log.shutdown(Duration::ZERO);
+    assert_eq!(report.undelivered[0].events, head);
 }

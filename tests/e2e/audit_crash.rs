@@ -2,10 +2,12 @@
 //! are delivered, `seq` continues and the chain links across the restart (spooled: nothing
 //! lost, no `audit.loss`). With `durability = "buffered"` and events still queued at the kill,
 //! the restart writes an `audit.loss` record counting them (an upper bound) and `audit
-//! verify` reports it.
+//! verify` reports it. A graceful stop (SIGTERM) without a disk spool delivers every accepted
+//! event before the process exits, and a SIEM that is down does not hold the exit beyond
+//! `[limits] shutdown_timeout`.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::support::receivers::{HttpReceiver, Protocol, free_port, wait_for};
@@ -23,6 +25,8 @@ fn try_spawn(
 ) -> Result<Child, String> {
     let log_path = config.with_extension("log");
     let log = std::fs::File::create(&log_path).unwrap();
+    // Stdout (a `stdout` sink's output) goes to a file next to the log.
+    let out = std::fs::File::create(config.with_extension("out")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["run", "--config"])
         .arg(config)
@@ -32,7 +36,7 @@ fn try_spawn(
         )
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
+        .stdout(out)
         .stderr(log)
         .spawn()
         .unwrap();
@@ -335,4 +339,150 @@ async fn access_lines_reach_stderr_from_the_buffered_log_writer() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(access_lines().len(), 21, "{:?}", access_lines());
+}
+
+/// Send SIGTERM and wait (polling, with a deadline) for the process to exit; the exit status
+/// and how long the stop took.
+fn terminate(child: &mut Child, within: Duration) -> (std::process::ExitStatus, Duration) {
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let sent = Instant::now();
+    let deadline = sent + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, sent.elapsed());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gateway did not stop within {within:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Decisions requested with `request_ids` that are missing from `events`.
+fn missing<'a>(request_ids: &'a [String], events: &[serde_json::Value]) -> Vec<&'a String> {
+    request_ids
+        .iter()
+        .filter(|rid| {
+            !events
+                .iter()
+                .any(|e| e["type"] == "authz.decision" && e["request_id"] == rid.as_str())
+        })
+        .collect()
+}
+
+/// `n` requests alternating allow and deny; the request ids the gateway answered with.
+async fn decisions(listen: SocketAddr, n: usize) -> Vec<String> {
+    let t = token("vic", "acme");
+    let mut request_ids = Vec::new();
+    for i in 0..n {
+        let method = if i % 2 == 0 { "GET" } else { "DELETE" };
+        let r = request(
+            listen,
+            method,
+            &format!("/api/campaigns/{i}"),
+            Some(&t),
+            &[],
+        )
+        .await;
+        assert!(r.status == 200 || r.status == 403, "{}", r.raw);
+        request_ids.push(r.header("x-request-id").unwrap().to_owned());
+    }
+    request_ids
+}
+
+/// The reviewer's case: no `[audit.spool] dir` (an in-memory spool), SIGTERM right after the
+/// last request. Every event was accepted (spooled durability: each response left after its
+/// event was in the spool), so every one reaches the file and stdout sinks before the process
+/// exits, and the sinks' 10 s `batch_wait` is cut short rather than slept out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_without_a_disk_spool_delivers_every_event_before_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    let file = dir.path().join("audit.jsonl");
+    let mut listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let config = CONFIG
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"{LISTEN}\"")
+        .replace("{UPSTREAM}", &up.addr.to_string())
+        + &format!(
+            "\n[audit]\ngateway = \"gw-term\"\n[[audit.sinks]]\ntype = \"file\"\nname = \"file\"\npath = \"{}\"\nbatch_wait = \"10s\"\n[[audit.sinks]]\ntype = \"stdout\"\nname = \"stdout\"\nbatch_wait = \"10s\"\n",
+            file.display()
+        );
+    let mut child = spawn(dir.path(), &config, &mut listen);
+    let n = 9;
+    let request_ids = decisions(listen, n).await;
+    let (status, took) = terminate(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "graceful stop: {status}");
+    let stdout_events: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("gateway.out"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let file_events = file_events(&file);
+    assert_eq!(
+        missing(&request_ids, &file_events),
+        Vec::<&String>::new(),
+        "every decision in the file sink: {file_events:?}"
+    );
+    assert_eq!(
+        missing(&request_ids, &stdout_events),
+        Vec::<&String>::new(),
+        "every decision on stdout: {stdout_events:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the sinks' 10 s batch_wait was cut short at shutdown: the stop took {took:?}"
+    );
+}
+
+/// A SIEM that is down at shutdown: the sink keeps retrying for at most `[limits]
+/// shutdown_timeout` (1 s here), then the process exits anyway and logs what it could not
+/// deliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_siem_down_exits_within_the_shutdown_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hec.token"), HEC_TOKEN).unwrap();
+    let up = Upstream::start().await;
+    // Nothing listens on the HEC port.
+    let hec = HttpReceiver::stopped(Protocol::Hec(HEC_TOKEN.into()), free_port());
+    let mut listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let config = CONFIG
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"{LISTEN}\"")
+        .replace("{UPSTREAM}", &up.addr.to_string())
+        + &format!(
+            "\n[limits]\nshutdown_timeout = \"1s\"\n[audit]\ngateway = \"gw-down\"\n[[audit.sinks]]\ntype = \"splunk_hec\"\nname = \"hec\"\nurl = \"{}\"\ntoken_file = \"hec.token\"\nbatch_wait = \"10s\"\nretry_initial = \"10ms\"\nretry_max = \"100ms\"\n",
+            hec.url()
+        );
+    let mut child = spawn(dir.path(), &config, &mut listen);
+    let n = 5;
+    decisions(listen, n).await;
+    let (status, took) = terminate(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "graceful stop: {status}");
+    assert!(
+        took < Duration::from_secs(4),
+        "a SIEM that is down holds the stop for shutdown_timeout (1 s) at most: it took {took:?}"
+    );
+    assert_eq!(hec.docs().len(), 0);
+    let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("not delivered before shutdown"))
+        .unwrap_or_else(|| panic!("the undelivered events are logged:\n{log}"));
+    assert!(line.contains("hec"), "{line}");
+    let undelivered: u64 = line
+        .split("undelivered=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("a count of undelivered events: {line}"));
+    assert!(
+        undelivered >= n as u64,
+        "at least the {n} decisions are counted: {line}"
+    );
 }

@@ -1,9 +1,11 @@
 //! Audit delivery to HTTP SIEM receivers (HEC, NDJSON, `_bulk`): batching, retries through
-//! injected faults, outages, and the two `on_full` policies.
+//! injected faults, outages, the two `on_full` policies, and delivery at graceful shutdown.
 
 use crate::support;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::support::edge::EdgeGateway;
 use crate::support::receivers::{
     Fault, HttpReceiver, Protocol, assert_complete, assert_complete_in_order, id_and_seq, wait_for,
 };
@@ -312,6 +314,11 @@ async fn spool_full_with_block_answers_503_and_never_forwards() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(ok, "requests are served once the spool has room");
+    // A graceful stop with a disk spool: the sink delivers the rest of its backlog first.
+    let report = support::shut_down_audit(&gw, Duration::from_secs(20)).await;
+    assert_eq!(report.undelivered, Vec::new(), "the backlog was delivered");
+    let stats = gw.gateway.audit.stats();
+    assert_eq!(stats.sinks[0].cursor, stats.head);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,4 +355,50 @@ async fn spool_full_with_drop_serves_counts_and_records_the_loss() {
         counted == gw.gateway.audit.dropped()
     })
     .await;
+}
+
+/// Graceful shutdown through the library (the future passed to `server::serve`) with an
+/// in-memory spool: once the last handle on the gateway is dropped, every decision is in the
+/// file sink, although its 10 s `batch_wait` had not elapsed (the drain cuts it short).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_delivers_an_in_memory_spool_before_the_gateway_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let up = Upstream::start().await;
+    let config = format!(
+        "{CONFIG}\n[audit]\n[[audit.sinks]]\ntype = \"file\"\nname = \"file\"\npath = \"{}\"\nbatch_wait = \"10s\"\n",
+        file.display()
+    )
+    .replace("{UPSTREAM}", &up.addr.to_string());
+    let mut gw = EdgeGateway::start(&config, dir.path()).await;
+    let n = 12;
+    let statuses = traffic(gw.addr, n).await;
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 403),
+        "{statuses:?}"
+    );
+    let started = Instant::now();
+    gw.shutdown();
+    (&mut gw.served).await.unwrap();
+    let EdgeGateway { gateway, .. } = gw;
+    wait_for("the drained server lets go of the gateway", 5, || {
+        Arc::strong_count(&gateway) == 1
+    })
+    .await;
+    // The last handle: dropping it stops the audit pipeline (writer, then sinks).
+    tokio::task::spawn_blocking(move || drop(gateway))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let decisions = std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|d| d["type"] == "authz.decision")
+        .count();
+    assert_eq!(decisions, n, "every decision reached the file sink");
+    assert!(
+        took < Duration::from_secs(5),
+        "the 10 s batch_wait was cut short: shutdown took {took:?}"
+    );
 }

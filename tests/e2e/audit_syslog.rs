@@ -3,9 +3,10 @@
 //! one), and UDP; every received message is matched to the event the file sink wrote.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::support::receivers::{Rsyslog, TestPki, wait_for};
-use crate::support::{Upstream, request, start_gateway, token};
+use crate::support::{Upstream, request, shut_down_audit, start_gateway, token};
 use serde_json::Value;
 
 const CONFIG: &str = include_str!("../fixtures/e2e.toml");
@@ -216,4 +217,8 @@ async fn rsyslog_receives_every_event_over_tcp_tls_and_udp() {
         sorted.sort_unstable();
         assert_eq!(seqs, sorted, "{input}: out of order");
     }
+    // A graceful stop while the receiver is up: what is still spooled (e.g. the outage's
+    // `audit.sink_failure` events) is delivered to every sink first.
+    let report = shut_down_audit(&gw, Duration::from_secs(20)).await;
+    assert_eq!(report.undelivered, Vec::new());
 }

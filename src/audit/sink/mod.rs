@@ -2,6 +2,12 @@
 //! exponential backoff and full jitter, and advances the cursor only after the receiver
 //! acknowledged (what "acknowledged" means is per protocol; see each sink).
 //!
+//! Shutdown (`Phase`): once the writer has put its last events into the spool, the workers
+//! are told to drain: no more waiting for a batch to fill, deliver up to the (now final) spool
+//! head, then end. `AuditLog::shutdown` bounds the drain and then tells them to stop, which
+//! abandons a send in flight; with a disk spool what was not acknowledged stays for the next
+//! start.
+//!
 //! The set of sinks is closed (`Sink` enum, like `Authenticator`): a match is clearer than
 //! `dyn` and maps one-to-one onto `[[audit.sinks]] type`.
 
@@ -31,6 +37,19 @@ const BATCH_BYTES: usize = 4 << 20;
 const FILE_GROUP: usize = 16;
 /// While a batch fills (up to `batch_wait`), how often the worker looks for new events.
 const FILL_POLL: Duration = Duration::from_millis(10);
+
+/// What the workers are to do; sent by `AuditLog::shutdown` (a `watch`, so a worker sees the
+/// latest phase whatever it was doing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Serving: a partial batch waits up to `batch_wait` for more events.
+    Run,
+    /// The writer has stopped and the spool head is final: deliver everything up to it
+    /// without waiting for batches to fill (a wait in progress ends now), then end.
+    Drain,
+    /// The drain deadline passed: end now, abandoning a send in flight.
+    Stop,
+}
 
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
@@ -236,14 +255,15 @@ pub(crate) struct Worker {
     pub settings: SinkSettings,
     pub spool: Arc<Spool>,
     pub head: watch::Receiver<u64>,
-    pub stop: watch::Receiver<bool>,
+    pub phase: watch::Receiver<Phase>,
     pub stats: Arc<SinkStats>,
     pub emitter: Emitter,
     pub counters: Arc<Counters>,
     pub dead_letter: Option<PathBuf>,
 }
 
-/// Run every worker on one current-thread runtime until the log is dropped.
+/// Run every worker on one current-thread runtime until each has drained or been stopped
+/// (`Phase`).
 pub(crate) fn run_workers(workers: Vec<Worker>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -278,7 +298,8 @@ impl Worker {
         let name = self.settings.name.clone();
         let mut reader = self.spool.reader(&name);
         loop {
-            if *self.stop.borrow() {
+            let phase = *self.phase.borrow_and_update();
+            if phase == Phase::Stop {
                 return;
             }
             let want = self.sink.read_size(self.settings.batch_size);
@@ -294,13 +315,22 @@ impl Worker {
                     }
                 };
             if batch.is_empty() {
+                if phase == Phase::Drain {
+                    // Caught up with the final head: everything is delivered.
+                    return;
+                }
                 tokio::select! {
-                    changed = self.head.changed() => if changed.is_err() { return },
-                    _ = self.stop.changed() => return,
+                    changed = self.head.changed() => if changed.is_err() {
+                        // The writer has stopped: the drain (or the stop) comes next.
+                        if self.phase.changed().await.is_err() {
+                            return;
+                        }
+                    },
+                    changed = self.phase.changed() => if changed.is_err() { return },
                 }
                 continue;
             }
-            if batch.len() < self.settings.batch_size {
+            if batch.len() < self.settings.batch_size && phase == Phase::Run {
                 let deadline = tokio::time::Instant::now() + self.settings.batch_wait;
                 let mut read_up_to = batch.last().map_or(0, |r| r.seq);
                 while batch.len() < self.settings.batch_size {
@@ -313,7 +343,14 @@ impl Worker {
                     // cost more CPU than the event itself.
                     tokio::select! {
                         () = tokio::time::sleep_until((now + FILL_POLL).min(deadline)) => {}
-                        _ = self.stop.changed() => return,
+                        changed = self.phase.changed() => {
+                            if changed.is_err() || *self.phase.borrow() == Phase::Stop {
+                                return;
+                            }
+                            // Draining: send what there is now; the loop reads the rest
+                            // without waiting.
+                            break;
+                        }
                     }
                     if *self.head.borrow() <= read_up_to {
                         continue;
@@ -337,11 +374,14 @@ impl Worker {
         }
     }
 
-    /// Sleep unless stopped; returns true when stopped.
+    /// Sleep unless stopped; returns true when stopped. The start of the drain ends the
+    /// sleep early (a retry is due at once, with the shutdown deadline running).
     async fn pause(&mut self, d: Duration) -> bool {
         tokio::select! {
             () = tokio::time::sleep(d) => false,
-            _ = self.stop.changed() => true,
+            changed = self.phase.changed() => {
+                changed.is_err() || *self.phase.borrow() == Phase::Stop
+            }
         }
     }
 
@@ -352,9 +392,20 @@ impl Worker {
         let mut reported = false;
         while let Some(part) = pending.pop() {
             loop {
-                let sent = tokio::select! {
-                    sent = self.sink.send(part) => sent,
-                    _ = self.stop.changed() => return true,
+                // The drain lets a send in flight finish; only the stop abandons it.
+                let sent = {
+                    let send = self.sink.send(part);
+                    tokio::pin!(send);
+                    loop {
+                        tokio::select! {
+                            sent = &mut send => break sent,
+                            changed = self.phase.changed() => {
+                                if changed.is_err() || *self.phase.borrow() == Phase::Stop {
+                                    return true;
+                                }
+                            }
+                        }
+                    }
                 };
                 match sent {
                     Ok(rejected) => {
@@ -386,7 +437,7 @@ impl Worker {
                             reported = true;
                             self.stats.failures.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(sink = %self.settings.name, error = %err, "Audit sink failing; retrying with backoff.");
-                            self.emitter.emit(EventBody::SinkFailure(SinkFailure {
+                            self.report(EventBody::SinkFailure(SinkFailure {
                                 sink: self.settings.name.clone(),
                                 error: err.to_string(),
                                 retriable: true,
@@ -411,7 +462,7 @@ impl Worker {
                     Err(err) => {
                         self.stats.failures.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(sink = %self.settings.name, error = %err, "Audit sink rejected a batch; dead-lettered.");
-                        self.emitter.emit(EventBody::SinkFailure(SinkFailure {
+                        self.report(EventBody::SinkFailure(SinkFailure {
                             sink: self.settings.name.clone(),
                             error: err.to_string(),
                             retriable: false,
@@ -425,6 +476,14 @@ impl Worker {
             }
         }
         false
+    }
+
+    /// Audit a sink failure, unless shutting down: the writer has stopped then, and the
+    /// failure is logged (and, with a disk spool, reported again by the next run).
+    fn report(&self, body: EventBody) {
+        if *self.phase.borrow() == Phase::Run {
+            self.emitter.emit(body);
+        }
     }
 
     /// Keep refused events next to the spool (`dead-letter/<sink>.jsonl`) and count them.

@@ -141,6 +141,19 @@ pub async fn start_gateway(config: &str, upstream: &Upstream) -> TestGateway {
     TestGateway { addr, gateway }
 }
 
+/// Shut the gateway's audit pipeline down as a graceful stop does (writer, then the sinks
+/// deliver up to the spool head for at most `within`), on a blocking thread, while the test's
+/// receivers are still up; what the sinks could not deliver.
+pub async fn shut_down_audit(
+    gw: &TestGateway,
+    within: Duration,
+) -> portcullis::audit::ShutdownReport {
+    let audit = gw.gateway.audit.clone();
+    tokio::task::spawn_blocking(move || audit.shutdown(within))
+        .await
+        .unwrap()
+}
+
 /// A response read off the wire.
 #[derive(Debug, Clone)]
 pub struct RawResponse {
