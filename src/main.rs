@@ -15,7 +15,7 @@ fn main() -> std::process::ExitCode {
     // `PORTCULLIS_WORKER_THREADS`: size of the request runtime (default: one per CPU the
     // process may run on). Benchmarks set it to match the peer's worker count. One thread is a
     // current-thread runtime: the same single thread of request work, without the
-    // work-stealing scheduler's cross-thread wake-ups (+9-14 % req/s, benches/README.md).
+    // work-stealing scheduler's cross-thread wake-ups (benches/README.md, 2026-12-06).
     let workers = std::env::var("PORTCULLIS_WORKER_THREADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
