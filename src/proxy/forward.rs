@@ -243,26 +243,15 @@ impl Upstreams {
         }
         // An h2 downstream request must not reach an HTTP/1 upstream as HTTP/2 (and back).
         parts.version = pool.version;
-        let retry = (pool.targets.len() > 1
-            && body.is_end_stream()
-            && matches!(
-                parts.method,
-                Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-            ))
-        .then(|| (parts.method.clone(), parts.headers.clone()));
+        let retry = (pool.targets.len() > 1 && body.is_end_stream() && retry_safe(&parts.method))
+            .then(|| (parts.method.clone(), parts.headers.clone()));
         let mut next = Some(Request::from_parts(
             parts,
             LimitedBody::new(body, self.max_body),
         ));
         let mut tried: Vec<usize> = Vec::new();
         loop {
-            let Some(idx) = pool.pick(self.now_ms(), &tried) else {
-                return Err(ForwardError::InvalidTarget(pool.name.clone()));
-            };
-            tried.push(idx);
-            let Some(target) = pool.targets.get(idx) else {
-                return Err(ForwardError::InvalidTarget(pool.name.clone()));
-            };
+            let target = self.next_target(pool, &mut tried)?;
             let mut request = match next.take() {
                 Some(r) => r,
                 None => rebuild(retry.as_ref(), pool.version)
@@ -316,6 +305,21 @@ impl Upstreams {
 }
 
 impl Upstreams {
+    /// The next target to try for a request that has tried `tried` (noted there).
+    fn next_target<'p>(
+        &self,
+        pool: &'p Pool,
+        tried: &mut Vec<usize>,
+    ) -> Result<&'p Target, ForwardError> {
+        let idx = pool
+            .pick(self.now_ms(), tried)
+            .ok_or_else(|| ForwardError::InvalidTarget(pool.name.clone()))?;
+        tried.push(idx);
+        pool.targets
+            .get(idx)
+            .ok_or_else(|| ForwardError::InvalidTarget(pool.name.clone()))
+    }
+
     /// A request without a body to a plain HTTP/1.1 upstream, through the lean client. Same
     /// target choice, passive health, retry rule and deadline as the hyper path.
     async fn forward_lean(
@@ -326,21 +330,11 @@ impl Upstreams {
         path_and_query: &PathAndQuery,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
-        let retry = pool.targets.len() > 1
-            && matches!(
-                parts.method,
-                Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-            );
+        let retry = pool.targets.len() > 1 && retry_safe(&parts.method);
         let host_given = parts.headers.contains_key(http::header::HOST);
         let mut tried: Vec<usize> = Vec::new();
         loop {
-            let Some(idx) = pool.pick(self.now_ms(), &tried) else {
-                return Err(ForwardError::InvalidTarget(pool.name.clone()));
-            };
-            tried.push(idx);
-            let Some(target) = pool.targets.get(idx) else {
-                return Err(ForwardError::InvalidTarget(pool.name.clone()));
-            };
+            let target = self.next_target(pool, &mut tried)?;
             // HTTP/1.1 needs a Host; an HTTP/1.0 client may have sent none (hyper adds the
             // target's, as here).
             if !host_given && let Ok(host) = http::HeaderValue::from_str(target.authority.as_str())
@@ -389,6 +383,14 @@ impl Upstreams {
             }
         }
     }
+}
+
+/// Methods a connect failure may be retried for on another target (without a body).
+fn retry_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
 }
 
 /// A bodyless idempotent request again, for the next target.

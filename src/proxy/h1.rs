@@ -469,11 +469,7 @@ impl H1Body {
                     if self.buf.is_empty() {
                         return None;
                     }
-                    let take = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(self.buf.len());
-                    let data = self.buf.split_to(take).freeze();
-                    let left = left - take as u64;
+                    let (data, left) = take_at_most(&mut self.buf, left);
                     self.decoder = Decoder::Length(left);
                     if left == 0 {
                         self.finish();
@@ -490,11 +486,7 @@ impl H1Body {
                     if self.buf.is_empty() {
                         return None;
                     }
-                    let take = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(self.buf.len());
-                    let data = self.buf.split_to(take).freeze();
-                    let left = left - take as u64;
+                    let (data, left) = take_at_most(&mut self.buf, left);
                     self.decoder = Decoder::Chunked(if left == 0 {
                         Chunk::DataEnd
                     } else {
@@ -548,6 +540,13 @@ impl H1Body {
             }
         }
     }
+}
+
+/// Up to `left` bytes off the front of `buf`, and how many are still owed after them.
+fn take_at_most(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+    let data = buf.split_to(take).freeze();
+    (data, left - take as u64)
 }
 
 /// One CRLF-terminated line off the front of `buf` (without the CRLF); `Ok(None)` when the
