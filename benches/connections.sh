@@ -8,6 +8,11 @@
 #
 # Needs ~N+100 file descriptors in both the gateway and the client (`ulimit -n`).
 #
+# The RSS with the connections held is printed one second after the last one opened, split
+# into anonymous memory (heap, stacks) and file-backed pages (the binary's code and data);
+# `SETTLE=SECONDS` prints it again after that much more idle time (allocators that return
+# freed memory after a delay, like jemalloc's 10 s decay, only show it then).
+#
 # Issue 7 variant: `PRINCIPALS=100000 benches/connections.sh ...` first fills the grant cache.
 # It starts a throwaway `redis-server` on a free port (never 6379), seeds PRINCIPALS users of
 # tenant `acme` with `redis-cli --pipe` (DESIGN.md §5 keys, prefix `b`; 36-character subjects,
@@ -189,6 +194,9 @@ def rss():
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS"):
             return int(line.split()[1]) // 1024
+def parts():
+    kib = {l.split(":")[0]: int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("Rss")}
+    return f"anon {kib['RssAnon'] // 1024}, file {kib['RssFile'] // 1024} MiB"
 import os
 SILENT = os.environ.get("SILENT") == "1"
 async def one(held):
@@ -206,7 +214,11 @@ async def main():
     for start in range(0, n, 500):
         await asyncio.gather(*(one(held) for _ in range(min(500, n - start))))
     await asyncio.sleep(1)
-    print(f"{len(held)} idle keep-alive connections held; gateway RSS: {rss()} MiB")
+    print(f"{len(held)} idle keep-alive connections held; gateway RSS: {rss()} MiB ({parts()})")
+    settle = float(os.environ.get("SETTLE") or 0)
+    if settle > 0:
+        await asyncio.sleep(settle)
+        print(f"after {settle:g} s more idle; gateway RSS: {rss()} MiB ({parts()})")
     if SILENT:
         return
     # Still alive and serving on a held connection?
