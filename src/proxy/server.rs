@@ -313,11 +313,13 @@ async fn serve_connection<I>(
 
     let mut prefix = first.freeze();
     loop {
-        let builder = shared.http1(deadline, &state);
         let io_for_hyper = TokioIo::new(ConnIo::new(io, prefix, Some(state.clone())));
-        // Boxed: a parked connection's task holds only a pointer-sized hole for it.
+        // Boxed: a parked connection's task holds only a pointer-sized hole for it. The
+        // builder is a temporary: kept in a local it (and its timer) would live through the
+        // parked wait below.
         let mut connection = Box::new(
-            builder
+            shared
+                .http1(deadline, &state)
                 .serve_connection(io_for_hyper, service)
                 .with_upgrades(),
         );
@@ -353,7 +355,9 @@ async fn serve_connection<I>(
         deadline = state
             .head_deadline()
             .unwrap_or_else(|| Instant::now() + header_timeout);
-        let Some(parts) = connection.into_parts() else {
+        // `{ connection }` moves the box into this statement so that its allocation is freed
+        // here, not after the parked wait (the value moved out would leave it allocated).
+        let Some(parts) = { connection }.into_parts() else {
             return;
         };
         let (socket, unread) = parts.io.into_inner().into_inner();
