@@ -342,3 +342,48 @@ pub(super) async fn next_bytes<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<O
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_header_timer_notes_the_grace_then_runs_to_the_real_deadline() {
+        let state = Arc::new(ConnState::default());
+        let start = Instant::now();
+        let timer = ConnTimer::new(state.clone(), start + Duration::from_secs(60));
+        state.grace_passed.store(true, Ordering::SeqCst);
+        let deadline = start + Duration::from_secs(1);
+        let mut sleep = timer.sleep_until(deadline);
+        // Arming the timer starts a head: no grace yet, and the deadline is kept for parking.
+        assert!(state.head_wanted.load(Ordering::SeqCst));
+        assert!(!state.grace_passed.load(Ordering::SeqCst));
+        assert_eq!(
+            state
+                .head_deadline()
+                .map(|d| d.duration_since(start).as_millis()),
+            Some(1000)
+        );
+
+        // At `PARK_AFTER` it notes the grace and wakes the task without completing.
+        std::future::poll_fn(|cx| match sleep.as_mut().poll(cx) {
+            Poll::Pending if state.grace_passed.load(Ordering::SeqCst) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => panic!("the header timer completed at the grace period"),
+        })
+        .await;
+        assert!(start.elapsed() >= PARK_AFTER);
+        assert!(
+            Instant::now() < deadline,
+            "the grace came too late to be the grace"
+        );
+
+        // It completes only at the header deadline (hyper's timeout).
+        sleep.as_mut().await;
+        assert!(Instant::now() >= deadline);
+
+        // The next request head clears the grace again.
+        state.request_started();
+        assert!(!state.grace_passed.load(Ordering::SeqCst));
+    }
+}
