@@ -15,8 +15,8 @@
 //! changes) when a request thread runs out of work (`wake_pending`, the runtime's
 //! `on_thread_park` hook): one wake per burst of requests, so they share one group commit.
 
-use std::sync::atomic::{AtomicBool, Ordering, fence};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::mpsc::{Receiver, SendError, Sender, TryRecvError, TrySendError, channel};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -38,7 +38,12 @@ const TICK: Duration = Duration::from_millis(1);
 /// The writer's queue, shared by the request path, the sinks (their own failure events) and
 /// the `AuditLog`'s shutdown.
 pub(crate) struct Queue {
-    tx: SyncSender<Job>,
+    /// Unbounded underneath, bounded by `len`/`capacity`: a `sync_channel` would allocate and
+    /// touch all `capacity` slots up front (2 MiB of resident memory for an idle gateway).
+    tx: Sender<Job>,
+    /// Jobs pushed and not yet taken by the writer.
+    len: AtomicUsize,
+    capacity: usize,
     /// The writer thread, once started (events pushed before are drained at its start).
     writer: OnceLock<Thread>,
     /// The writer found the queue empty and parks until a push wakes it.
@@ -73,9 +78,11 @@ pub fn wake_pending() {
 
 impl Queue {
     pub fn new(capacity: usize) -> (Arc<Queue>, Receiver<Job>) {
-        let (tx, rx) = sync_channel(capacity);
+        let (tx, rx) = channel();
         let queue = Arc::new(Queue {
             tx,
+            len: AtomicUsize::new(0),
+            capacity,
             writer: OnceLock::new(),
             idle: AtomicBool::new(false),
             pending: AtomicBool::new(false),
@@ -95,7 +102,7 @@ impl Queue {
     /// is busy and drains within `TICK`; `urgent` (somebody waits for this job) also marks the
     /// queue for `wake_pending`, which wakes it as soon as the pushing thread runs dry.
     pub fn push(&self, job: Job, urgent: bool) -> Result<(), TrySendError<Job>> {
-        self.tx.try_send(job)?;
+        self.try_send(job)?;
         // Pairs with the fence in `Writer::wait`: either the writer sees this job when it
         // looks again, or this push sees `idle` and wakes it.
         fence(Ordering::SeqCst);
@@ -110,9 +117,20 @@ impl Queue {
 
     /// Wake the writer now (shutdown).
     pub fn push_now(&self, job: Job) -> Result<(), TrySendError<Job>> {
-        self.tx.try_send(job)?;
+        self.try_send(job)?;
         self.wake();
         Ok(())
+    }
+
+    fn try_send(&self, job: Job) -> Result<(), TrySendError<Job>> {
+        if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return Err(TrySendError::Full(job));
+        }
+        self.tx.send(job).map_err(|SendError(job)| {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            TrySendError::Disconnected(job)
+        })
     }
 
     fn wake(&self) {
@@ -248,7 +266,7 @@ impl Writer {
                 Err(TryRecvError::Empty) => {}
             }
             while jobs.len() < MAX_BATCH && !stop {
-                match self.rx.try_recv() {
+                match self.try_recv() {
                     Ok(job) => match job.pending() {
                         Some(p) => jobs.push(p),
                         None => stop = true,
@@ -325,24 +343,31 @@ impl Writer {
         }
     }
 
+    /// Take a job off the queue, making room for another.
+    fn try_recv(&self) -> Result<Job, TryRecvError> {
+        let job = self.rx.try_recv()?;
+        self.queue.len.fetch_sub(1, Ordering::AcqRel);
+        Ok(job)
+    }
+
     /// The next job, if one comes within `timers` (the next checkpoint, fsync or settle).
     /// Busy: park one `TICK` at most, pushes do not wake. Idle: announce it, look once more,
     /// then park until a push or a timer.
     fn wait(&self, timers: Duration, busy: bool) -> Result<Job, TryRecvError> {
-        match self.rx.try_recv() {
+        match self.try_recv() {
             Err(TryRecvError::Empty) => {}
             other => return other,
         }
         if busy {
             std::thread::park_timeout(timers.min(TICK));
-            return self.rx.try_recv();
+            return self.try_recv();
         }
         self.queue.idle.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let job = match self.rx.try_recv() {
+        let job = match self.try_recv() {
             Err(TryRecvError::Empty) => {
                 std::thread::park_timeout(timers);
-                self.rx.try_recv()
+                self.try_recv()
             }
             other => other,
         };
@@ -482,4 +507,40 @@ fn loss(count: u64, cause: &'static str, bound: Option<&'static str>) -> EventBo
         cause,
         bound,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job::Shutdown
+    }
+
+    /// The queue is unbounded underneath; the bound is ours to keep.
+    #[test]
+    fn the_queue_refuses_beyond_its_capacity_and_makes_room_as_jobs_are_taken() {
+        let (queue, rx) = Queue::new(2);
+        assert!(queue.push(job(), false).is_ok());
+        assert!(queue.push_now(job()).is_ok());
+        assert!(matches!(
+            queue.push(job(), false),
+            Err(TrySendError::Full(_))
+        ));
+        assert_eq!(queue.len.load(Ordering::SeqCst), 2);
+        assert!(rx.try_recv().is_ok());
+        queue.len.fetch_sub(1, Ordering::AcqRel); // what `Writer::try_recv` does
+        assert!(queue.push(job(), false).is_ok());
+        assert!(matches!(
+            queue.push(job(), false),
+            Err(TrySendError::Full(_))
+        ));
+        drop(rx);
+        queue.len.store(0, Ordering::SeqCst);
+        assert!(matches!(
+            queue.push(job(), false),
+            Err(TrySendError::Disconnected(_))
+        ));
+        assert_eq!(queue.len.load(Ordering::SeqCst), 0);
+    }
 }

@@ -328,19 +328,19 @@ impl Future for GraceSleep {
     }
 }
 
-/// Wait for the next bytes from `io` without holding a buffer between polls: `Some(bytes)`,
+/// Poll for the next bytes from `io` without holding a buffer between polls: `Some(bytes)`,
 /// or `None` once the peer closed its side.
-pub(super) async fn next_bytes<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Option<Bytes>> {
-    std::future::poll_fn(|cx| {
-        let mut scratch = [0u8; 2048];
-        let mut buf = ReadBuf::new(&mut scratch);
-        ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
-        let filled = buf.filled();
-        Poll::Ready(Ok(
-            (!filled.is_empty()).then(|| Bytes::copy_from_slice(filled))
-        ))
-    })
-    .await
+pub(super) fn poll_next_bytes<I: AsyncRead + Unpin>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Option<Bytes>>> {
+    let mut scratch = [0u8; 2048];
+    let mut buf = ReadBuf::new(&mut scratch);
+    ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+    let filled = buf.filled();
+    Poll::Ready(Ok(
+        (!filled.is_empty()).then(|| Bytes::copy_from_slice(filled))
+    ))
 }
 
 #[cfg(test)]

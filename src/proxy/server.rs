@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::idle::{self, ConnIo, ConnState, ConnTimer};
 use super::pipeline::{ConnInfo, Gateway, handle};
@@ -55,7 +55,6 @@ pub async fn serve_runtime(
     let shared = Arc::new(Shared::new(runtime.clone(), limits.clone()));
     let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let connections = Arc::new(Semaphore::new(max as usize));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let reload = gateway.tls.as_ref().map(tls::Terminator::spawn_watch);
     tokio::pin!(shutdown);
     loop {
@@ -81,7 +80,6 @@ pub async fn serve_runtime(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        let stop = stop_rx.clone();
         let conn = ConnInfo {
             peer,
             tls: gateway.tls.is_some(),
@@ -90,10 +88,7 @@ pub async fn serve_runtime(
         // Two task types: a plain connection's task is not sized for TLS state.
         match gateway.tls.clone() {
             None => {
-                tokio::spawn(async move {
-                    serve_connection(shared, stream, conn, stop).await;
-                    drop(permit);
-                });
+                tokio::spawn(serve_connection(shared, stream, conn, permit));
             }
             Some(terminator) => {
                 tokio::spawn(async move {
@@ -114,8 +109,7 @@ pub async fn serve_runtime(
                         ..conn
                     };
                     // Boxed: rustls' connection state is large, the parked task stays small.
-                    serve_connection(shared, Box::new(stream), conn, stop).await;
-                    drop(permit);
+                    serve_connection(shared, Box::new(stream), conn, permit).await;
                 });
             }
         }
@@ -124,7 +118,7 @@ pub async fn serve_runtime(
     if let Some(reload) = reload {
         reload.abort();
     }
-    let _ = stop_tx.send(true);
+    shared.stop();
     if tokio::time::timeout(limits.shutdown_timeout, connections.acquire_many(max))
         .await
         .is_err()
@@ -146,7 +140,7 @@ fn service(
     Future: Send + 'static,
 > + Send
 + Unpin
-+ 'static {
++ use<> {
     let runtime = shared.runtime.clone();
     let max_requests = runtime
         .current()
@@ -198,6 +192,11 @@ struct Shared {
     runtime: Arc<Runtime>,
     limits: LimitsSettings,
     http2: http2::Builder<TokioExecutor>,
+    /// The server is shutting down (set once, then `stop_notify` wakes every connection).
+    /// Not a `watch` channel: its receiver and `changed` future would take room in every
+    /// parked connection.
+    stopping: AtomicBool,
+    stop_notify: Notify,
 }
 
 impl Shared {
@@ -212,6 +211,25 @@ impl Shared {
             runtime,
             limits,
             http2,
+            stopping: AtomicBool::new(false),
+            stop_notify: Notify::new(),
+        }
+    }
+
+    /// Tell every connection to finish what is in flight and close.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop_notify.notify_waiters();
+    }
+
+    /// Resolves once `stop` was called.
+    async fn stopped(&self) {
+        let notified = self.stop_notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a `stop` in between still wakes it.
+        notified.as_mut().enable();
+        if !self.stopping.load(Ordering::SeqCst) {
+            notified.await;
         }
     }
 
@@ -243,24 +261,37 @@ enum Wait {
     Close,
 }
 
-/// Wait for the client's next bytes until `deadline`, or until shutdown.
-async fn wait_for_bytes<I>(io: &mut I, deadline: Instant, stop: &mut watch::Receiver<bool>) -> Wait
+/// Wait for the client's next bytes until `deadline`, or until shutdown. Written out rather
+/// than with `select!`: this is the state every parked connection sits in.
+async fn wait_for_bytes<I>(io: &mut I, deadline: Instant, shared: &Shared) -> Wait
 where
     I: AsyncRead + Unpin,
 {
-    tokio::select! {
-        biased;
-        read = idle::next_bytes(io) => match read {
-            Ok(Some(bytes)) => Wait::Bytes(bytes),
-            Ok(None) => Wait::Eof,
-            Err(err) => {
-                tracing::debug!(error = %err, "Reading an idle connection failed.");
-                Wait::Close
-            }
-        },
-        () = tokio::time::sleep_until(deadline.into()) => Wait::Close,
-        _ = stop.wait_for(|stop| *stop) => Wait::Close,
+    let sleep = tokio::time::sleep_until(deadline.into());
+    let stopped = shared.stop_notify.notified();
+    tokio::pin!(sleep, stopped);
+    // Registered before the flag is read: a shutdown in between still wakes this wait.
+    stopped.as_mut().enable();
+    if shared.stopping.load(Ordering::SeqCst) {
+        return Wait::Close;
     }
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(read) = idle::poll_next_bytes(io, cx) {
+            return Poll::Ready(match read {
+                Ok(Some(bytes)) => Wait::Bytes(bytes),
+                Ok(None) => Wait::Eof,
+                Err(err) => {
+                    tracing::debug!(error = %err, "Reading an idle connection failed.");
+                    Wait::Close
+                }
+            });
+        }
+        if sleep.as_mut().poll(cx).is_ready() || stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wait::Close);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Close a connection that hyper is not serving: FIN (and `close_notify` on TLS), bounded.
@@ -276,28 +307,69 @@ async fn close<I: AsyncWrite + Unpin>(mut io: I, within: Duration) {
 /// anything else HTTP/1. HTTP/1 runs one hyper connection per burst of requests and parks the
 /// bare socket in between (`idle`); h2 runs in a separate allocation so that an idle HTTP/1
 /// connection's task does not carry h2's state.
-async fn serve_connection<I>(
+fn serve_connection<I>(
     shared: Arc<Shared>,
     mut io: I,
     conn: ConnInfo,
-    mut stop: watch::Receiver<bool>,
-) where
+    // Held until the connection is closed.
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let header_timeout = shared.limits.header_read_timeout;
     let state = Arc::new(ConnState::default());
     let mut service = service(&shared, conn, &state);
+    // Not an `async fn`: its arguments would stay in the task next to the locals they become.
+    // The parked wait below is what an idle connection costs, so every byte here counts
+    // (`tests::a_plain_connection_task_stays_small`).
+    async move {
+        let _hold = &permit;
+        let mut deadline = Instant::now() + shared.limits.header_read_timeout;
+        // Boxed: needed once, and its buffer must not stay in the parked task.
+        let (mut prefix, h2);
+        match Box::pin(detect(io, deadline, &shared)).await {
+            Some(detected) => (io, prefix, h2) = detected,
+            None => return,
+        }
+        if h2 {
+            return Box::pin(serve_h2(shared, io, prefix, service, state)).await;
+        }
+        loop {
+            // Boxed: the busy part (hyper and the select around it) exists only during a
+            // burst, so a parked connection's task is the bare socket, the service and the
+            // wait below.
+            match Box::pin(burst(&shared, io, prefix, service, &state, deadline)).await {
+                Some(parked) => (io, service, deadline, prefix) = parked,
+                None => return,
+            }
+            if prefix.is_empty() {
+                prefix = match wait_for_bytes(&mut io, deadline, &shared).await {
+                    Wait::Bytes(bytes) => bytes,
+                    Wait::Eof | Wait::Close => break,
+                };
+            }
+        }
+        // Boxed: its timer must not take room in every parked task.
+        Box::pin(close(io, shared.limits.header_read_timeout)).await;
+    }
+}
 
-    // The protocol: read until the bytes are the h2 preface or cannot be. A client that sends
-    // nothing is held no longer than a request head may take.
-    let mut deadline = Instant::now() + header_timeout;
+/// The protocol: read until the bytes are the h2 preface or cannot be (`true`: h2). A client
+/// that sends nothing is held no longer than a request head may take, then closed (`None`).
+async fn detect<I>(mut io: I, deadline: Instant, shared: &Shared) -> Option<(I, Bytes, bool)>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let mut first = BytesMut::new();
     let h2 = loop {
-        match wait_for_bytes(&mut io, deadline, &mut stop).await {
+        match wait_for_bytes(&mut io, deadline, shared).await {
             Wait::Bytes(bytes) => first.extend_from_slice(&bytes),
             // EOF mid-preface: HTTP/1 gets what there is, as under `auto`.
             Wait::Eof if !first.is_empty() => break false,
-            Wait::Eof | Wait::Close => return close(io, header_timeout).await,
+            Wait::Eof | Wait::Close => {
+                close(io, shared.limits.header_read_timeout).await;
+                return None;
+            }
         }
         let n = first.len().min(H2_PREFACE.len());
         if first[..n] != H2_PREFACE[..n] {
@@ -307,78 +379,97 @@ async fn serve_connection<I>(
             break true;
         }
     };
-    if h2 {
-        return Box::pin(serve_h2(shared, io, first.freeze(), service, state, stop)).await;
-    }
+    Some((io, first.freeze(), h2))
+}
 
-    let mut prefix = first.freeze();
-    loop {
-        let io_for_hyper = TokioIo::new(ConnIo::new(io, prefix, Some(state.clone())));
-        // Boxed: a parked connection's task holds only a pointer-sized hole for it. The
-        // builder is a temporary: kept in a local it (and its timer) would live through the
-        // parked wait below.
-        let mut connection = Box::new(
-            shared
-                .http1(deadline, &state)
-                .serve_connection(io_for_hyper, service)
-                .with_upgrades(),
-        );
-        let mut closing = false;
-        let parked = loop {
-            tokio::select! {
-                driven = std::future::poll_fn(|cx| match Pin::new(&mut *connection).poll(cx) {
-                    Poll::Ready(result) => Poll::Ready(Some(result)),
-                    Poll::Pending if state.take_park_request() => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                }) => match driven {
-                    Some(result) => {
-                        if let Err(err) = result {
-                            tracing::debug!(error = %err, "Connection ended with an error.");
-                        }
-                        return;
+/// A connection between two bursts of requests, taken back from hyper: the socket, the
+/// service, when the next request head must be complete, and the bytes of the next request
+/// hyper or `ConnIo` already read (pipelining; empty if none).
+type Parked<I, S> = (I, S, Instant, Bytes);
+
+/// Serve requests with one hyper instance, starting with `prefix`, until the connection goes
+/// idle (`Some`: park it) or ends (`None`: closed here).
+async fn burst<I, S>(
+    shared: &Shared,
+    io: I,
+    prefix: Bytes,
+    service: S,
+    state: &Arc<ConnState>,
+    deadline: Instant,
+) -> Option<Parked<I, S>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static,
+{
+    let header_timeout = shared.limits.header_read_timeout;
+    let io_for_hyper = TokioIo::new(ConnIo::new(io, prefix, Some(state.clone())));
+    // Boxed: a parked connection's task holds only a pointer-sized hole for it. The
+    // builder is a temporary: kept in a local it (and its timer) would live through the
+    // parked wait below.
+    let mut connection = Box::new(
+        shared
+            .http1(deadline, state)
+            .serve_connection(io_for_hyper, service)
+            .with_upgrades(),
+    );
+    let mut closing = false;
+    let parked = loop {
+        tokio::select! {
+            driven = std::future::poll_fn(|cx| match Pin::new(&mut *connection).poll(cx) {
+                Poll::Ready(result) => Poll::Ready(Some(result)),
+                Poll::Pending if state.take_park_request() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }) => match driven {
+                Some(result) => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "Connection ended with an error.");
                     }
-                    None => break !closing,
-                },
-                changed = stop.wait_for(|stop| *stop), if !closing => {
-                    let _ = changed;
-                    Pin::new(&mut *connection).graceful_shutdown();
-                    closing = true;
+                    return None;
                 }
-                () = state.done.notified(), if !closing => {
-                    Pin::new(&mut *connection).graceful_shutdown();
-                    closing = true;
-                }
+                None => break !closing,
+            },
+            () = shared.stopped(), if !closing => {
+                Pin::new(&mut *connection).graceful_shutdown();
+                closing = true;
             }
-        };
-        // Idle between requests: take hyper apart (its buffers are freed here). The header
-        // timeout keeps running from when hyper started waiting (`PARK_AFTER` ago or more).
-        deadline = state
-            .head_deadline()
-            .unwrap_or_else(|| Instant::now() + header_timeout);
-        // `{ connection }` moves the box into this statement so that its allocation is freed
-        // here, not after the parked wait (the value moved out would leave it allocated).
-        let Some(parts) = { connection }.into_parts() else {
-            return;
-        };
-        let (socket, unread) = parts.io.into_inner().into_inner();
-        io = socket;
-        service = parts.service;
-        if !parked {
-            return close(io, header_timeout).await;
+            () = state.done.notified(), if !closing => {
+                Pin::new(&mut *connection).graceful_shutdown();
+                closing = true;
+            }
         }
-        prefix = if !parts.read_buf.is_empty() {
-            // The start of a pipelined request: hyper reads the rest.
-            parts.read_buf
-        } else if !unread.is_empty() {
-            unread
-        } else {
-            drop(parts.read_buf);
-            match wait_for_bytes(&mut io, deadline, &mut stop).await {
-                Wait::Bytes(bytes) => bytes,
-                Wait::Eof | Wait::Close => return close(io, header_timeout).await,
-            }
-        };
+    };
+    // Idle between requests: take hyper apart (its buffers are freed here). The header
+    // timeout keeps running from when hyper started waiting (`PARK_AFTER` ago or more).
+    let deadline = state
+        .head_deadline()
+        .unwrap_or_else(|| Instant::now() + header_timeout);
+    // `{ connection }` moves the box into this statement so that its allocation is freed
+    // here, not after the parked wait (the value moved out would leave it allocated).
+    let parts = { connection }.into_parts()?;
+    let (io, unread) = parts.io.into_inner().into_inner();
+    if !parked {
+        close(io, header_timeout).await;
+        return None;
     }
+    let buffered = if !parts.read_buf.is_empty() {
+        // The start of a pipelined request: hyper reads the rest.
+        parts.read_buf
+    } else {
+        // Empty `Bytes` hold no buffer.
+        drop(parts.read_buf);
+        if unread.is_empty() {
+            Bytes::new()
+        } else {
+            unread
+        }
+    };
+    Some((io, parts.service, deadline, buffered))
 }
 
 /// An HTTP/2 connection, in its own allocation (see `serve_connection`).
@@ -388,7 +479,6 @@ async fn serve_h2<I, S>(
     preface: Bytes,
     service: S,
     state: Arc<ConnState>,
-    mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<
@@ -411,8 +501,7 @@ async fn serve_h2<I, S>(
                 }
                 return;
             }
-            changed = stop.wait_for(|stop| *stop), if !closing => {
-                let _ = changed;
+            () = shared.stopped(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -421,5 +510,69 @@ async fn serve_h2<I, S>(
                 closing = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use crate::proxy::Gateway;
+
+    const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+[upstreams.api]
+targets = ["127.0.0.1:9"]
+[identity]
+kinds = ["jwt"]
+[identity.jwt]
+algorithms = ["HS256"]
+secret_env = "UNUSED"
+[grants]
+store = "file"
+[roles.viewer]
+permissions = ["*.view"]
+[[routes]]
+methods = ["GET"]
+path = "/x"
+permission = "x.view"
+upstream = "api"
+"#;
+
+    /// Every idle keep-alive connection is one parked task of this future, so its size is
+    /// most of the memory an idle connection costs (issue 7: 10,000 of them plus 100,000
+    /// cached principals within 64 MiB). hyper's state and the select around it belong in
+    /// the boxed `burst`, not here.
+    #[tokio::test]
+    async fn a_plain_connection_task_stays_small() {
+        let snapshot = crate::config::load_str_with_secret(
+            CONFIG,
+            Path::new("inline.toml"),
+            Some(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        let gateway = Arc::new(Gateway::build(snapshot).unwrap());
+        let limits = gateway.snapshot.limits.clone();
+        let shared = Arc::new(Shared::new(Runtime::new(gateway, None), limits));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (stream, peer) = accepted.unwrap();
+        let conn = ConnInfo {
+            peer,
+            tls: false,
+            client_cert_subject: None,
+        };
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let task = serve_connection(shared, stream, conn, permit);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("serve_connection future: {size} bytes");
+        assert!(
+            size <= 640,
+            "a parked connection's task future is {size} bytes"
+        );
+        drop((task, client));
     }
 }
