@@ -43,6 +43,7 @@ FIXED_RPS=${FIXED_RPS:-10000}
 AUDIT_DURABILITY=${AUDIT_DURABILITY:-spooled}   # [audit] durability of pc-redis-audit: spooled | buffered
 FIXED_CLIENTS=${FIXED_CLIENTS:-20}
 PHASES=${PHASES:-"peak audit half"}
+HALF_VARIANTS=${HALF_VARIANTS:-"direct nginx pc-redis-audit"}  # any of direct nginx authreq pc-file pc-redis-audit pc-redis-noaudit
 NICE=${NICE:-auto}            # auto: -20 (process and autogroup) when root, else 0
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/portcullis}
 MAX_WALL=${MAX_WALL:-3600}
@@ -440,9 +441,9 @@ if [[ " $PHASES " == *" half "* ]]; then
     | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print 0 }')
   HALF=${HALF_RPS:-$(awk -v p="$peak" 'BEGIN { printf "%d", p / 2 }')}
   if ((HALF > 0)); then
-    HV=(direct nginx pc-redis-audit)
+    read -ra HV <<<"$HALF_VARIANTS"
     for round in $(seq "$ROUNDS"); do
-      for i in 0 1 2; do fixed_run half "$round" "${HV[$(((i + round) % 3))]}" "$HALF"; done
+      for i in "${!HV[@]}"; do fixed_run half "$round" "${HV[$(((i + round) % ${#HV[@]}))]}" "$HALF"; done
     done
   else
     log "half: no peak figure for pc-redis-audit/small (run the peak phase, or set HALF_RPS)"
@@ -491,9 +492,10 @@ if any(k[0] == "audit" for k in g):
 if any(k[0] == "half" for k in g):
     rate = next(r["rate"] for r in rows if r["phase"] == "half")
     print(f"## Latency at 50 % of pc-redis-audit's peak ({rate} req/s, h2load --h1 --rps, small body)\n")
-    table("half", ["small"], ["direct", "nginx", "pc-redis-audit"])
+    hv = ["direct", "nginx", "authreq", "pc-file", "pc-redis-noaudit", "pc-redis-audit"]
+    table("half", ["small"], hv)
     d = g.get(("half", "small", "direct"))
-    for v in ("nginx", "pc-redis-audit"):
+    for v in hv[1:]:
         rs = g.get(("half", "small", v))
         if d and rs:
             print(f"- {v}: added p50 {med(rs,'p50_us') - med(d,'p50_us'):+.0f} µs, "
