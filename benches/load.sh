@@ -16,7 +16,8 @@
 #      change at 10k req/s"): h2load --h1 --rps (open-ish loop, per-request log) against
 #      Portcullis + Redis with allow events off and on; latency percentiles and CPU/request.
 #   3. latency at 50 % of peak: the rate is half the median peak of pc-redis-audit/small;
-#      direct, nginx and pc-redis-audit at that rate; p99 added against direct.
+#      direct, nginx and pc-redis-audit at that rate (HALF_VARIANTS: any of the variants,
+#      including pc-redis-noaudit; HALF_RPS overrides the rate); p99 added against direct.
 #
 # CPU layout (2 cores): core SUT_CPU runs every server-side process (upstream nginx, the proxy
 # under test, redis); core LOADGEN_CPU runs only the load generator. nginx proxies run with
