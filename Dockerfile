@@ -4,6 +4,8 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# The allocator's build settings (mimalloc's lazy arena commit).
+COPY .cargo .cargo
 COPY src src
 COPY config config
 COPY benches benches
