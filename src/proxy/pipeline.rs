@@ -477,14 +477,15 @@ async fn audit(
         tenant: ctx.principal.as_ref().map(|p| p.tenant.clone()),
         subject: ctx.principal.as_ref().map(|p| p.subject.clone()),
         roles: ctx.roles.clone(),
-        method: ctx.method.to_string(),
+        // `as_str`, not `to_string`: no formatter for a standard method's name.
+        method: ctx.method.as_str().to_owned(),
         path: ctx.path.clone(),
         route: entry.map(|e| e.path.clone()),
         upstream: entry
             .and_then(|e| gw.upstreams.name(e.upstream))
             .map(str::to_owned),
         status,
-        client_ip: ctx.client_ip.ip().to_string(),
+        client_ip: crate::audit::event::ip_text(ctx.client_ip.ip()),
         user_agent: ctx.user_agent.clone(),
         request_id: ctx.request_id.to_str().unwrap_or_default().to_owned(),
         latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
