@@ -13,6 +13,8 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use super::text::Text;
+
 /// Bumped when a field changes meaning; lets SIEM parsers branch.
 pub const SCHEMA_VERSION: u32 = 1;
 /// `prev` of the first event a spool ever holds.
@@ -100,7 +102,18 @@ pub(crate) fn json_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
     let bytes = value.as_bytes();
     let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight clean bytes at a time: most text has nothing to escape.
+        if let Some(word) = bytes.get(i..i + 8)
+            && let Ok(word) = <[u8; 8]>::try_from(word)
+            && !needs_escape_in(u64::from_le_bytes(word))
+        {
+            i += 8;
+            continue;
+        }
+        let Some(&b) = bytes.get(i) else { break };
+        i += 1;
         let short = match b {
             b'"' => b'"',
             b'\\' => b'\\',
@@ -112,8 +125,8 @@ pub(crate) fn json_str(out: &mut Vec<u8>, value: &str) {
             0x00..=0x1f => b'u',
             _ => continue,
         };
-        out.extend_from_slice(bytes.get(run..i).unwrap_or_default());
-        run = i + 1;
+        out.extend_from_slice(bytes.get(run..i - 1).unwrap_or_default());
+        run = i;
         if short == b'u' {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             out.extend_from_slice(&[
@@ -132,22 +145,51 @@ pub(crate) fn json_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
+/// Whether any of the eight bytes in `word` is below 0x20, `"` or `\`. Exact as to whether
+/// there is one (the borrow of a found byte may flag its neighbours, which is not looked at).
+fn needs_escape_in(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    (below_space
+        | zero_byte(word ^ (ONES * u64::from(b'"')))
+        | zero_byte(word ^ (ONES * u64::from(b'\\'))))
+        != 0
+}
+
 /// An address as `IpAddr`'s `Display` writes it; IPv4 (the common case) without the
 /// formatter, which costs more than the rest of the event's request-path fields together.
-pub fn ip_text(ip: std::net::IpAddr) -> String {
+pub fn ip_text(ip: std::net::IpAddr) -> Text {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            let mut out = Vec::with_capacity(15);
+            let mut out = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
+                // `.` and up to three digits, right-aligned.
+                let mut digits = [b'.'; 4];
+                let mut at = digits.len();
+                let mut v = octet;
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + v % 10;
+                    v /= 10;
+                    if v == 0 {
+                        break;
+                    }
                 }
-                write_u64(&mut out, u64::from(octet));
+                // A digit went to 3 at least, so `at >= 1`: the byte before it is a `.`.
+                let from = if i > 0 { at - 1 } else { at };
+                let part = digits.get(from..).unwrap_or_default();
+                if let Some(to) = out.get_mut(n..n + part.len()) {
+                    to.copy_from_slice(part);
+                }
+                n += part.len();
             }
             // Digits and dots only.
-            String::from_utf8(out).unwrap_or_default()
+            Text::new(std::str::from_utf8(out.get(..n).unwrap_or_default()).unwrap_or_default())
         }
-        std::net::IpAddr::V6(_) => ip.to_string(),
+        std::net::IpAddr::V6(_) => ip.to_string().into(),
     }
 }
 
@@ -256,23 +298,23 @@ pub struct Decision {
     pub decision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
-    pub required: Vec<String>,
+    pub required: Vec<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
+    pub tenant: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    pub roles: Vec<String>,
-    pub method: String,
-    pub path: String,
+    pub subject: Option<Text>,
+    pub roles: Vec<Text>,
+    pub method: Text,
+    pub path: Text,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub route: Option<String>,
+    pub route: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<String>,
+    pub upstream: Option<Text>,
     pub status: u16,
-    pub client_ip: String,
+    pub client_ip: Text,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
-    pub request_id: String,
+    pub user_agent: Option<Text>,
+    pub request_id: Text,
     pub latency_us: u64,
     pub mode: &'static str,
 }
@@ -599,22 +641,23 @@ mod tests {
             .collect();
         let mut cases = vec![Decision::default()];
         for (i, s) in odd.iter().enumerate() {
-            let some = |k: usize| (i % k != 0).then(|| s.clone());
+            let t = || Text::from(s.as_str());
+            let some = |k: usize| (i % k != 0).then(t);
             cases.push(Decision {
                 decision: "allow",
                 reason: (i % 2 == 0).then_some("missing_permission"),
-                required: odd.iter().take(i % 4).cloned().collect(),
+                required: odd.iter().take(i % 4).map(Text::from).collect(),
                 tenant: some(2),
                 subject: some(3),
-                roles: vec![s.clone(); i % 3],
-                method: s.clone(),
-                path: format!("/p/{s}"),
+                roles: vec![t(); i % 3],
+                method: t(),
+                path: format!("/p/{s}{}", "x".repeat(i)).into(),
                 route: some(5),
                 upstream: some(7),
                 status: u16::try_from(i * 97).unwrap_or(u16::MAX),
-                client_ip: s.clone(),
+                client_ip: t(),
                 user_agent: some(4),
-                request_id: s.clone(),
+                request_id: t(),
                 latency_us: u64::MAX - i as u64,
                 mode: "monitor",
             });
@@ -634,17 +677,35 @@ mod tests {
             json_str(&mut ours, s);
             assert_eq!(ours, serde_json::to_vec(s).unwrap());
         }
+        // Every byte value at every offset of a word, and runs longer than a word.
+        for b in 0u8..0x80 {
+            for at in 0..20 {
+                let mut s = "x".repeat(20);
+                s.insert(at, char::from(b));
+                s.push_str("é\"\u{1}abcdefghijk");
+                let mut ours = Vec::new();
+                json_str(&mut ours, &s);
+                assert_eq!(ours, serde_json::to_vec(&s).unwrap(), "{s:?}");
+            }
+        }
     }
 
     #[test]
     fn ip_text_is_display() {
-        for ip in ["0.0.0.0", "203.0.113.9", "255.255.255.255", "10.0.100.1", "::1", "fe80::1"] {
+        for ip in [
+            "0.0.0.0",
+            "203.0.113.9",
+            "255.255.255.255",
+            "10.0.100.1",
+            "::1",
+            "fe80::1",
+        ] {
             let ip: std::net::IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_text(ip), ip.to_string());
+            assert_eq!(ip_text(ip), *ip.to_string());
         }
         for n in [0u32, 1, 9, 10, 99, 100, 255, 256, 0x0a00_6401, u32::MAX] {
             let ip = std::net::IpAddr::V4(n.into());
-            assert_eq!(ip_text(ip), ip.to_string());
+            assert_eq!(ip_text(ip), *ip.to_string());
         }
     }
 
