@@ -98,22 +98,22 @@ impl AuditEvent {
 /// control characters below 0x20 (`\b \t \n \f \r` by name, the rest as `\u00xx`,
 /// lowercase); everything else, DEL and non-ASCII included, as is.
 pub(crate) fn json_str(out: &mut Vec<u8>, value: &str) {
-    out.reserve(value.len() + 2);
+    json_utf8(out, value.as_bytes());
+}
+
+/// `json_str` of bytes that are UTF-8 (a `str`'s or a `Text`'s, which need not be checked
+/// again): only ASCII bytes are ever escaped, so the output is as valid as the input.
+fn json_utf8(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() + 2);
     out.push(b'"');
-    let bytes = value.as_bytes();
-    let mut run = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        // Eight clean bytes at a time: most text has nothing to escape.
-        if let Some(word) = bytes.get(i..i + 8)
-            && let Ok(word) = <[u8; 8]>::try_from(word)
-            && !needs_escape_in(u64::from_le_bytes(word))
-        {
-            i += 8;
-            continue;
-        }
-        let Some(&b) = bytes.get(i) else { break };
-        i += 1;
+    let mut rest = bytes;
+    while let Some(at) = first_escape(rest) {
+        let (Some(clean), Some(&b), Some(tail)) =
+            (rest.get(..at), rest.get(at), rest.get(at + 1..))
+        else {
+            break;
+        };
+        out.extend_from_slice(clean);
         let short = match b {
             b'"' => b'"',
             b'\\' => b'\\',
@@ -122,11 +122,8 @@ pub(crate) fn json_str(out: &mut Vec<u8>, value: &str) {
             b'\n' => b'n',
             0x0c => b'f',
             b'\r' => b'r',
-            0x00..=0x1f => b'u',
-            _ => continue,
+            _ => b'u',
         };
-        out.extend_from_slice(bytes.get(run..i - 1).unwrap_or_default());
-        run = i;
         if short == b'u' {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             out.extend_from_slice(&[
@@ -140,9 +137,29 @@ pub(crate) fn json_str(out: &mut Vec<u8>, value: &str) {
         } else {
             out.extend_from_slice(&[b'\\', short]);
         }
+        rest = tail;
     }
-    out.extend_from_slice(bytes.get(run..).unwrap_or_default());
+    out.extend_from_slice(rest);
     out.push(b'"');
+}
+
+/// The offset of the first byte JSON escapes (below 0x20, `"`, `\`), if any. Eight bytes at
+/// a time: most text has nothing to escape.
+fn first_escape(bytes: &[u8]) -> Option<usize> {
+    let mut clean = 0;
+    for word in bytes.chunks_exact(8) {
+        // A chunk is 8 bytes; the fallback (all zero) only sends it to the byte scan below.
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(word).unwrap_or_default());
+        if needs_escape_in(word) {
+            break;
+        }
+        clean += 8;
+    }
+    bytes
+        .get(clean..)?
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .map(|at| clean + at)
 }
 
 /// Whether any of the eight bytes in `word` is below 0x20, `"` or `\`. Exact as to whether
@@ -194,13 +211,13 @@ pub fn ip_text(ip: std::net::IpAddr) -> Text {
 }
 
 /// `["a","b"]`.
-fn json_str_array<S: AsRef<str>>(out: &mut Vec<u8>, values: &[S]) {
+fn json_text_array(out: &mut Vec<u8>, values: &[Text]) {
     out.push(b'[');
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        json_str(out, v.as_ref());
+        json_utf8(out, v.as_bytes());
     }
     out.push(b']');
 }
@@ -341,34 +358,38 @@ impl Decision {
             latency_us,
             mode,
         } = self;
-        let opt = |out: &mut Vec<u8>, name: &[u8], value: Option<&str>| {
+        // Text is UTF-8 already: its bytes, not a checked `&str`.
+        let opt = |out: &mut Vec<u8>, name: &[u8], value: &Option<Text>| {
             if let Some(v) = value {
                 out.extend_from_slice(name);
-                json_str(out, v);
+                json_utf8(out, v.as_bytes());
             }
         };
         out.extend_from_slice(b",\"decision\":");
         json_str(out, decision);
-        opt(out, b",\"reason\":", *reason);
+        if let Some(reason) = reason {
+            out.extend_from_slice(b",\"reason\":");
+            json_str(out, reason);
+        }
         out.extend_from_slice(b",\"required\":");
-        json_str_array(out, required);
-        opt(out, b",\"tenant\":", tenant.as_deref());
-        opt(out, b",\"subject\":", subject.as_deref());
+        json_text_array(out, required);
+        opt(out, b",\"tenant\":", tenant);
+        opt(out, b",\"subject\":", subject);
         out.extend_from_slice(b",\"roles\":");
-        json_str_array(out, roles);
+        json_text_array(out, roles);
         out.extend_from_slice(b",\"method\":");
-        json_str(out, method);
+        json_utf8(out, method.as_bytes());
         out.extend_from_slice(b",\"path\":");
-        json_str(out, path);
-        opt(out, b",\"route\":", route.as_deref());
-        opt(out, b",\"upstream\":", upstream.as_deref());
+        json_utf8(out, path.as_bytes());
+        opt(out, b",\"route\":", route);
+        opt(out, b",\"upstream\":", upstream);
         out.extend_from_slice(b",\"status\":");
         write_u64(out, u64::from(*status));
         out.extend_from_slice(b",\"client_ip\":");
-        json_str(out, client_ip);
-        opt(out, b",\"user_agent\":", user_agent.as_deref());
+        json_utf8(out, client_ip.as_bytes());
+        opt(out, b",\"user_agent\":", user_agent);
         out.extend_from_slice(b",\"request_id\":");
-        json_str(out, request_id);
+        json_utf8(out, request_id.as_bytes());
         out.extend_from_slice(b",\"latency_us\":");
         write_u64(out, *latency_us);
         out.extend_from_slice(b",\"mode\":");

@@ -40,6 +40,14 @@ impl Text {
         }
     }
 
+    /// The UTF-8 bytes, without checking them again (what the JSON writer escapes).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, buf } => buf.get(..usize::from(*len)).unwrap_or_default(),
+            Repr::Heap(s) => s.as_bytes(),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match &self.0 {
             // Never falls back to "": the bytes were a `str` (see the invariant).
@@ -151,6 +159,7 @@ mod tests {
         ] {
             for t in [Text::from(s), Text::from(s.to_owned())] {
                 assert_eq!(t.as_str(), s);
+                assert_eq!(t.as_bytes(), s.as_bytes());
                 assert_eq!(&*t, s);
                 assert_eq!(format!("{t:?}"), format!("{s:?}"));
                 assert_eq!(
