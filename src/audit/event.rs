@@ -275,6 +275,12 @@ pub fn rfc3339_micros(time: SystemTime) -> [u8; 27] {
 /// The event types; `type` in JSON.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a decision is the event of every request and its `Text` fields are inline on \
+              purpose: boxing it would add an allocation per request; the body is moved \
+              into the event's own box once"
+)]
 pub enum EventBody {
     #[serde(rename = "authz.decision")]
     Decision(Decision),
