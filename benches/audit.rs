@@ -22,9 +22,9 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use portcullis::audit::event::{AuditEvent, Chain, GENESIS};
-use portcullis::audit::{AuditLog, Decision, EventBody, format};
+use portcullis::audit::{AuditLog, Decision, EventBody, Text, format};
 use portcullis::config::{
     AllowEvents, AuditFormat, AuditSettings, Durability, FsyncPolicy, OnFull, SinkKind,
     SinkSettings, SpoolSettings,
@@ -36,10 +36,10 @@ fn decision(i: u64) -> Decision {
         reason: (!i.is_multiple_of(2)).then_some("missing_permission"),
         required: vec!["campaigns.view".into()],
         tenant: Some("acme".into()),
-        subject: Some(format!("user-{}", i % 1000)),
+        subject: Some(format!("user-{}", i % 1000).into()),
         roles: vec!["viewer".into()],
         method: "GET".into(),
-        path: format!("/api/campaigns/{i}"),
+        path: format!("/api/campaigns/{i}").into(),
         route: Some("/api/campaigns/{id}".into()),
         upstream: Some("api".into()),
         status: if i.is_multiple_of(2) { 200 } else { 403 },
@@ -254,5 +254,158 @@ fn request(c: &mut Criterion) {
     group.finish();
 }
 
+/// Instruction counting (`AUDIT_IR=<piece>:<n>`, run under callgrind): a fixed number of
+/// events through one piece and nothing else, so `(Ir(n2) - Ir(n1)) / (n2 - n1)` is the
+/// piece's instructions per event without the startup. Criterion's `--profile-time` runs an
+/// unknown number of iterations, which gives a total but not a per-event figure.
+///
+/// - `seal:<n>`: `Chain::seal` of one prebuilt decision event (the writer's encoding).
+/// - `record:<n>`: `AuditLog::record` (buffered) of prebuilt bodies, each future polled once
+///   (the request path), then wait until the file sink has delivered them; counts every
+///   thread (request, writer, sink), see `--separate-threads=yes` for the split.
+/// - `build:<n>`: only the bodies `record` starts from, to subtract.
+/// - `fields-string:<n>` / `fields-text:<n>`: the request path's copy of a request's fields
+///   into its event (and their drop), as `String`s the way `audit()` did before and as `Text`
+///   the way it does now (the gateway's `audit()` itself needs a whole `Gateway`).
+fn count(spec: &str) {
+    let (piece, n) = spec.split_once(':').expect("AUDIT_IR=<piece>:<n>");
+    let n: u64 = n.parse().expect("a number of events");
+    match piece {
+        "seal" => {
+            let mut chain = Chain::new(GENESIS.into(), None);
+            let mut event = AuditEvent::new("gw".into(), EventBody::Decision(decision(7)));
+            let mut out = Vec::with_capacity(1024);
+            for i in 0..n {
+                event.seq = i;
+                out.clear();
+                chain.seal(black_box(&event), &mut out).unwrap();
+                black_box(out.len());
+            }
+        }
+        "record" => {
+            let dir = tempfile::tempdir().unwrap();
+            let log = AuditLog::start(&settings(dir.path(), Durability::Buffered)).unwrap();
+            let bodies: Vec<EventBody> = (0..n).map(|i| EventBody::Decision(decision(i))).collect();
+            for body in bodies {
+                match poll_once(log.record(body)) {
+                    Poll::Ready(Ok(())) => {}
+                    other => panic!("record did not resolve at once: {other:?}"),
+                }
+            }
+            wait_delivered(&log, n);
+        }
+        "build" => {
+            // What `record` spends building its bodies (the bench's, not the gateway's).
+            let bodies: Vec<EventBody> = (0..n).map(|i| EventBody::Decision(decision(i))).collect();
+            black_box(bodies);
+        }
+        // The request path's copy of its fields into the event (`audit()` in
+        // proxy/pipeline.rs), from what the request context holds, and the drop the writer
+        // does: as `String`s (before) and as `Text` (now).
+        "fields-string" | "fields-text" => {
+            let ctx = RequestFields::sample();
+            for _ in 0..n {
+                if piece == "fields-string" {
+                    black_box(ctx.strings());
+                } else {
+                    black_box(ctx.decision());
+                }
+            }
+        }
+        other => panic!("unknown piece `{other}`"),
+    }
+}
+
+/// What `audit()` copies from: the principal, roles, route entry, upstream name, request.
+struct RequestFields {
+    tenant: String,
+    subject: String,
+    roles: Vec<String>,
+    method: http::Method,
+    path: String,
+    route: String,
+    upstream: String,
+    required: Vec<&'static str>,
+    ip: std::net::IpAddr,
+    user_agent: Option<String>,
+    request_id: http::HeaderValue,
+}
+
+impl RequestFields {
+    fn sample() -> RequestFields {
+        RequestFields {
+            tenant: "acme".into(),
+            subject: "user-42".into(),
+            roles: vec!["viewer".into()],
+            method: http::Method::GET,
+            path: "/api/campaigns/42".into(),
+            route: "/api/campaigns/{id}".into(),
+            upstream: "api".into(),
+            required: vec!["campaigns.view"],
+            ip: "203.0.113.9".parse().unwrap(),
+            user_agent: Some("curl/8.5.0".into()),
+            request_id: http::HeaderValue::from_static("0193b7a2-5c1e-7d3f-9a41-6e2b8c0d4f17"),
+        }
+    }
+
+    /// The fields as `audit()` built them before `Text` (`String` each, `to_string` for the
+    /// method and the address).
+    #[allow(
+        clippy::type_complexity,
+        reason = "a bench's stand-in for the old struct"
+    )]
+    fn strings(&self) -> (Vec<String>, [Option<String>; 5], Vec<String>, [String; 4]) {
+        let b = black_box(self);
+        (
+            b.required.iter().map(|s| (*s).to_owned()).collect(),
+            [
+                Some(b.tenant.clone()),
+                Some(b.subject.clone()),
+                Some(b.route.clone()),
+                Some(b.upstream.clone()),
+                b.user_agent.clone(),
+            ],
+            b.roles.clone(),
+            [
+                b.method.to_string(),
+                b.path.clone(),
+                b.ip.to_string(),
+                b.request_id.to_str().unwrap_or_default().to_owned(),
+            ],
+        )
+    }
+
+    /// The fields as `audit()` builds them now.
+    fn decision(&self) -> Decision {
+        let b = black_box(self);
+        Decision {
+            decision: "allow",
+            reason: None,
+            required: b.required.iter().map(|s| Text::new(s)).collect(),
+            tenant: Some(Text::new(&b.tenant)),
+            subject: Some(Text::new(&b.subject)),
+            roles: b.roles.iter().map(Text::from).collect(),
+            method: Text::new(b.method.as_str()),
+            path: Text::new(&b.path),
+            route: Some(Text::new(&b.route)),
+            upstream: Some(Text::new(&b.upstream)),
+            status: 200,
+            client_ip: portcullis::audit::event::ip_text(b.ip),
+            user_agent: b.user_agent.as_deref().map(Text::new),
+            request_id: Text::new(b.request_id.to_str().unwrap_or_default()),
+            latency_us: 85,
+            mode: "enforce",
+        }
+    }
+}
+
 criterion_group!(benches, pipeline, encode, request);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("AUDIT_IR") {
+        count(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

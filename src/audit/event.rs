@@ -13,6 +13,8 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use super::text::Text;
+
 /// Bumped when a field changes meaning; lets SIEM parsers branch.
 pub const SCHEMA_VERSION: u32 = 1;
 /// `prev` of the first event a spool ever holds.
@@ -65,21 +67,159 @@ impl AuditEvent {
         out.extend_from_slice(b",\"time\":\"");
         out.extend_from_slice(&rfc3339_micros(self.time));
         out.extend_from_slice(b"\",");
-        // The body serializes as `{"type":"...",...}`: splice it in without its braces.
-        let at = out.len();
-        serde_json::to_writer(&mut *out, &self.body)?;
-        // INVARIANT: an internally tagged enum serializes as an object with at least `type`.
-        out.remove(at);
-        out.pop();
+        match &self.body {
+            // Every request's event: written by hand (a third of serde's instructions), the
+            // same bytes (`decision_json_is_serde_json` checks it).
+            EventBody::Decision(d) => {
+                out.extend_from_slice(b"\"type\":\"authz.decision\"");
+                d.write_members(out);
+            }
+            body => {
+                // The body serializes as `{"type":"...",...}`: splice it in without its braces.
+                let at = out.len();
+                serde_json::to_writer(&mut *out, body)?;
+                // INVARIANT: an internally tagged enum serializes as an object with at least `type`.
+                out.remove(at);
+                out.pop();
+            }
+        }
         out.extend_from_slice(b",\"gateway\":");
-        serde_json::to_writer(&mut *out, &*self.gateway)?;
+        json_str(out, &self.gateway);
         out.extend_from_slice(b",\"schema_version\":");
         write_u64(out, u64::from(self.schema_version));
         out.extend_from_slice(b",\"prev\":");
-        serde_json::to_writer(&mut *out, prev)?;
+        json_str(out, prev);
         out.push(b'}');
         Ok(())
     }
+}
+
+/// `value` as a JSON string, escaped exactly as `serde_json` escapes it: `"` and `\` and the
+/// control characters below 0x20 (`\b \t \n \f \r` by name, the rest as `\u00xx`,
+/// lowercase); everything else, DEL and non-ASCII included, as is.
+pub(crate) fn json_str(out: &mut Vec<u8>, value: &str) {
+    json_utf8(out, value.as_bytes());
+}
+
+/// `json_str` of bytes that are UTF-8 (a `str`'s or a `Text`'s, which need not be checked
+/// again): only ASCII bytes are ever escaped, so the output is as valid as the input.
+fn json_utf8(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut rest = bytes;
+    while let Some(at) = first_escape(rest) {
+        let (Some(clean), Some(&b), Some(tail)) =
+            (rest.get(..at), rest.get(at), rest.get(at + 1..))
+        else {
+            break;
+        };
+        out.extend_from_slice(clean);
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            b'\t' => b't',
+            b'\n' => b'n',
+            0x0c => b'f',
+            b'\r' => b'r',
+            _ => b'u',
+        };
+        if short == b'u' {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+        } else {
+            out.extend_from_slice(&[b'\\', short]);
+        }
+        rest = tail;
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
+}
+
+/// The offset of the first byte JSON escapes (below 0x20, `"`, `\`), if any. Eight bytes at
+/// a time: most text has nothing to escape.
+fn first_escape(bytes: &[u8]) -> Option<usize> {
+    let mut clean = 0;
+    for word in bytes.chunks_exact(8) {
+        // A chunk is 8 bytes; the fallback (all zero) only sends it to the byte scan below.
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(word).unwrap_or_default());
+        if needs_escape_in(word) {
+            break;
+        }
+        clean += 8;
+    }
+    bytes
+        .get(clean..)?
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .map(|at| clean + at)
+}
+
+/// Whether any of the eight bytes in `word` is below 0x20, `"` or `\`. Exact as to whether
+/// there is one (the borrow of a found byte may flag its neighbours, which is not looked at).
+fn needs_escape_in(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    (below_space
+        | zero_byte(word ^ (ONES * u64::from(b'"')))
+        | zero_byte(word ^ (ONES * u64::from(b'\\'))))
+        != 0
+}
+
+/// An address as `IpAddr`'s `Display` writes it; IPv4 (the common case) without the
+/// formatter, which costs more than the rest of the event's request-path fields together.
+pub fn ip_text(ip: std::net::IpAddr) -> Text {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut out = [0u8; 15];
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                // `.` and up to three digits, right-aligned.
+                let mut digits = [b'.'; 4];
+                let mut at = digits.len();
+                let mut v = octet;
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + v % 10;
+                    v /= 10;
+                    if v == 0 {
+                        break;
+                    }
+                }
+                // A digit went to 3 at least, so `at >= 1`: the byte before it is a `.`.
+                let from = if i > 0 { at - 1 } else { at };
+                let part = digits.get(from..).unwrap_or_default();
+                if let Some(to) = out.get_mut(n..n + part.len()) {
+                    to.copy_from_slice(part);
+                }
+                n += part.len();
+            }
+            // Digits and dots only.
+            Text::new(std::str::from_utf8(out.get(..n).unwrap_or_default()).unwrap_or_default())
+        }
+        std::net::IpAddr::V6(_) => ip.to_string().into(),
+    }
+}
+
+/// `["a","b"]`.
+fn json_text_array(out: &mut Vec<u8>, values: &[Text]) {
+    out.push(b'[');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_utf8(out, v.as_bytes());
+    }
+    out.push(b']');
 }
 
 /// Decimal digits of `n`, without allocating.
@@ -135,6 +275,12 @@ pub fn rfc3339_micros(time: SystemTime) -> [u8; 27] {
 /// The event types; `type` in JSON.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a decision is the event of every request and its `Text` fields are inline on \
+              purpose: boxing it would add an allocation per request; the body is moved \
+              into the event's own box once"
+)]
 pub enum EventBody {
     #[serde(rename = "authz.decision")]
     Decision(Decision),
@@ -175,25 +321,86 @@ pub struct Decision {
     pub decision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
-    pub required: Vec<String>,
+    pub required: Vec<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
+    pub tenant: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    pub roles: Vec<String>,
-    pub method: String,
-    pub path: String,
+    pub subject: Option<Text>,
+    pub roles: Vec<Text>,
+    pub method: Text,
+    pub path: Text,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub route: Option<String>,
+    pub route: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<String>,
+    pub upstream: Option<Text>,
     pub status: u16,
-    pub client_ip: String,
+    pub client_ip: Text,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
-    pub request_id: String,
+    pub user_agent: Option<Text>,
+    pub request_id: Text,
     pub latency_us: u64,
     pub mode: &'static str,
+}
+
+impl Decision {
+    /// The members after `type`, each preceded by a comma, in declaration order and skipping
+    /// what serde skips: byte for byte what `#[derive(Serialize)]` writes.
+    fn write_members(&self, out: &mut Vec<u8>) {
+        let Decision {
+            decision,
+            reason,
+            required,
+            tenant,
+            subject,
+            roles,
+            method,
+            path,
+            route,
+            upstream,
+            status,
+            client_ip,
+            user_agent,
+            request_id,
+            latency_us,
+            mode,
+        } = self;
+        // Text is UTF-8 already: its bytes, not a checked `&str`.
+        let opt = |out: &mut Vec<u8>, name: &[u8], value: &Option<Text>| {
+            if let Some(v) = value {
+                out.extend_from_slice(name);
+                json_utf8(out, v.as_bytes());
+            }
+        };
+        out.extend_from_slice(b",\"decision\":");
+        json_str(out, decision);
+        if let Some(reason) = reason {
+            out.extend_from_slice(b",\"reason\":");
+            json_str(out, reason);
+        }
+        out.extend_from_slice(b",\"required\":");
+        json_text_array(out, required);
+        opt(out, b",\"tenant\":", tenant);
+        opt(out, b",\"subject\":", subject);
+        out.extend_from_slice(b",\"roles\":");
+        json_text_array(out, roles);
+        out.extend_from_slice(b",\"method\":");
+        json_utf8(out, method.as_bytes());
+        out.extend_from_slice(b",\"path\":");
+        json_utf8(out, path.as_bytes());
+        opt(out, b",\"route\":", route);
+        opt(out, b",\"upstream\":", upstream);
+        out.extend_from_slice(b",\"status\":");
+        write_u64(out, u64::from(*status));
+        out.extend_from_slice(b",\"client_ip\":");
+        json_utf8(out, client_ip.as_bytes());
+        opt(out, b",\"user_agent\":", user_agent);
+        out.extend_from_slice(b",\"request_id\":");
+        json_utf8(out, request_id.as_bytes());
+        out.extend_from_slice(b",\"latency_us\":");
+        write_u64(out, *latency_us);
+        out.extend_from_slice(b",\"mode\":");
+        json_str(out, mode);
+    }
 }
 
 /// A grant change (`portcullis roles ...`, an admin API); flushed before it commits.
@@ -450,6 +657,83 @@ mod tests {
         assert_eq!(value["id"], event.id.to_string());
         assert_eq!(event.id.get_version_num(), 7);
         assert_eq!(value["seq"], 42);
+    }
+
+    /// The hand-written `Decision` JSON is what serde's derive writes, escaping included.
+    #[test]
+    fn decision_json_is_serde_json() {
+        let odd: Vec<String> = (0u8..0x80)
+            .map(|b| format!("a{}z", char::from(b)))
+            .chain(["", "\"\\", "é\u{7f}\u{2028}😀", "\\u0000\u{0}\u{1f}"].map(String::from))
+            .collect();
+        let mut cases = vec![Decision::default()];
+        for (i, s) in odd.iter().enumerate() {
+            let t = || Text::from(s.as_str());
+            let some = |k: usize| (i % k != 0).then(t);
+            cases.push(Decision {
+                decision: "allow",
+                reason: (i % 2 == 0).then_some("missing_permission"),
+                required: odd.iter().take(i % 4).map(Text::from).collect(),
+                tenant: some(2),
+                subject: some(3),
+                roles: vec![t(); i % 3],
+                method: t(),
+                path: format!("/p/{s}{}", "x".repeat(i)).into(),
+                route: some(5),
+                upstream: some(7),
+                status: u16::try_from(i * 97).unwrap_or(u16::MAX),
+                client_ip: t(),
+                user_agent: some(4),
+                request_id: t(),
+                latency_us: u64::MAX - i as u64,
+                mode: "monitor",
+            });
+        }
+        for d in cases {
+            let mut ours = b"{\"type\":\"authz.decision\"".to_vec();
+            d.write_members(&mut ours);
+            ours.push(b'}');
+            let serde = serde_json::to_vec(&EventBody::Decision(d.clone())).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&serde)
+            );
+        }
+        for s in &odd {
+            let mut ours = Vec::new();
+            json_str(&mut ours, s);
+            assert_eq!(ours, serde_json::to_vec(s).unwrap());
+        }
+        // Every byte value at every offset of a word, and runs longer than a word.
+        for b in 0u8..0x80 {
+            for at in 0..20 {
+                let mut s = "x".repeat(20);
+                s.insert(at, char::from(b));
+                s.push_str("é\"\u{1}abcdefghijk");
+                let mut ours = Vec::new();
+                json_str(&mut ours, &s);
+                assert_eq!(ours, serde_json::to_vec(&s).unwrap(), "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "203.0.113.9",
+            "255.255.255.255",
+            "10.0.100.1",
+            "::1",
+            "fe80::1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), *ip.to_string());
+        }
+        for n in [0u32, 1, 9, 10, 99, 100, 255, 256, 0x0a00_6401, u32::MAX] {
+            let ip = std::net::IpAddr::V4(n.into());
+            assert_eq!(ip_text(ip), *ip.to_string());
+        }
     }
 
     #[test]

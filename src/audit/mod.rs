@@ -25,6 +25,7 @@ pub mod format;
 mod loss;
 pub mod sink;
 pub mod spool;
+pub mod text;
 pub mod verify;
 mod writer;
 
@@ -39,7 +40,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use event::{
     AccessReview, AuditEvent, Checkpoint, ConfigReload, Decision, EventBody, Loss, RoleChange,
-    SinkFailure,
+    SinkFailure, Text,
 };
 pub use sink::SinkStats;
 

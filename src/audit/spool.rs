@@ -40,7 +40,8 @@ pub const MAX_RECORD: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub seq: u64,
-    pub payload: Vec<u8>,
+    /// A slice of the chunk it was read with (`SpoolReader::read`): not copied per record.
+    pub payload: bytes::Bytes,
 }
 
 /// Append `payload` as one record to `buf`.
@@ -324,10 +325,9 @@ impl Spool {
                 }
             }
             if let Some((seq, payload_at, len)) = last {
-                let payload = buf
-                    .get(payload_at..payload_at + len)
-                    .unwrap_or_default()
-                    .to_vec();
+                let payload = bytes::Bytes::copy_from_slice(
+                    buf.get(payload_at..payload_at + len).unwrap_or_default(),
+                );
                 return Ok(Some(Record { seq, payload }));
             }
         }
@@ -621,7 +621,7 @@ impl SpoolReader {
             }
             let want = (max_bytes - bytes).clamp(64 * 1024, 4 << 20) as u64;
             let to = seg.len.min(offset.saturating_add(want));
-            let mut buf = self.spool.read_segment(first, offset, to)?;
+            let mut buf = bytes::Bytes::from(self.spool.read_segment(first, offset, to)?);
             let mut at = 0usize;
             let mut progressed = false;
             loop {
@@ -633,7 +633,11 @@ impl SpoolReader {
                     } => {
                         let end = payload_at + len;
                         if seq > self.after && seq <= head {
-                            let payload = buf.get(payload_at..end).unwrap_or_default().to_vec();
+                            let payload = if end <= buf.len() {
+                                buf.slice(payload_at..end)
+                            } else {
+                                bytes::Bytes::new()
+                            };
                             bytes += payload.len();
                             out.push(Record { seq, payload });
                             self.after = seq;
@@ -650,7 +654,7 @@ impl SpoolReader {
                             .get(at..at + 4)
                             .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
                         let end = (offset + (at + HEADER + need) as u64).min(seg.len);
-                        buf = self.spool.read_segment(first, offset, end)?;
+                        buf = self.spool.read_segment(first, offset, end)?.into();
                         if buf.len() < at + HEADER + need {
                             break;
                         }

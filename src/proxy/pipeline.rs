@@ -467,6 +467,8 @@ async fn audit(
         None => ("error", refusal_reason),
     };
     let entry = ctx.route.and_then(|id| gw.route_entry(id));
+    use crate::audit::Text;
+    // Copied as `Text`: inline, no allocation, for all but a long path or user agent.
     let event = Decision {
         decision,
         reason,
@@ -474,19 +476,19 @@ async fn audit(
         required: entry
             .map(|e| required_names(&gw.snapshot, e))
             .unwrap_or_default(),
-        tenant: ctx.principal.as_ref().map(|p| p.tenant.clone()),
-        subject: ctx.principal.as_ref().map(|p| p.subject.clone()),
-        roles: ctx.roles.clone(),
-        method: ctx.method.to_string(),
-        path: ctx.path.clone(),
-        route: entry.map(|e| e.path.clone()),
+        tenant: ctx.principal.as_ref().map(|p| Text::new(&p.tenant)),
+        subject: ctx.principal.as_ref().map(|p| Text::new(&p.subject)),
+        roles: ctx.roles.iter().map(Text::from).collect(),
+        method: Text::new(ctx.method.as_str()),
+        path: Text::new(&ctx.path),
+        route: entry.map(|e| Text::new(&e.path)),
         upstream: entry
             .and_then(|e| gw.upstreams.name(e.upstream))
-            .map(str::to_owned),
+            .map(Text::new),
         status,
-        client_ip: ctx.client_ip.ip().to_string(),
-        user_agent: ctx.user_agent.clone(),
-        request_id: ctx.request_id.to_str().unwrap_or_default().to_owned(),
+        client_ip: crate::audit::event::ip_text(ctx.client_ip.ip()),
+        user_agent: ctx.user_agent.as_deref().map(Text::new),
+        request_id: Text::new(ctx.request_id.to_str().unwrap_or_default()),
         latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         mode: ctx.mode.as_str(),
     };
@@ -729,8 +731,9 @@ async fn handle_inner(
     Ok(response.map(|body| body.boxed()))
 }
 
-fn required_names(snap: &Snapshot, entry: &RouteEntry) -> Vec<String> {
-    let name = |id: &policy::PermId| snap.policy.permission_name(*id).to_owned();
+fn required_names(snap: &Snapshot, entry: &RouteEntry) -> Vec<crate::audit::Text> {
+    use crate::audit::Text;
+    let name = |id: &policy::PermId| Text::new(snap.policy.permission_name(*id));
     match &entry.rule.requirement {
         policy::Requirement::Public => Vec::new(),
         policy::Requirement::Permission(id) => vec![name(id)],

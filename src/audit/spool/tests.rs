@@ -62,7 +62,10 @@ proptest! {
                     for len in lens {
                         let p = payload(next, len);
                         encode_record(&mut buf, next, &p);
-                        model.records.push(Record { seq: next, payload: p });
+                        model.records.push(Record {
+                            seq: next,
+                            payload: p.into(),
+                        });
                         next += 1;
                     }
                     rec.writer.append(first, next - 1, &buf).unwrap();
