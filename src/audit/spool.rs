@@ -28,8 +28,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Record header: len, crc, seq.
 pub const HEADER: usize = 16;
@@ -247,6 +249,7 @@ impl Spool {
             active,
             file: None,
             dirty: false,
+            background: None,
         };
         Ok(Recovered {
             spool,
@@ -450,6 +453,48 @@ pub struct SpoolWriter {
     active: Option<Segment>,
     file: Option<File>,
     dirty: bool,
+    /// `fsync = "interval"` on its own thread (`sync_in_background`).
+    background: Option<BackgroundSync>,
+}
+
+/// An fsync of the active segment every interval, from its own thread: an fsync takes several
+/// milliseconds (7–16 ms measured on the benchmark VM), and on the writer thread every request
+/// waiting for a group commit meanwhile would wait for the disk too.
+struct BackgroundSync {
+    shared: Arc<SyncTarget>,
+    /// Dropped with the `SpoolWriter`: the thread sees the channel closed and ends.
+    _stop: mpsc::Sender<()>,
+}
+
+/// What the sync thread syncs: a handle on the active segment, and whether it was written to
+/// since the last sync.
+struct SyncTarget {
+    file: Mutex<Option<(File, PathBuf)>>,
+    dirty: AtomicBool,
+}
+
+impl SyncTarget {
+    fn sync_if_dirty(&self) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        // A handle of its own, so that the writer never waits for this fsync on the lock.
+        let target = self
+            .file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(file, path)| (file.try_clone(), path.clone()));
+        let result = match target {
+            Some((Ok(file), path)) => file.sync_data().map_err(|err| (path, err)),
+            Some((Err(err), path)) => Err((path, err)),
+            None => Ok(()),
+        };
+        if let Err((path, err)) = result {
+            self.dirty.store(true, Ordering::Release);
+            tracing::error!(path = %path.display(), error = %err, "Audit spool fsync failed.");
+        }
+    }
 }
 
 impl SpoolWriter {
@@ -496,6 +541,7 @@ impl SpoolWriter {
             }
             self.spool.lock().segments.insert(first, seg);
             self.active = Some(seg);
+            self.publish_file();
         }
         let Some(mut seg) = self.active else {
             return Ok(());
@@ -510,6 +556,7 @@ impl SpoolWriter {
                             .open(&path)
                             .map_err(io_err(&path))?,
                     );
+                    self.publish_file();
                 }
                 if let Some(file) = &mut self.file
                     && let Err(err) = file.write_all(records)
@@ -531,6 +578,9 @@ impl SpoolWriter {
         seg.len += len;
         self.active = Some(seg);
         self.dirty = true;
+        if let Some(bg) = &self.background {
+            bg.shared.dirty.store(true, Ordering::Release);
+        }
         let mut index = self.spool.lock();
         if let Some(s) = index.segments.get_mut(&seg.first) {
             s.len = seg.len;
@@ -538,6 +588,58 @@ impl SpoolWriter {
         index.total += len;
         index.head = last;
         Ok(())
+    }
+
+    /// Sync the active segment every `interval` on a thread of its own from now on (disk
+    /// spools only). `false`: not started, the caller syncs inline.
+    pub fn sync_in_background(&mut self, interval: Duration) -> bool {
+        let Storage::Disk(dir) = &self.spool.storage else {
+            return false;
+        };
+        let shared = Arc::new(SyncTarget {
+            file: Mutex::new(None),
+            dirty: AtomicBool::new(self.dirty),
+        });
+        let (stop, stopped) = mpsc::channel::<()>();
+        let target = shared.clone();
+        let started = std::thread::Builder::new()
+            .name("portcullis-audit-fsync".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    target.sync_if_dirty();
+                }
+            });
+        if started.is_err() {
+            return false;
+        }
+        if let (Some(file), Some(seg)) = (&self.file, self.active)
+            && let Ok(file) = file.try_clone()
+        {
+            *shared.file.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((file, Spool::segment_path(dir, seg.first)));
+        }
+        self.background = Some(BackgroundSync {
+            shared,
+            _stop: stop,
+        });
+        true
+    }
+
+    /// Point the background sync at the file just opened for the active segment.
+    fn publish_file(&self) {
+        let (Some(bg), Some(file), Some(seg), Storage::Disk(dir)) = (
+            &self.background,
+            &self.file,
+            self.active,
+            &self.spool.storage,
+        ) else {
+            return;
+        };
+        let entry = file
+            .try_clone()
+            .ok()
+            .map(|file| (file, Spool::segment_path(dir, seg.first)));
+        *bg.shared.file.lock().unwrap_or_else(|p| p.into_inner()) = entry;
     }
 
     /// fsync the active segment if anything was written since the last sync.

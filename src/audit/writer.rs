@@ -226,6 +226,10 @@ pub(crate) struct Writer {
 impl Writer {
     pub fn run(mut self) {
         let mut last_sync = Instant::now();
+        // "interval": a thread of its own fsyncs, so no commit waits for the disk (a disk
+        // spool only; otherwise, or if the thread cannot start, here between commits).
+        let background_sync = self.fsync == FsyncPolicy::Interval
+            && self.spool.sync_in_background(self.fsync_interval);
         let mut last_checkpoint = Instant::now();
         let mut since_checkpoint = 0u64;
         let mut dropped_at_checkpoint = self.counters.dropped.load(Ordering::Relaxed);
@@ -247,7 +251,7 @@ impl Writer {
             let mut wait = self
                 .checkpoint_interval
                 .saturating_sub(now - last_checkpoint);
-            if self.fsync == FsyncPolicy::Interval {
+            if self.fsync == FsyncPolicy::Interval && !background_sync {
                 wait = wait.min(self.fsync_interval.saturating_sub(now - last_sync));
             }
             if let Some(at) = settle_at {
@@ -331,6 +335,7 @@ impl Writer {
             }
             let sync_due = match self.fsync {
                 FsyncPolicy::Always => true,
+                FsyncPolicy::Interval if background_sync => stop,
                 FsyncPolicy::Interval => last_sync.elapsed() >= self.fsync_interval || stop,
                 FsyncPolicy::Never => stop,
             };

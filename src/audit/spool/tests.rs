@@ -276,3 +276,46 @@ fn without_sinks_the_spool_keeps_only_its_head_segment() {
     assert_eq!(rec.spool.segment_count(), 1);
     assert!(rec.spool.used() <= 512 + 56);
 }
+
+/// `fsync = "interval"` on its own thread: it follows the active segment across rotations and
+/// syncs what was written (its dirty flag clears without the writer syncing); a memory spool
+/// has nothing to sync and does not start it.
+#[test]
+fn background_sync_follows_the_active_segment_and_syncs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    assert!(rec.writer.sync_in_background(Duration::from_millis(5)));
+    for seq in 1..=100u64 {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, seq, &payload(seq, 50));
+        rec.writer.append(seq, seq, &buf).unwrap();
+        let active = rec.writer.active.map(|s| s.first);
+        let synced = rec.writer.background.as_ref().and_then(|bg| {
+            let file = bg.shared.file.lock().unwrap();
+            file.as_ref().map(|(_, path)| path.clone())
+        });
+        assert_eq!(
+            synced,
+            active.map(|first| Spool::segment_path(dir.path(), first))
+        );
+    }
+    assert!(rec.spool.segment_count() > 2, "the test needs rotations");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rec
+        .writer
+        .background
+        .as_ref()
+        .is_some_and(|bg| bg.shared.dirty.load(Ordering::Acquire))
+    {
+        assert!(std::time::Instant::now() < deadline, "never synced");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    let memory = SpoolOptions {
+        dir: None,
+        max_size: 1 << 20,
+        segment_size: 512,
+    };
+    let mut rec = Spool::open(&memory, &["s".to_owned()]).unwrap();
+    assert!(!rec.writer.sync_in_background(Duration::from_millis(5)));
+}
