@@ -15,7 +15,8 @@ use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::audit::{AuditLog, AuditUnavailable, Decision, EventBody};
+use crate::audit::event::ip_text;
+use crate::audit::{AuditLog, AuditUnavailable, Decision, EventBody, Text};
 use crate::config::{RouteEntry, Snapshot};
 use crate::grants::{Access, GrantsError, Resolved, Store};
 use crate::identity::{Authenticator, AuthnError, Principal};
@@ -467,7 +468,6 @@ async fn audit(
         None => ("error", refusal_reason),
     };
     let entry = ctx.route.and_then(|id| gw.route_entry(id));
-    use crate::audit::Text;
     // Copied as `Text`: inline, no allocation, for all but a long path or user agent.
     let event = Decision {
         decision,
@@ -486,7 +486,7 @@ async fn audit(
             .and_then(|e| gw.upstreams.name(e.upstream))
             .map(Text::new),
         status,
-        client_ip: crate::audit::event::ip_text(ctx.client_ip.ip()),
+        client_ip: ip_text(ctx.client_ip.ip()),
         user_agent: ctx.user_agent.as_deref().map(Text::new),
         request_id: Text::new(ctx.request_id.to_str().unwrap_or_default()),
         latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -731,8 +731,7 @@ async fn handle_inner(
     Ok(response.map(|body| body.boxed()))
 }
 
-fn required_names(snap: &Snapshot, entry: &RouteEntry) -> Vec<crate::audit::Text> {
-    use crate::audit::Text;
+fn required_names(snap: &Snapshot, entry: &RouteEntry) -> Vec<Text> {
     let name = |id: &policy::PermId| Text::new(snap.policy.permission_name(*id));
     match &entry.rule.requirement {
         policy::Requirement::Public => Vec::new(),
