@@ -22,7 +22,7 @@ use crate::route;
 use crate::runtime::{ReloadSource, Runtime};
 
 pub mod cases;
-mod demo;
+pub(crate) mod demo;
 pub mod explain;
 mod logwriter;
 pub mod review;

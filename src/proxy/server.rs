@@ -520,36 +520,16 @@ mod tests {
 
     use crate::proxy::Gateway;
 
-    const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-[upstreams.api]
-targets = ["127.0.0.1:9"]
-[identity]
-kinds = ["jwt"]
-[identity.jwt]
-algorithms = ["HS256"]
-secret_env = "UNUSED"
-[grants]
-store = "file"
-[roles.viewer]
-permissions = ["*.view"]
-[[routes]]
-methods = ["GET"]
-path = "/x"
-permission = "x.view"
-upstream = "api"
-"#;
-
     /// Every idle keep-alive connection is one parked task of this future, so its size is
     /// most of the memory an idle connection costs (issue 7: 10,000 of them plus 100,000
     /// cached principals within 64 MiB). hyper's state and the select around it belong in
     /// the boxed `burst`, not here.
     #[tokio::test]
     async fn a_plain_connection_task_stays_small() {
+        // The embedded demo config: any valid one will do, nothing is served.
         let snapshot = crate::config::load_str_with_secret(
-            CONFIG,
-            Path::new("inline.toml"),
+            crate::cli::demo::DEMO_CONFIG,
+            Path::new("config/demo.toml"),
             Some(b"0123456789abcdef0123456789abcdef"),
         )
         .unwrap();
