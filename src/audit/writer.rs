@@ -122,6 +122,13 @@ impl Queue {
         Ok(())
     }
 
+    /// Take a job off the queue (`rx` is this queue's receiver), making room for another.
+    fn take(&self, rx: &Receiver<Job>) -> Result<Job, TryRecvError> {
+        let job = rx.try_recv()?;
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        Ok(job)
+    }
+
     fn try_send(&self, job: Job) -> Result<(), TrySendError<Job>> {
         if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             self.len.fetch_sub(1, Ordering::AcqRel);
@@ -348,11 +355,8 @@ impl Writer {
         }
     }
 
-    /// Take a job off the queue, making room for another.
     fn try_recv(&self) -> Result<Job, TryRecvError> {
-        let job = self.rx.try_recv()?;
-        self.queue.len.fetch_sub(1, Ordering::AcqRel);
-        Ok(job)
+        self.queue.take(&self.rx)
     }
 
     /// The next job, if one comes within `timers` (the next checkpoint, fsync or settle).
@@ -533,8 +537,7 @@ mod tests {
             Err(TrySendError::Full(_))
         ));
         assert_eq!(queue.len.load(Ordering::SeqCst), 2);
-        assert!(rx.try_recv().is_ok());
-        queue.len.fetch_sub(1, Ordering::AcqRel); // what `Writer::try_recv` does
+        assert!(queue.take(&rx).is_ok());
         assert!(queue.push(job(), false).is_ok());
         assert!(matches!(
             queue.push(job(), false),
