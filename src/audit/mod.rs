@@ -241,7 +241,11 @@ impl AuditLog {
         let mut workers = Vec::new();
         let mut stats = Vec::new();
         for s in &settings.sinks {
-            let sink = sink::Sink::build(s, options.dir.as_deref())?;
+            let sink = sink::Sink::build(
+                s,
+                options.dir.as_deref(),
+                sink::file_sync_interval(fsync, settings.fsync_interval),
+            )?;
             let st = Arc::new(SinkStats::new(&s.name, spool.cursor(&s.name)));
             stats.push(st.clone());
             workers.push(sink::Worker {
@@ -258,6 +262,7 @@ impl AuditLog {
                 },
                 counters: counters.clone(),
                 dead_letter: options.dir.as_ref().map(|d| d.join("dead-letter")),
+                unacked: sink::Unacked::default(),
             });
         }
 

@@ -1,6 +1,8 @@
 //! Sinks: one worker per sink reads the spool from its cursor, sends batches, retries with
 //! exponential backoff and full jitter, and advances the cursor only after the receiver
-//! acknowledged (what "acknowledged" means is per protocol; see each sink).
+//! acknowledged (what "acknowledged" means is per protocol; see each sink). A sink whose send
+//! only writes (`file`) is acknowledged after its `sync`, which the worker calls at most every
+//! `Sink::sync_interval` while events flow, when it goes idle, and before it ends.
 //!
 //! Shutdown (`Phase`): once the writer has put its last events into the spool, the workers
 //! are told to drain: no more waiting for a batch to fill, deliver up to the (now final) spool
@@ -22,18 +24,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::event::{AuditEvent, EventBody, SinkFailure};
-use super::spool::{Record, Spool};
+use super::spool::{Record, Spool, SpoolReader};
 use super::writer::Job;
 use super::{AuditSetupError, Counters};
 use crate::config::{SinkKind, SinkSettings, TlsClientSettings};
 
+pub(crate) use file::sync_interval as file_sync_interval;
 pub use http::classify_hec;
 
 /// Bytes read from the spool per batch at most (on top of `batch_size`).
 const BATCH_BYTES: usize = 4 << 20;
-/// A file sink with a backlog takes up to this many batches per `fdatasync` and cursor update.
+/// A file sink with a backlog takes up to this many batches per read.
 const FILE_GROUP: usize = 16;
 /// While a batch fills (up to `batch_wait`), how often the worker looks for new events.
 const FILL_POLL: Duration = Duration::from_millis(10);
@@ -198,9 +202,12 @@ pub(crate) enum Sink {
 }
 
 impl Sink {
+    /// `file_sync_interval`: how often a file sink syncs and acknowledges while events flow
+    /// (from the spool's fsync policy: `file_sync_interval()`).
     pub fn build(
         settings: &SinkSettings,
         _spool_dir: Option<&Path>,
+        file_sync_interval: Duration,
     ) -> Result<Sink, AuditSetupError> {
         let err = |reason: String| AuditSetupError::Sink {
             sink: settings.name.clone(),
@@ -219,6 +226,7 @@ impl Sink {
                     *max_files,
                     settings.format,
                     settings.batch_size,
+                    file_sync_interval,
                 )
                 .map_err(|e| err(format!("cannot open `{}`: {e}", path.display())))?,
             ),
@@ -240,7 +248,25 @@ impl Sink {
         }
     }
 
-    /// Events to read per delivery: a file sink groups batches under one sync.
+    /// `None`: a successful send is acknowledged at once (the receiver has the events).
+    /// `Some(d)`: a send only writes; the events are acknowledged after `sync`, which the
+    /// worker calls at most every `d` while events flow (`Duration::ZERO`: after every send).
+    fn sync_interval(&self) -> Option<Duration> {
+        match self {
+            Sink::File(s) => Some(s.sync_interval()),
+            Sink::Stdout(_) | Sink::Syslog(_) | Sink::Http(_) => None,
+        }
+    }
+
+    /// Make what the sends wrote durable (only for sinks with a `sync_interval`).
+    fn sync(&mut self) -> Result<(), SinkError> {
+        match self {
+            Sink::File(s) => s.sync(),
+            Sink::Stdout(_) | Sink::Syslog(_) | Sink::Http(_) => Ok(()),
+        }
+    }
+
+    /// Events to read per delivery: a file sink takes several batches at once.
     fn read_size(&self, batch_size: usize) -> usize {
         match self {
             Sink::File(_) => batch_size.saturating_mul(FILE_GROUP),
@@ -260,6 +286,18 @@ pub(crate) struct Worker {
     pub emitter: Emitter,
     pub counters: Arc<Counters>,
     pub dead_letter: Option<PathBuf>,
+    pub unacked: Unacked,
+}
+
+/// For a sink with a `sync_interval`: what is delivered but not yet synced and acknowledged.
+#[derive(Debug, Default)]
+pub(crate) struct Unacked {
+    /// The highest delivered seq not yet acknowledged.
+    seq: Option<u64>,
+    /// The last successful sync; `None` before the first (the first is due at once).
+    synced_at: Option<Instant>,
+    /// Failed syncs in a row (backoff).
+    failures: u32,
 }
 
 /// Run every worker on one current-thread runtime until each has drained or been stopped
@@ -295,8 +333,17 @@ pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
 
 impl Worker {
     async fn run(mut self) {
+        let mut reader = self.spool.reader(&self.settings.name);
+        self.serve(&mut reader).await;
+        // Drained, stopped or orphaned: make what was delivered durable and acknowledge it,
+        // so that the next start does not send it again.
+        if let Err(err) = self.settle(true) {
+            tracing::error!(sink = %self.settings.name, error = %err, "Audit sink sync failed at shutdown; the unacknowledged events are resent after the next start.");
+        }
+    }
+
+    async fn serve(&mut self, reader: &mut SpoolReader) {
         let name = self.settings.name.clone();
-        let mut reader = self.spool.reader(&name);
         loop {
             let phase = *self.phase.borrow_and_update();
             if phase == Phase::Stop {
@@ -319,6 +366,9 @@ impl Worker {
                     // Caught up with the final head: everything is delivered.
                     return;
                 }
+                // Idle with events delivered but not acknowledged: sync them when due rather
+                // than with the next event, which may be long in coming.
+                let due = self.sync_due();
                 tokio::select! {
                     changed = self.head.changed() => if changed.is_err() {
                         // The writer has stopped: the drain (or the stop) comes next.
@@ -327,14 +377,25 @@ impl Worker {
                         }
                     },
                     changed = self.phase.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                        if let Err(err) = self.settle(true)
+                            && self.sync_failed(err, reader).await
+                        {
+                            return;
+                        }
+                    }
                 }
                 continue;
             }
             if batch.len() < self.settings.batch_size && phase == Phase::Run {
-                let deadline = tokio::time::Instant::now() + self.settings.batch_wait;
+                // A sync coming due ends the wait: the batch goes out and the sync follows.
+                let mut deadline = Instant::now() + self.settings.batch_wait;
+                if let Some(due) = self.sync_due() {
+                    deadline = deadline.min(due);
+                }
                 let mut read_up_to = batch.last().map_or(0, |r| r.seq);
                 while batch.len() < self.settings.batch_size {
-                    let now = tokio::time::Instant::now();
+                    let now = Instant::now();
                     if now >= deadline {
                         break;
                     }
@@ -366,12 +427,89 @@ impl Worker {
                 return;
             }
             let last = batch.last().map_or(0, |r| r.seq);
-            if let Err(err) = self.spool.ack(&name, last) {
-                tracing::error!(sink = %name, error = %err, "Cannot persist the sink cursor; events may be resent after a restart.");
+            if self.sink.sync_interval().is_none() {
+                self.ack(last);
+                continue;
             }
-            self.stats.cursor.store(last, Ordering::Relaxed);
-            super::refresh_full(&self.spool, &self.counters);
+            // INVARIANT: acknowledged only by `settle`, after a successful sync.
+            self.unacked.seq = Some(last);
+            if let Err(err) = self.settle(false)
+                && self.sync_failed(err, reader).await
+            {
+                return;
+            }
         }
+    }
+
+    /// Advance the cursor to `seq`: persist it, release the segments every cursor is past.
+    fn ack(&self, seq: u64) {
+        let name = &self.settings.name;
+        if let Err(err) = self.spool.ack(name, seq) {
+            tracing::error!(sink = %name, error = %err, "Cannot persist the sink cursor; events may be resent after a restart.");
+        }
+        self.stats.cursor.store(seq, Ordering::Relaxed);
+        super::refresh_full(&self.spool, &self.counters);
+    }
+
+    /// When the delivered but unacknowledged events are to be synced; `None` when there are
+    /// none (or the sink acknowledges on send).
+    fn sync_due(&self) -> Option<Instant> {
+        self.unacked.seq?;
+        let interval = self.sink.sync_interval()?;
+        Some(
+            self.unacked
+                .synced_at
+                .map_or_else(Instant::now, |at| at + interval),
+        )
+    }
+
+    /// If due (or `force`), sync the sink and then acknowledge the highest delivered seq.
+    /// On an error nothing is acknowledged; see `sync_failed`.
+    fn settle(&mut self, force: bool) -> Result<(), SinkError> {
+        let (Some(seq), Some(due)) = (self.unacked.seq, self.sync_due()) else {
+            return Ok(());
+        };
+        if !force && Instant::now() < due {
+            return Ok(());
+        }
+        self.sink.sync()?;
+        self.unacked = Unacked {
+            seq: None,
+            synced_at: Some(Instant::now()),
+            failures: 0,
+        };
+        self.ack(seq);
+        Ok(())
+    }
+
+    /// A sync failed: what was written since the last acknowledgement may not be on disk
+    /// (after a failed fdatasync the kernel may drop the dirty pages), so read again from the
+    /// cursor and resend it, after a backoff. Duplicates are allowed, loss is not. True when
+    /// stopped meanwhile.
+    async fn sync_failed(&mut self, err: SinkError, reader: &mut SpoolReader) -> bool {
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        if self.unacked.failures == 0 {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(sink = %self.settings.name, error = %err, "Audit sink sync failed; resending from the cursor with backoff.");
+            self.report(EventBody::SinkFailure(SinkFailure {
+                sink: self.settings.name.clone(),
+                error: err.to_string(),
+                retriable: true,
+                pending: self
+                    .spool
+                    .head()
+                    .saturating_sub(self.spool.cursor(&self.settings.name)),
+            }));
+        }
+        let wait = backoff(
+            self.settings.retry_initial,
+            self.settings.retry_max,
+            self.unacked.failures,
+        );
+        self.unacked.seq = None;
+        self.unacked.failures = self.unacked.failures.saturating_add(1);
+        reader.rewind(self.spool.cursor(&self.settings.name));
+        self.pause(wait).await
     }
 
     /// Sleep unless stopped; returns true when stopped. The start of the drain ends the
@@ -570,3 +708,6 @@ pub(crate) fn tls_config(
     }
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests;
