@@ -102,6 +102,19 @@ pub(crate) struct Counters {
     pub full: AtomicBool,
 }
 
+impl Counters {
+    pub fn new(tickets: loss::Tickets) -> Counters {
+        Counters {
+            tickets,
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            loss_pending: AtomicU64::new(0),
+            full: AtomicBool::new(false),
+        }
+    }
+}
+
 pub(crate) fn refresh_full(spool: &Spool, counters: &Counters) {
     let full = spool.used().saturating_add(FULL_MARGIN) > spool.max_size();
     counters.full.store(full, Ordering::Relaxed);
@@ -225,14 +238,7 @@ impl AuditLog {
             None => (event::GENESIS.to_owned(), 1),
         };
         let gateway: Arc<str> = settings.gateway_name.as_str().into();
-        let counters = Arc::new(Counters {
-            tickets,
-            written: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            loss_pending: AtomicU64::new(0),
-            full: AtomicBool::new(false),
-        });
+        let counters = Arc::new(Counters::new(tickets));
         refresh_full(&spool, &counters);
         let (queue, rx) = Queue::new(QUEUE_CAPACITY);
         let (head_tx, head_rx) = watch::channel(next_seq - 1);

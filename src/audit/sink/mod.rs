@@ -482,6 +482,19 @@ impl Worker {
         Ok(())
     }
 
+    /// Audit a retriable failure, with how many events wait behind it.
+    fn report_retriable(&self, err: &SinkError) {
+        self.report(EventBody::SinkFailure(SinkFailure {
+            sink: self.settings.name.clone(),
+            error: err.to_string(),
+            retriable: true,
+            pending: self
+                .spool
+                .head()
+                .saturating_sub(self.spool.cursor(&self.settings.name)),
+        }));
+    }
+
     /// A sync failed: what was written since the last acknowledgement may not be on disk
     /// (after a failed fdatasync the kernel may drop the dirty pages), so read again from the
     /// cursor and resend it, after a backoff. Duplicates are allowed, loss is not. True when
@@ -491,15 +504,7 @@ impl Worker {
         if self.unacked.failures == 0 {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(sink = %self.settings.name, error = %err, "Audit sink sync failed; resending from the cursor with backoff.");
-            self.report(EventBody::SinkFailure(SinkFailure {
-                sink: self.settings.name.clone(),
-                error: err.to_string(),
-                retriable: true,
-                pending: self
-                    .spool
-                    .head()
-                    .saturating_sub(self.spool.cursor(&self.settings.name)),
-            }));
+            self.report_retriable(&err);
         }
         let wait = backoff(
             self.settings.retry_initial,
@@ -575,15 +580,7 @@ impl Worker {
                             reported = true;
                             self.stats.failures.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(sink = %self.settings.name, error = %err, "Audit sink failing; retrying with backoff.");
-                            self.report(EventBody::SinkFailure(SinkFailure {
-                                sink: self.settings.name.clone(),
-                                error: err.to_string(),
-                                retriable: true,
-                                pending: self
-                                    .spool
-                                    .head()
-                                    .saturating_sub(self.spool.cursor(&self.settings.name)),
-                            }));
+                            self.report_retriable(&err);
                         }
                         let wait = err.retry_after().unwrap_or_else(|| {
                             backoff(

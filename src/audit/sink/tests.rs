@@ -56,14 +56,7 @@ impl Harness {
         };
         let probe = file.probe.clone();
         let (tickets, _) = loss::Tickets::open(None).unwrap();
-        let counters = Arc::new(Counters {
-            tickets,
-            written: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            loss_pending: AtomicU64::new(0),
-            full: std::sync::atomic::AtomicBool::new(false),
-        });
+        let counters = Arc::new(Counters::new(tickets));
         let (queue, jobs) = Queue::new(64);
         let (head, head_rx) = watch::channel(0);
         let (phase, phase_rx) = watch::channel(Phase::Run);
