@@ -27,18 +27,6 @@ use crate::proxy::{Gateway, server};
 /// The demo config, compiled into the binary so the quickstart needs no files.
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 
-/// A gateway built from the demo config, for unit tests that need a real one.
-#[cfg(test)]
-pub(crate) fn test_gateway() -> Arc<Gateway> {
-    let snapshot = crate::config::load_str_with_secret(
-        DEMO_CONFIG,
-        Path::new("config/demo.toml"),
-        Some(b"0123456789abcdef0123456789abcdef"),
-    )
-    .expect("the demo config loads");
-    Arc::new(Gateway::build(snapshot).expect("the demo gateway builds"))
-}
-
 /// A fresh random secret per demo run (tokens from an earlier run stop working).
 fn random_secret() -> String {
     let mut out = String::new();

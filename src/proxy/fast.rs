@@ -335,6 +335,7 @@ fn date(f: impl FnOnce(&[u8])) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
 
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
@@ -342,6 +343,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+    use crate::proxy::Gateway;
 
     fn limits() -> LimitsSettings {
         LimitsSettings::default()
@@ -502,7 +504,13 @@ mod tests {
     /// response; anything else is handed back untouched for hyper.
     #[tokio::test]
     async fn the_gateway_answers_plain_requests_and_hands_the_rest_to_hyper() {
-        let gateway = crate::cli::demo::test_gateway();
+        let snapshot = crate::config::load_str_with_secret(
+            crate::cli::demo::DEMO_CONFIG,
+            Path::new("config/demo.toml"),
+            Some(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        let gateway = Arc::new(Gateway::build(snapshot).unwrap());
         let limits = gateway.snapshot.limits.clone();
         let runtime = Runtime::new(gateway, None);
         let conn = ConnInfo {

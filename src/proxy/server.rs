@@ -202,29 +202,6 @@ pub(super) async fn respond(
     response
 }
 
-/// The per-connection service (`service`) as the connection drivers see it.
-trait ConnService:
-    Service<
-        Request<Incoming>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Send
-    + 'static
-{
-}
-
-impl<S> ConnService for S where
-    S: Service<
-            Request<Incoming>,
-            Response = Response<Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Send
-        + 'static
-{
-}
-
 /// What every connection task shares: the `[limits]` of the first generation and the HTTP/2
 /// builder (HTTP/1 builders are made per hyper instance, see `Shared::http1`).
 struct Shared {
@@ -473,7 +450,13 @@ async fn step<I, S>(
 ) -> Option<Parked<I, S>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: ConnService,
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static,
 {
     let fast = fast::Conn {
         runtime: &shared.runtime,
@@ -510,7 +493,13 @@ async fn burst<I, S>(
 ) -> Option<Parked<I, S>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: ConnService,
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static,
 {
     let header_timeout = shared.limits.header_read_timeout;
     let io_for_hyper = TokioIo::new(ConnIo::new(io, prefix, Some(state.clone())));
@@ -586,7 +575,13 @@ async fn serve_h2<I, S>(
     state: Arc<ConnState>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: ConnService,
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static,
 {
     let io = TokioIo::new(ConnIo::new(io, preface, None));
     let connection = shared.http2.serve_connection(io, service);
@@ -615,6 +610,9 @@ async fn serve_h2<I, S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    use crate::proxy::Gateway;
 
     /// Every idle keep-alive connection is one parked task of this future, so its size is
     /// most of the memory an idle connection costs (issue 7: 10,000 of them plus 100,000
@@ -623,7 +621,13 @@ mod tests {
     #[tokio::test]
     async fn a_plain_connection_task_stays_small() {
         // The embedded demo config: any valid one will do, nothing is served.
-        let gateway = crate::cli::demo::test_gateway();
+        let snapshot = crate::config::load_str_with_secret(
+            crate::cli::demo::DEMO_CONFIG,
+            Path::new("config/demo.toml"),
+            Some(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        let gateway = Arc::new(Gateway::build(snapshot).unwrap());
         let limits = gateway.snapshot.limits.clone();
         let shared = Arc::new(Shared::new(Runtime::new(gateway, None), limits));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
