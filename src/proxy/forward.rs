@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::h1::{self, H1Body, H1Error, IdlePool};
-use super::limits::{ClientBody, LimitedBody, is_too_large};
+use super::limits::{LimitedBody, is_too_large};
 use super::respond::BodyError;
 use super::tls::{self, TlsError};
 use crate::config::{UpstreamProtocol, UpstreamSettings};
@@ -215,7 +215,7 @@ impl Upstreams {
         &self,
         _grant: &Grant,
         upstream: usize,
-        request: Request<ClientBody>,
+        request: Request<Incoming>,
         path_and_query: PathAndQuery,
         upgrade: bool,
     ) -> Result<Response<UpstreamBody>, ForwardError> {

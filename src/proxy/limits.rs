@@ -14,56 +14,14 @@ use super::respond::Refusal;
 use crate::config::LimitsSettings;
 
 /// Refuse a request whose declared length (Content-Length, h1 or h2) is already too large.
-pub fn check_declared_length<B: Body>(
-    request: &Request<B>,
+pub fn check_declared_length(
+    request: &Request<Incoming>,
     limits: &LimitsSettings,
 ) -> Result<(), Refusal> {
     if request.body().size_hint().lower() > limits.max_body {
         return Err(Refusal::PayloadTooLarge);
     }
     Ok(())
-}
-
-/// The client's request body as the pipeline sees it: hyper's, or none at all (a request
-/// served by `proxy::fast`, which takes only requests without a body).
-#[derive(Debug, Default)]
-pub struct ClientBody(Option<Incoming>);
-
-impl ClientBody {
-    pub fn empty() -> ClientBody {
-        ClientBody(None)
-    }
-}
-
-impl From<Incoming> for ClientBody {
-    fn from(body: Incoming) -> ClientBody {
-        ClientBody(Some(body))
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.0.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
-    }
 }
 
 /// A streamed request body that failed on its way upstream.
@@ -85,9 +43,9 @@ pub struct LimitedBody {
 }
 
 impl LimitedBody {
-    pub fn new(inner: ClientBody, limit: u64) -> LimitedBody {
+    pub fn new(inner: Incoming, limit: u64) -> LimitedBody {
         LimitedBody {
-            inner: inner.0,
+            inner: Some(inner),
             remaining: limit,
             limit,
         }

@@ -13,6 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
 use crate::audit::event::ip_text;
 use crate::audit::{AuditLog, AuditUnavailable, Decision, EventBody, Text};
@@ -25,7 +26,6 @@ use crate::route::{self, PathError};
 
 use super::forward::{ForwardError, Upstreams};
 use super::headers;
-use super::limits::ClientBody;
 use super::respond::{BadRequest, Body, Refusal};
 
 /// Everything a request needs, built once from a validated config.
@@ -342,7 +342,7 @@ struct RequestCtx {
 /// Entry point for every request on the public listener.
 pub async fn handle(
     gw: Arc<Gateway>,
-    request: Request<ClientBody>,
+    request: Request<Incoming>,
     conn: ConnInfo,
 ) -> Response<Body> {
     let request_id_name = &gw.snapshot.headers.request_id;
@@ -496,7 +496,7 @@ async fn audit(
 }
 
 /// RFC 9112 checks hyper leaves to the application (R1), before anything is interpreted.
-fn preflight<B>(request: &Request<B>, gw: &Gateway) -> Result<(), Refusal> {
+fn preflight(request: &Request<Incoming>, gw: &Gateway) -> Result<(), Refusal> {
     if matches!(*request.method(), Method::CONNECT | Method::TRACE) {
         return Err(Refusal::MethodNotAllowed);
     }
@@ -540,7 +540,7 @@ fn preflight<B>(request: &Request<B>, gw: &Gateway) -> Result<(), Refusal> {
 async fn handle_inner(
     gw: &Gateway,
     ctx: &mut RequestCtx,
-    mut request: Request<ClientBody>,
+    mut request: Request<Incoming>,
     conn: ConnInfo,
 ) -> Result<Response<Body>, Refusal> {
     let snap = &gw.snapshot;

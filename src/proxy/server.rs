@@ -27,9 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::fast;
 use super::idle::{self, ConnIo, ConnState, ConnTimer};
-use super::limits::ClientBody;
 use super::pipeline::{ConnInfo, Gateway, handle};
 use super::respond::Body;
 use super::{cors, tls};
@@ -134,7 +132,7 @@ pub async fn serve_runtime(
 /// CORS response headers, and the signals `idle` needs.
 fn service(
     shared: &Shared,
-    conn: Arc<ConnInfo>,
+    conn: ConnInfo,
     state: &Arc<ConnState>,
 ) -> impl Service<
     Request<Incoming>,
@@ -151,6 +149,8 @@ fn service(
         .limits
         .max_requests_per_connection;
     let state = state.clone();
+    // Shared, not inline: the service lives in every parked connection's task.
+    let conn = Arc::new(conn);
     service_fn(move |request: Request<Incoming>| {
         // INVARIANT: one load per request; the request keeps this generation to the end
         // (a reload meanwhile only affects later requests).
@@ -159,47 +159,34 @@ fn service(
         let state = state.clone();
         let served = state.request_started();
         async move {
+            let version = request.version();
             let last = max_requests.is_some_and(|max| served >= max);
             if last {
                 state.no_park.store(true, Ordering::SeqCst);
             }
-            let response = respond(gateway, request.map(ClientBody::from), conn, last).await;
+            let cors = gateway.snapshot.cors.as_ref().map(|c| {
+                let origin = request.headers().get(header::ORIGIN).cloned();
+                (c, origin, cors::is_preflight(&request))
+            });
+            let mut response = handle(gateway.clone(), request, conn).await;
+            if let Some((settings, origin, false)) = &cors {
+                cors::decorate(settings, origin.as_ref(), &mut response);
+            }
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 // The socket becomes a tunnel: never take it back from hyper.
                 state.no_park.store(true, Ordering::SeqCst);
             }
             if last {
+                if version < Version::HTTP_2 {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 state.done.notify_one();
             }
             Ok::<_, Infallible>(response)
         }
     })
-}
-
-/// One request through the gateway plus what the connection adds: CORS response headers, and
-/// `Connection: close` on the `last` request `max_requests_per_connection` allows (HTTP/1).
-/// Shared by hyper's service and the fast path (`fast`).
-pub(super) async fn respond(
-    gateway: Arc<Gateway>,
-    request: Request<ClientBody>,
-    conn: ConnInfo,
-    last: bool,
-) -> Response<Body> {
-    let version = request.version();
-    let cors = gateway.snapshot.cors.as_ref().map(|c| {
-        let origin = request.headers().get(header::ORIGIN).cloned();
-        (c, origin, cors::is_preflight(&request))
-    });
-    let mut response = handle(gateway.clone(), request, conn).await;
-    if let Some((settings, origin, false)) = &cors {
-        cors::decorate(settings, origin.as_ref(), &mut response);
-    }
-    if last && version < Version::HTTP_2 {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
 }
 
 /// What every connection task shares: the `[limits]` of the first generation and the HTTP/2
@@ -359,9 +346,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::default());
-    // Shared, not inline: the fast path and the service both need it in every parked task.
-    let conn = Arc::new(conn);
-    let mut service = service(&shared, conn.clone(), &state);
+    let mut service = service(&shared, conn, &state);
     // Not an `async fn`: its arguments would stay in the task next to the locals they become.
     // The parked wait below is what an idle connection costs, so every byte here counts
     // (`tests::a_plain_connection_task_stays_small`).
@@ -378,12 +363,11 @@ where
             return Box::pin(serve_h2(shared, io, prefix, service, state)).await;
         }
         loop {
-            // Boxed: the busy part (the fast path, or hyper and the select around it) exists
-            // only while requests come, so a parked connection's task is the bare socket, the
-            // service and the wait below.
+            // Boxed: the busy part (hyper and the select around it) exists only during a
+            // burst, so a parked connection's task is the bare socket, the service and the
+            // wait below.
             let buffered;
-            let step = step(&shared, io, prefix, service, &state, &conn, deadline);
-            match Box::pin(step).await {
+            match Box::pin(burst(&shared, io, prefix, service, &state, deadline)).await {
                 Some(parked) => (io, service, deadline, buffered) = parked,
                 None => return,
             }
@@ -435,51 +419,6 @@ where
 /// service, when the next request head must be complete, and the bytes of the next request
 /// hyper or `ConnIo` already read (pipelining; empty if none).
 type Parked<I, S> = (I, S, Instant, Bytes);
-
-/// Serve what `prefix` starts: a plain bodyless request on the fast path (`fast`), anything
-/// else (and a partial head) with hyper, from the same bytes. `Some`: the connection is idle
-/// again; `None`: it was closed here.
-async fn step<I, S>(
-    shared: &Shared,
-    io: I,
-    prefix: Bytes,
-    service: S,
-    state: &Arc<ConnState>,
-    conn: &ConnInfo,
-    deadline: Instant,
-) -> Option<Parked<I, S>>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<
-            Request<Incoming>,
-            Response = Response<Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Send
-        + 'static,
-{
-    let fast = fast::Conn {
-        runtime: &shared.runtime,
-        limits: &shared.limits,
-        conn,
-        state,
-        stopping: shared.stopping.load(Ordering::SeqCst),
-    };
-    match fast::serve(io, prefix, fast).await {
-        fast::Outcome::Served(io, rest) => {
-            let deadline = Instant::now() + shared.limits.header_read_timeout;
-            Some((io, service, deadline, rest))
-        }
-        // Boxed: hyper's state is large, the fast path's is not.
-        fast::Outcome::Hyper(io, bytes) => {
-            Box::pin(burst(shared, io, bytes, service, state, deadline)).await
-        }
-        fast::Outcome::Closed(io) => {
-            close(io, shared.limits.header_read_timeout).await;
-            None
-        }
-    }
-}
 
 /// Serve requests with one hyper instance, starting with `prefix`, until the connection goes
 /// idle (`Some`: park it) or ends (`None`: closed here).
