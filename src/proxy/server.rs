@@ -134,14 +134,7 @@ fn service(
     shared: &Shared,
     conn: ConnInfo,
     state: &Arc<ConnState>,
-) -> impl Service<
-    Request<Incoming>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future: Send + 'static,
-> + Send
-+ Unpin
-+ use<> {
+) -> impl ConnService + Unpin + use<> {
     let runtime = shared.runtime.clone();
     let max_requests = runtime
         .current()
@@ -187,6 +180,29 @@ fn service(
             Ok::<_, Infallible>(response)
         }
     })
+}
+
+/// The per-connection service (`service`) as the connection drivers take it.
+trait ConnService:
+    Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> ConnService for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
 }
 
 /// What every connection task shares: the `[limits]` of the first generation and the HTTP/2
@@ -432,13 +448,7 @@ async fn burst<I, S>(
 ) -> Option<Parked<I, S>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<
-            Request<Incoming>,
-            Response = Response<Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Send
-        + 'static,
+    S: ConnService,
 {
     let header_timeout = shared.limits.header_read_timeout;
     let io_for_hyper = TokioIo::new(ConnIo::new(io, prefix, Some(state.clone())));
@@ -514,13 +524,7 @@ async fn serve_h2<I, S>(
     state: Arc<ConnState>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<
-            Request<Incoming>,
-            Response = Response<Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Send
-        + 'static,
+    S: ConnService,
 {
     let io = TokioIo::new(ConnIo::new(io, preface, None));
     let connection = shared.http2.serve_connection(io, service);
