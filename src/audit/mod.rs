@@ -415,6 +415,7 @@ impl AuditLog {
         let critical = sync;
         let event = Box::new(AuditEvent::new(self.gateway.clone(), body));
         let (done, rx) = if wait {
+            self.queue.ensure_completer();
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         } else {

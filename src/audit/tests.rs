@@ -307,3 +307,36 @@ async fn shutdown_with_a_sink_down_returns_within_the_bound_and_keeps_the_events
     let report = log.shutdown(Duration::ZERO);
     assert_eq!(report.undelivered[0].events, head);
 }
+
+/// Spooled waiters are completed through a task on the first runtime that waits; once that
+/// runtime is gone, the writer completes waiters of any other runtime itself.
+#[test]
+fn spooled_waiters_complete_in_every_runtime_even_after_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(AuditLog::start(&settings(dir.path(), Duration::from_secs(300))).unwrap());
+    let burst = |log: Arc<AuditLog>| async move {
+        let waits: Vec<_> = (0..64).map(|_| tokio::spawn(log.record(decision()))).collect();
+        let mut outcomes = Vec::new();
+        for wait in waits {
+            outcomes.push(wait.await.unwrap());
+        }
+        outcomes
+    };
+    for runtime in 0..2 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcomes = rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), burst(log.clone())).await
+            })
+            .unwrap_or_else(|_| panic!("runtime {runtime}: spooled waiters never completed"));
+        assert!(
+            outcomes.iter().all(Result::is_ok),
+            "runtime {runtime}: {outcomes:?}"
+        );
+        drop(rt);
+    }
+    assert_eq!(log.stats().head, 128);
+}

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::event::{AuditEvent, Chain, Checkpoint, EventBody, Loss};
 use super::spool::{SpoolError, SpoolWriter, begin_record, finish_record};
@@ -50,6 +50,8 @@ pub(crate) struct Queue {
     idle: AtomicBool,
     /// Awaited jobs were queued since the writer was last woken.
     pending: AtomicBool,
+    /// Hands a commit's completions to a task on the request runtime (see `Completions`).
+    completer: OnceLock<mpsc::UnboundedSender<Completions>>,
 }
 
 /// Some queue has `pending` set (checked first, so a park costs one load when nothing waits).
@@ -86,6 +88,7 @@ impl Queue {
             writer: OnceLock::new(),
             idle: AtomicBool::new(false),
             pending: AtomicBool::new(false),
+            completer: OnceLock::new(),
         });
         QUEUES
             .lock()
@@ -144,6 +147,54 @@ impl Queue {
         if let Some(thread) = self.writer.get() {
             thread.unpark();
         }
+    }
+
+    /// Called by a request that will wait for its event: the first one inside a runtime
+    /// starts that runtime's completer task. Outside a runtime the writer completes directly.
+    pub fn ensure_completer(&self) {
+        if self.completer.get().is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.completer.get_or_init(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Completions>();
+            runtime.spawn(async move {
+                while let Some(batch) = rx.recv().await {
+                    complete(batch);
+                }
+            });
+            tx
+        });
+    }
+
+    /// Complete a commit's waiters. Each waiter woken from the writer thread is a remote
+    /// wake-up of the runtime (an eventfd write per request on a current-thread runtime), so
+    /// the whole batch goes to the completer task in one hand-off and it wakes them from
+    /// inside the runtime. Without a completer (or once its runtime is gone) they are
+    /// completed here; a batch lost with a runtime drops its senders, which fails closed.
+    fn complete(&self, batch: Completions) {
+        if batch.is_empty() {
+            return;
+        }
+        let batch = match self.completer.get() {
+            Some(tx) => match tx.send(batch) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(batch)) => batch,
+            },
+            None => batch,
+        };
+        complete(batch);
+    }
+}
+
+/// One commit's waiters with their outcome.
+type Completions = Vec<(Done, Result<(), AuditUnavailable>)>;
+
+fn complete(batch: Completions) {
+    for (done, outcome) in batch {
+        let _ = done.send(outcome);
     }
 }
 
@@ -445,11 +496,8 @@ impl Writer {
                 {
                     tracing::error!(error = %err, "Cannot trim the audit spool.");
                 }
-                for p in jobs.drain(..) {
-                    if let Some(done) = p.done {
-                        let _ = done.send(Ok(()));
-                    }
-                }
+                let done = jobs.drain(..).filter_map(|p| p.done.map(|d| (d, Ok(()))));
+                self.queue.complete(done.collect());
                 true
             }
             Err(err) => {
@@ -486,20 +534,19 @@ impl Writer {
                     .fetch_add(lost, Ordering::Relaxed);
                 self.counters.tickets.settled(tickets);
                 self.counters.full.store(full, Ordering::Relaxed);
-                for p in jobs.drain(..) {
-                    if let Some(done) = p.done {
-                        // Role changes never proceed unaudited, whatever `on_full` says.
-                        let outcome = if drop_ok
-                            && !p.sync
-                            && !matches!(p.event.body, EventBody::RoleChange(_))
-                        {
-                            Ok(())
-                        } else {
-                            Err(AuditUnavailable)
-                        };
-                        let _ = done.send(outcome);
-                    }
-                }
+                let done = jobs.drain(..).filter_map(|p| {
+                    // Role changes never proceed unaudited, whatever `on_full` says.
+                    let outcome = if drop_ok
+                        && !p.sync
+                        && !matches!(p.event.body, EventBody::RoleChange(_))
+                    {
+                        Ok(())
+                    } else {
+                        Err(AuditUnavailable)
+                    };
+                    p.done.map(|d| (d, outcome))
+                });
+                self.queue.complete(done.collect());
                 false
             }
         };
