@@ -315,7 +315,9 @@ fn spooled_waiters_complete_in_every_runtime_even_after_the_first_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(AuditLog::start(&settings(dir.path(), Duration::from_secs(300))).unwrap());
     let burst = |log: Arc<AuditLog>| async move {
-        let waits: Vec<_> = (0..64).map(|_| tokio::spawn(log.record(decision()))).collect();
+        let waits: Vec<_> = (0..64)
+            .map(|_| tokio::spawn(log.record(decision())))
+            .collect();
         let mut outcomes = Vec::new();
         for wait in waits {
             outcomes.push(wait.await.unwrap());
