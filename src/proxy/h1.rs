@@ -316,15 +316,17 @@ fn build_response(
             .map_err(|_| H1Error::Invalid("invalid header value"))?;
         headers.append(name, value);
     }
-    let framing = framing(method, parsed.status, &headers)?;
-    let close_asked = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| has_token(v.as_bytes(), b"close"));
-    let keep_alive_10 = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| has_token(v.as_bytes(), b"keep-alive"));
+    // Framing and reuse read the fields as parsed: a `get_all` per name on the map hashes
+    // and probes it, a scan of the few spans compares bytes.
+    let fields = Fields {
+        head,
+        spans: &parsed.fields,
+    };
+    let framing = framing(method, parsed.status, &fields)?;
+    let close_asked = fields.values(b"connection").any(|v| has_token(v, b"close"));
+    let keep_alive_10 = fields
+        .values(b"connection")
+        .any(|v| has_token(v, b"keep-alive"));
     let reusable = framing != Framing::UntilClose
         && !close_asked
         && (parsed.version == Version::HTTP_11 || keep_alive_10);
@@ -352,22 +354,42 @@ fn build_response(
     Ok(response)
 }
 
-fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, H1Error> {
+/// A parsed head's fields: (name start, name end, value start, value end) spans into `head`.
+struct Fields<'a> {
+    head: &'a [u8],
+    spans: &'a [(usize, usize, usize, usize)],
+}
+
+impl<'a> Fields<'a> {
+    /// The values of every field called `name` (lower case), in order.
+    fn values(&self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        let head = self.head;
+        self.spans
+            .iter()
+            .filter(move |&&(ns, ne, _, _)| {
+                head.get(ns..ne)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+            .map(move |&(_, _, vs, ve)| head.get(vs..ve).unwrap_or_default())
+    }
+}
+
+fn framing(method: &Method, status: StatusCode, fields: &Fields<'_>) -> Result<Framing, H1Error> {
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         return Ok(Framing::Empty);
     }
-    let has_length = headers.contains_key(header::CONTENT_LENGTH);
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    let has_length = fields.values(b"content-length").next().is_some();
+    let mut codings = fields.values(b"transfer-encoding").peekable();
     if codings.peek().is_some() {
         if has_length {
             return Err(H1Error::Invalid(
                 "both Content-Length and Transfer-Encoding",
             ));
         }
-        let mut tokens = codings.flat_map(|v| v.as_bytes().split(|&b| b == b','));
+        let mut tokens = codings.flat_map(|v| v.split(|&b| b == b','));
         let only_chunked = tokens
             .next()
             .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
@@ -379,8 +401,8 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
         };
     }
     let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
+    for value in fields.values(b"content-length") {
+        for part in value.split(|&b| b == b',') {
             let n = parse_decimal(part.trim_ascii())
                 .ok_or(H1Error::Invalid("malformed Content-Length"))?;
             if length.is_some_and(|l| l != n) {

@@ -19,47 +19,74 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     map
 }
 
+/// Fields as the parser would give them (names as sent: any case).
+fn fields(pairs: &[(&str, &str)]) -> Fields<'static> {
+    let mut head = Vec::new();
+    let mut spans = Vec::new();
+    for (n, v) in pairs {
+        let ns = head.len();
+        head.extend_from_slice(n.as_bytes());
+        let ne = head.len();
+        head.extend_from_slice(b": ");
+        let vs = head.len();
+        head.extend_from_slice(v.as_bytes());
+        spans.push((ns, ne, vs, head.len()));
+        head.extend_from_slice(b"\r\n");
+    }
+    Fields {
+        head: Box::leak(head.into_boxed_slice()),
+        spans: Box::leak(spans.into_boxed_slice()),
+    }
+}
+
 #[test]
 fn framing_follows_rfc_9112_and_refuses_ambiguity() {
     let get = Method::GET;
     let ok = StatusCode::OK;
     assert_eq!(
-        framing(&get, ok, &headers(&[("content-length", "5")])).unwrap(),
+        framing(&get, ok, &fields(&[("content-length", "5")])).unwrap(),
         Framing::Length(5)
     );
     assert_eq!(
-        framing(&get, ok, &headers(&[("content-length", "5, 5")])).unwrap(),
+        framing(&get, ok, &fields(&[("content-length", "5, 5")])).unwrap(),
         Framing::Length(5)
     );
     assert_eq!(
-        framing(&get, ok, &headers(&[("transfer-encoding", "Chunked")])).unwrap(),
+        framing(&get, ok, &fields(&[("transfer-encoding", "Chunked")])).unwrap(),
         Framing::Chunked
     );
     assert_eq!(
-        framing(&get, ok, &headers(&[])).unwrap(),
+        framing(&get, ok, &fields(&[])).unwrap(),
         Framing::UntilClose
+    );
+    // Names as sent, in any case.
+    assert_eq!(
+        framing(&get, ok, &fields(&[("CONTENT-Length", "7")])).unwrap(),
+        Framing::Length(7)
     );
     // No body whatever the headers say.
     assert_eq!(
-        framing(&Method::HEAD, ok, &headers(&[("content-length", "5")])).unwrap(),
+        framing(&Method::HEAD, ok, &fields(&[("content-length", "5")])).unwrap(),
         Framing::Empty
     );
     assert_eq!(
         framing(
             &get,
             StatusCode::NO_CONTENT,
-            &headers(&[("content-length", "5")])
+            &fields(&[("content-length", "5")])
         )
         .unwrap(),
         Framing::Empty
     );
     assert_eq!(
-        framing(&get, StatusCode::NOT_MODIFIED, &headers(&[])).unwrap(),
+        framing(&get, StatusCode::NOT_MODIFIED, &fields(&[])).unwrap(),
         Framing::Empty
     );
     // Fail closed.
     for bad in [
         &[("content-length", "5"), ("transfer-encoding", "chunked")][..],
+        &[("Content-Length", "5"), ("Transfer-Encoding", "chunked")],
+        &[("content-length", "5"), ("Content-Length", "6")],
         &[("content-length", "5"), ("content-length", "6")],
         &[("content-length", "5, 6")],
         &[("content-length", "-1")],
@@ -75,7 +102,7 @@ fn framing_follows_rfc_9112_and_refuses_ambiguity() {
         &[("transfer-encoding", "chunked, identity")],
     ] {
         assert!(
-            framing(&get, ok, &headers(bad)).is_err(),
+            framing(&get, ok, &fields(bad)).is_err(),
             "{bad:?} must be refused"
         );
     }
