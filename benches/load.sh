@@ -21,6 +21,8 @@
 #   4. instructions (not in the default PHASES): user-space instructions per request of
 #      pc-file and pc-redis-audit (INSTR_VARIANTS) under callgrind; needs valgrind. Repeatable
 #      to ~0.1 %, where the wall-clock phases move by ±10 % from run to run on these VMs.
+#   5. kernel (not in the default PHASES): per request at peak, user and system CPU, system calls
+#      and context switches of nginx, pc-file and pc-redis-audit (KERNEL_VARIANTS); needs perf.
 #
 # CPU layout (2 cores): core SUT_CPU runs every server-side process (upstream nginx, the proxy
 # under test, redis); core LOADGEN_CPU runs only the load generator. nginx proxies run with
@@ -126,12 +128,14 @@ wait_code() {  # url code [curl args] -> waits up to 30 s
   done
   return 1
 }
-# CPU seconds (user+system, all threads) of the process groups given by leader PID.
+# CPU seconds (user+system, all threads) of the process groups given by leader PID;
+# `--split` first: user and system apart.
 cpu_of() {
   python3 - "$@" <<'PY'
 import os, sys
-want = {int(p) for p in sys.argv[1:]}
-hz = os.sysconf("SC_CLK_TCK"); total = 0
+split = sys.argv[1:2] == ["--split"]
+want = {int(p) for p in sys.argv[1 + split:]}
+hz = os.sysconf("SC_CLK_TCK"); user = system = 0
 for d in os.listdir("/proc"):
     if not d.isdigit():
         continue
@@ -141,8 +145,8 @@ for d in os.listdir("/proc"):
         continue
     f = s[s.rindex(")") + 2:].split()
     if int(f[2]) in want:
-        total += int(f[11]) + int(f[12])
-print(f"{total / hz:.3f}")
+        user += int(f[11]); system += int(f[12])
+print(f"{user / hz:.3f} {system / hz:.3f}" if split else f"{(user + system) / hz:.3f}")
 PY
 }
 
@@ -496,6 +500,44 @@ if [[ " $PHASES " == *" instructions "* ]]; then
   echo >>"$RUN/instructions.md"
 fi
 
+# ---------------------------------------------------------- kernel ----
+# Where a request's CPU goes besides user space: per request, the hop's user and system CPU
+# (/proc), its system calls and context switches (perf stat software events on every process of
+# the hop's group), at peak (wrk -cCONNS, KERNEL_SECONDS, small body). Counts, unlike times,
+# hardly move between runs: the figure to judge a change in system calls or wake-ups by.
+if [[ " $PHASES " == *" kernel "* ]]; then
+  command -v perf >/dev/null || die "kernel: needs perf (apt-get install -y linux-perf)"
+  {
+    echo "## Kernel side per request (wrk -c$CONNS -d${KERNEL_SECONDS:-5}s, small body)"
+    echo
+    echo "| variant | req/s | user µs | system µs | system calls | context switches |"
+    echo "|---|---:|---:|---:|---:|---:|"
+  } >"$RUN/kernel.md"
+  for v in ${KERNEL_VARIANTS:-nginx pc-file pc-redis-audit}; do
+    leader=${PID_OF[${HOP[$v]}]}
+    pids=$(ps -eo pid=,pgid= | awk -v g="$leader" '$2 == g { printf "%s%s", sep, $1; sep = "," }')
+    url="${URL[$v]}${PATH_OF[small]}"
+    on_loadgen wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "$AUTH" "$url" >/dev/null 2>&1 || true
+    read -r u0 s0 <<<"$(cpu_of --split "$leader")"
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pids" -o "$RUN/perf-$v.csv" &
+    perf_pid=$!
+    out=$(on_loadgen wrk -t1 -c"$CONNS" -d"${KERNEL_SECONDS:-5}s" -H "$AUTH" -s "$RUN/report.lua" "$url" 2>&1 || true)
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    read -r u1 s1 <<<"$(cpu_of --split "$leader")"
+    read -r _ rps _ _ n _ <<<"$(grep '^RESULT' <<<"$out" || echo "RESULT 0 0 0 0 1")"
+    ((n > 0)) || die "kernel $v: no requests"
+    row=$(awk -F, -v n="$n" -v rps="$rps" -v v="$v" \
+      -v user="$(awk -v a="$u0" -v b="$u1" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')" \
+      -v sys="$(awk -v a="$s0" -v b="$s1" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')" '
+      $3 ~ /raw_syscalls:sys_enter/ { sc = $1 } $3 ~ /context-switches/ { cs = $1 }
+      END { printf "| %s | %.0f | %s | %s | %.2f | %.3f |", v, rps, user, sys, sc / n, cs / n }' "$RUN/perf-$v.csv")
+    log "kernel $v: $row"
+    echo "$row" >>"$RUN/kernel.md"
+  done
+  echo >>"$RUN/kernel.md"
+fi
+
 # ---------------------------------------------------------- report ----
 python3 - "$RAW" >"$RUN/summary.md" <<'PY'
 import csv, statistics, sys
@@ -549,5 +591,6 @@ if any(k[0] == "half" for k in g):
     print()
 PY
 [[ -f $RUN/instructions.md ]] && cat "$RUN/instructions.md" >>"$RUN/summary.md"
+[[ -f $RUN/kernel.md ]] && cat "$RUN/kernel.md" >>"$RUN/summary.md"
 { echo '```'; cat "$RUN/env.txt"; echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"; echo '```'; echo; cat "$RUN/summary.md"; } >"$RUN/report.md"
 cat "$RUN/report.md"

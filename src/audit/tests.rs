@@ -309,12 +309,16 @@ async fn shutdown_with_a_sink_down_returns_within_the_bound_and_keeps_the_events
 }
 
 /// Spooled waiters are completed through a task on the first runtime that waits; once that
-/// runtime is gone, the writer completes waiters of any other runtime itself.
+/// runtime is gone, the writer completes waiters of any other runtime itself, with or without
+/// the park hook.
 #[test]
 fn spooled_waiters_complete_in_every_runtime_even_after_the_first_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(AuditLog::start(&settings(dir.path(), Duration::from_secs(300))).unwrap());
     let burst = |log: Arc<AuditLog>| async move {
+        // Park first (a hooked thread learns it wakes the writer) and let the writer go idle:
+        // the burst then relies on the park hook alone.
+        tokio::time::sleep(Duration::from_millis(60)).await;
         let waits: Vec<_> = (0..64)
             .map(|_| tokio::spawn(log.record(decision())))
             .collect();
@@ -324,11 +328,17 @@ fn spooled_waiters_complete_in_every_runtime_even_after_the_first_is_gone() {
         }
         outcomes
     };
-    for runtime in 0..2 {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+    // The gateway's runtime wakes the writer when a thread parks (`wake_pending`): urgent
+    // events then wait for that park instead of waking the writer at once.
+    for runtime in 0..4 {
+        let mut builder = match runtime {
+            3 => tokio::runtime::Builder::new_multi_thread(),
+            _ => tokio::runtime::Builder::new_current_thread(),
+        };
+        if runtime >= 2 {
+            builder.on_thread_park(wake_pending);
+        }
+        let rt = builder.enable_all().build().unwrap();
         let outcomes = rt
             .block_on(async {
                 tokio::time::timeout(Duration::from_secs(10), burst(log.clone())).await
@@ -340,5 +350,5 @@ fn spooled_waiters_complete_in_every_runtime_even_after_the_first_is_gone() {
         );
         drop(rt);
     }
-    assert_eq!(log.stats().head, 128);
+    assert_eq!(log.stats().head, 256);
 }

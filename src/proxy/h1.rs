@@ -361,14 +361,17 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    /// The values of every field called `name` (lower case), in order.
+    /// The values of every field called `name` (lower-case letters and `-`), in order.
     fn values(&self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + use<'a> {
         let head = self.head;
         self.spans
             .iter()
             .filter(move |&&(ns, ne, _, _)| {
-                head.get(ns..ne)
-                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                // `| 0x20` folds only letters here: the parser admits token characters only,
+                // so the one other byte it could fold onto `-` (CR) is never in a name.
+                head.get(ns..ne).is_some_and(|n| {
+                    n.len() == name.len() && n.iter().zip(name).all(|(a, b)| a | 0x20 == *b)
+                })
             })
             .map(move |&(_, _, vs, ve)| head.get(vs..ve).unwrap_or_default())
     }
