@@ -59,16 +59,10 @@ static ANY_PENDING: AtomicBool = AtomicBool::new(false);
 /// Every live queue, for `wake_pending`.
 static QUEUES: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
 
-thread_local! {
-    /// This thread runs `wake_pending` whenever it parks (it is a hooked runtime thread).
-    static PARK_WAKES_WRITER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// Wake the writers that have awaited events queued. Installed as the request runtime's
 /// `on_thread_park` hook: a request thread with nothing left to run hands the writer the
 /// whole burst it queued. Without the hook (tests, the CLI) the writer's `TICK` bounds the wait.
 pub fn wake_pending() {
-    PARK_WAKES_WRITER.set(true);
     if !ANY_PENDING.load(Ordering::Relaxed) || !ANY_PENDING.swap(false, Ordering::SeqCst) {
         return;
     }
@@ -107,20 +101,11 @@ impl Queue {
         let _ = self.writer.set(thread);
     }
 
-    /// Enqueue without blocking. `urgent` (somebody waits for this job) pushed from a thread
-    /// that runs `wake_pending` when it parks only marks the queue: that thread wakes the
-    /// writer as soon as it runs dry, with the whole burst queued. (Woken now, the writer
-    /// would preempt it on a shared core and commit one event per wake-up; the waiter's
-    /// own task keeps its thread from parking only while there is other work to run.)
-    /// Otherwise a writer parked on an empty queue is woken now, and a busy one drains within
-    /// `TICK` (or at `wake_pending`, for an urgent job).
+    /// Enqueue without blocking. A writer parked on an empty queue is woken now. Otherwise it
+    /// is busy and drains within `TICK`; `urgent` (somebody waits for this job) also marks the
+    /// queue for `wake_pending`, which wakes it as soon as the pushing thread runs dry.
     pub fn push(&self, job: Job, urgent: bool) -> Result<(), TrySendError<Job>> {
         self.try_send(job)?;
-        if urgent && PARK_WAKES_WRITER.get() {
-            self.pending.store(true, Ordering::SeqCst);
-            ANY_PENDING.store(true, Ordering::SeqCst);
-            return Ok(());
-        }
         // Pairs with the fence in `Writer::wait`: either the writer sees this job when it
         // looks again, or this push sees `idle` and wakes it.
         fence(Ordering::SeqCst);
