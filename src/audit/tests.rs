@@ -316,8 +316,7 @@ fn spooled_waiters_complete_in_every_runtime_even_after_the_first_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(AuditLog::start(&settings(dir.path(), Duration::from_secs(300))).unwrap());
     let burst = |log: Arc<AuditLog>| async move {
-        // Park first (a hooked thread learns it wakes the writer) and let the writer go idle:
-        // the burst then relies on the park hook alone.
+        // Let the writer go idle first: the burst's first push wakes it.
         tokio::time::sleep(Duration::from_millis(60)).await;
         let waits: Vec<_> = (0..64)
             .map(|_| tokio::spawn(log.record(decision())))
@@ -328,8 +327,7 @@ fn spooled_waiters_complete_in_every_runtime_even_after_the_first_is_gone() {
         }
         outcomes
     };
-    // The gateway's runtime wakes the writer when a thread parks (`wake_pending`): urgent
-    // events then wait for that park instead of waking the writer at once.
+    // The gateway's runtime also wakes the writer when a thread parks (`wake_pending`).
     for runtime in 0..4 {
         let mut builder = match runtime {
             3 => tokio::runtime::Builder::new_multi_thread(),
