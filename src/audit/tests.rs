@@ -316,8 +316,6 @@ fn spooled_waiters_complete_in_every_runtime_even_after_the_first_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(AuditLog::start(&settings(dir.path(), Duration::from_secs(300))).unwrap());
     let burst = |log: Arc<AuditLog>| async move {
-        // Let the writer go idle first: the burst's first push wakes it.
-        tokio::time::sleep(Duration::from_millis(60)).await;
         let waits: Vec<_> = (0..64)
             .map(|_| tokio::spawn(log.record(decision())))
             .collect();

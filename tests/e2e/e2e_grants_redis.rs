@@ -743,6 +743,13 @@ async fn api_keys_allow_expire_and_refuse_unknown_keys() {
     ])
     .await;
     assert_refused(&r, 401, "invalid_token");
+    // Two keys (in any case of the name) are two readings of one credential.
+    let r = call(vec![
+        ("x-api-key", "live-key-1".into()),
+        ("X-Api-Key", "no-such-key".into()),
+    ])
+    .await;
+    assert_refused(&r, 400, "duplicate_header");
     assert_eq!(e.up.count(), before);
 
     // Revoking the key (DEL + publish for its principal) takes effect on the next request.
