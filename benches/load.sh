@@ -18,6 +18,11 @@
 #   3. latency at 50 % of peak: the rate is half the median peak of pc-redis-audit/small;
 #      direct, nginx and pc-redis-audit at that rate (HALF_VARIANTS: any of the variants,
 #      including pc-redis-noaudit; HALF_RPS overrides the rate); p99 added against direct.
+#      HALF_TOOLS picks the arrival process, each its own table: `uniform` and `poisson` are
+#      benches/pace (one schedule for all connections, latency from when a request was due,
+#      as wrk2 does; built here with cargo), `h2load` is h2load --rps, whose per-connection
+#      timers fire together: FIXED_CLIENTS requests arrive as one burst, and its p99 is the
+#      time the last of a burst queues.
 #   4. instructions (not in the default PHASES): user-space instructions per request of
 #      pc-file and pc-redis-audit (INSTR_VARIANTS) under callgrind; needs valgrind. Repeatable
 #      to ~0.1 %, where the wall-clock phases move by ±10 % from run to run on these VMs.
@@ -50,6 +55,8 @@ AUDIT_DURABILITY=${AUDIT_DURABILITY:-spooled}   # [audit] durability of pc-redis
 FIXED_CLIENTS=${FIXED_CLIENTS:-20}
 PHASES=${PHASES:-"peak audit half"}
 HALF_VARIANTS=${HALF_VARIANTS:-"direct nginx pc-redis-audit"}  # any of direct nginx authreq pc-file pc-redis-audit pc-redis-noaudit
+HALF_TOOLS=${HALF_TOOLS:-"uniform poisson h2load"}  # arrivals at 50 % of peak: uniform | poisson (benches/pace) | h2load
+PACE_CONNS=${PACE_CONNS:-32}
 NICE=${NICE:-auto}            # auto: -20 (process and autogroup) when root, else 0
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/portcullis}
 MAX_WALL=${MAX_WALL:-3600}
@@ -59,6 +66,14 @@ die() { log "ERROR: $*"; exit 1; }
 
 [[ -x "$BIN" ]] || die "no binary at $BIN (build: CARGO_TARGET_DIR=/work/target-bench cargo build --release --bin portcullis; then BIN=...)"
 BIN=$(realpath "$BIN")
+HERE=$(cd "$(dirname "$0")" && pwd)
+PACE=""
+if [[ " $PHASES " == *" half "* && " $HALF_TOOLS " =~ \ (uniform|poisson)\  ]]; then
+  log "building benches/pace (release)"
+  (cd "$HERE/pace" && CARGO_TARGET_DIR="$HERE/pace/target" cargo build --release --quiet) \
+    || die "benches/pace did not build"
+  PACE="$HERE/pace/target/release/pace"
+fi
 
 # ------------------------------------------------------------ tools ----
 need_pkgs=()
@@ -354,7 +369,7 @@ log "sanity ok; run dir $RUN"
   echo "date: $(date -u +%FT%TZ)"
   echo "cpu: $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//') x $(nproc)"
   echo "nginx: $(nginx -v 2>&1 | sed 's/.*: //'); wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}'); redis: $(redis-server --version | awk '{print $3}')"
-  echo "portcullis: $BIN ($(cd "$(dirname "$0")" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+  echo "portcullis: $BIN ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
   echo "layout: server side on cpu $SUT_CPU, load generator on cpu $LOADGEN_CPU; workers $WORKERS; nice $NICE"
   echo "peak: wrk -t1 -c$CONNS -d${DURATION}s (+${WARMUP}s warm-up), $ROUNDS interleaved rounds"
   echo "load before start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -403,8 +418,12 @@ fi
 # h2load --h1: FIXED_CLIENTS connections, each at rate/FIXED_CLIENTS req/s; per-request log
 # (start, status, duration us) -> percentiles. Requests wait for the previous response on their
 # connection, so a stall delays the next send (not corrected for coordinated omission).
-fixed_run() {  # phase round variant rate
-  local phase=$1 round=$2 v=$3 rate=$4 per c0 c1 logf out
+fixed_run() {  # phase round variant rate [tool: h2load | uniform | poisson]
+  local phase=$1 round=$2 v=$3 rate=$4 tool=${5:-h2load} per c0 c1 logf out
+  if [[ $tool != h2load ]]; then
+    paced_run "$@"
+    return
+  fi
   per=$(awk -v r="$rate" -v c="$FIXED_CLIENTS" 'BEGIN { x = r / c; printf "%.2f", x < 0.1 ? 0.1 : x }')
   logf="$RUN/h2load-$phase-$round-$v.log"
   on_loadgen timeout 60 h2load --h1 -t1 -c"$FIXED_CLIENTS" --rps "$per" -D "$WARMUP" -H "$AUTH" \
@@ -437,6 +456,24 @@ PY
   log "$phase r$round $v @${rate}/s: $rps req/s p50=${p50}us p99=${p99}us cpu/req=${cpu}us err=$err"
 }
 
+# benches/pace: one arrival schedule over PACE_CONNS keep-alive connections; latency counts from
+# when a request was due (a request waiting for a free connection waits in its latency).
+paced_run() {  # phase round variant rate tool
+  local phase=$1 round=$2 v=$3 rate=$4 tool=$5 c0 c1 out n
+  on_loadgen timeout 60 "$PACE" --url "${URL[$v]}/small/items/42" -H "$AUTH" --rate "$rate" \
+    --arrivals "$tool" --connections "$PACE_CONNS" --warmup 0 --duration "$WARMUP" >/dev/null 2>&1 || true
+  c0=$(cpu_of "${PID_OF[${HOP[$v]}]}")
+  out=$(on_loadgen timeout $((DURATION + 60)) "$PACE" --url "${URL[$v]}/small/items/42" -H "$AUTH" \
+    --rate "$rate" --arrivals "$tool" --connections "$PACE_CONNS" --warmup 0 --duration "$DURATION" \
+    --seed $((round * 7919 + 17)) 2>&1 || true)
+  c1=$(cpu_of "${PID_OF[${HOP[$v]}]}")
+  echo "$out" >"$RUN/pace-$phase-$round-$v.out"
+  read -r _ rps p50 p99 n err <<<"$(grep '^RESULT' <<<"$out" || echo "RESULT 0 0 0 0 1")"
+  cpu=$(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { printf "%.2f", (n > 0) ? (b - a) * 1e6 / n : 0 }')
+  echo "$phase,$round,small,$v,$rps,$p50,$p99,$n,$err,$cpu,$rate" >>"$RAW"
+  log "$phase r$round $v @${rate}/s ($tool arrivals): $rps req/s p50=${p50}us p99=${p99}us cpu/req=${cpu}us err=$err"
+}
+
 if [[ " $PHASES " == *" audit "* ]]; then
   AB=(pc-redis-noaudit pc-redis-audit)
   for round in $(seq "$ROUNDS"); do
@@ -451,7 +488,10 @@ if [[ " $PHASES " == *" half "* ]]; then
   if ((HALF > 0)); then
     read -ra HV <<<"$HALF_VARIANTS"
     for round in $(seq "$ROUNDS"); do
-      for i in "${!HV[@]}"; do fixed_run half "$round" "${HV[$(((i + round) % ${#HV[@]}))]}" "$HALF"; done
+      for tool in $HALF_TOOLS; do
+        phase=half; [[ $tool != h2load ]] && phase=half-$tool
+        for i in "${!HV[@]}"; do fixed_run "$phase" "$round" "${HV[$(((i + round) % ${#HV[@]}))]}" "$HALF" "$tool"; done
+      done
     done
   else
     log "half: no peak figure for pc-redis-audit/small (run the peak phase, or set HALF_RPS)"
@@ -577,14 +617,21 @@ if pv:
 if any(k[0] == "audit" for k in g):
     print("## Audit off vs on at a fixed rate (h2load --h1 --rps, small body)\n")
     table("audit", ["small"], ["pc-redis-noaudit", "pc-redis-audit"])
-if any(k[0] == "half" for k in g):
-    rate = next(r["rate"] for r in rows if r["phase"] == "half")
-    print(f"## Latency at 50 % of pc-redis-audit's peak ({rate} req/s, h2load --h1 --rps, small body)\n")
+HOW = {
+    "half-uniform": "benches/pace, uniform arrivals, latency from the due time",
+    "half-poisson": "benches/pace, Poisson arrivals, latency from the due time",
+    "half": "h2load --h1 --rps: per-connection timers, arrivals in bursts",
+}
+for phase, how in HOW.items():
+    if not any(k[0] == phase for k in g):
+        continue
+    rate = next(r["rate"] for r in rows if r["phase"] == phase)
+    print(f"## Latency at 50 % of pc-redis-audit's peak ({rate} req/s, {how}, small body)\n")
     hv = ["direct", "nginx", "authreq", "pc-file", "pc-redis-noaudit", "pc-redis-audit"]
-    table("half", ["small"], hv)
-    d = g.get(("half", "small", "direct"))
+    table(phase, ["small"], hv)
+    d = g.get((phase, "small", "direct"))
     for v in hv[1:]:
-        rs = g.get(("half", "small", v))
+        rs = g.get((phase, "small", v))
         if d and rs:
             print(f"- {v}: added p50 {med(rs,'p50_us') - med(d,'p50_us'):+.0f} µs, "
                   f"added p99 {med(rs,'p99_us') - med(d,'p99_us'):+.0f} µs against direct")
