@@ -35,9 +35,9 @@ fn main() -> std::process::ExitCode {
         builder.worker_threads(workers);
         builder
     };
-    // A request thread out of work hands the audit writer the burst of events its requests
-    // wait for, so they share one group commit (see `audit::wake_pending`).
-    builder.on_thread_park(portcullis::audit::wake_pending);
+    // A request thread out of work commits the burst of audit events its requests wait for:
+    // one group commit, without a hand-off to the writer thread (see `audit::commit_pending`).
+    builder.on_thread_park(portcullis::audit::commit_pending);
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

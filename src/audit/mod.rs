@@ -46,8 +46,8 @@ pub use sink::SinkStats;
 
 use crate::config::{AllowEvents, AuditSettings, Durability, FsyncPolicy, OnFull, SecretSource};
 use spool::{Spool, SpoolError, SpoolOptions};
-pub use writer::wake_pending;
-use writer::{Job, Queue, Writer};
+pub use writer::commit_pending;
+use writer::{Job, Queue, Writer, WriterParts};
 
 /// Events waiting for the writer; beyond this the queue counts as full.
 const QUEUE_CAPACITY: usize = 65_536;
@@ -272,7 +272,7 @@ impl AuditLog {
             });
         }
 
-        let writer = Writer {
+        let writer = Writer::new(WriterParts {
             rx,
             queue: queue.clone(),
             spool: recovered.writer,
@@ -287,7 +287,7 @@ impl AuditLog {
             head: head_tx,
             crash_loss: crash_loss.map(|l| l.count),
             stall_after: writer::stall_after(),
-        };
+        });
         let writer = std::thread::Builder::new()
             .name("portcullis-audit-writer".into())
             .spawn(move || writer.run())

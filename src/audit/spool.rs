@@ -507,6 +507,16 @@ impl SpoolWriter {
         self.spool.used().saturating_add(bytes) > self.spool.max_size
     }
 
+    /// Whether appending `bytes` opens a new segment (an fsync of the old one, a directory
+    /// sync): disk waits that an inline commit (`writer::Queue::commit_inline`) leaves to the
+    /// writer thread.
+    pub fn needs_rotation(&self, bytes: u64) -> bool {
+        match self.active {
+            None => true,
+            Some(seg) => seg.len > 0 && seg.len + bytes > self.spool.segment_size,
+        }
+    }
+
     /// Append encoded records (`encode_record`) whose seqs are `first..=last`, with one write,
     /// then publish them to readers.
     pub fn append(&mut self, first: u64, last: u64, records: &[u8]) -> Result<(), SpoolError> {
@@ -518,11 +528,7 @@ impl SpoolWriter {
                 max: self.spool.max_size,
             });
         }
-        let rotate = match self.active {
-            None => true,
-            Some(seg) => seg.len > 0 && seg.len + len > self.spool.segment_size,
-        };
-        if rotate {
+        if self.needs_rotation(len) {
             self.sync()?;
             self.file = None;
             let seg = Segment { first, len: 0 };

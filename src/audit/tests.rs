@@ -325,14 +325,14 @@ fn spooled_waiters_complete_in_every_runtime_even_after_the_first_is_gone() {
         }
         outcomes
     };
-    // The gateway's runtime also wakes the writer when a thread parks (`wake_pending`).
+    // The gateway's runtime also wakes the writer when a thread parks (`commit_pending`).
     for runtime in 0..4 {
         let mut builder = match runtime {
             3 => tokio::runtime::Builder::new_multi_thread(),
             _ => tokio::runtime::Builder::new_current_thread(),
         };
         if runtime >= 2 {
-            builder.on_thread_park(wake_pending);
+            builder.on_thread_park(commit_pending);
         }
         let rt = builder.enable_all().build().unwrap();
         let outcomes = rt
@@ -347,4 +347,92 @@ fn spooled_waiters_complete_in_every_runtime_even_after_the_first_is_gone() {
         drop(rt);
     }
     assert_eq!(log.stats().head, 256);
+}
+
+/// Bursts of spooled events from a request runtime with the park hook: the runtime's thread
+/// commits them itself; appends that would open a new segment (an fsync) are left to the
+/// writer thread, and its checkpoints interleave. Every event lands once, in one chain that
+/// verifies, with `seq` in order. With `fsync = "always"`, or on a multi-thread runtime, no
+/// request thread commits.
+#[test]
+fn request_threads_commit_their_bursts_and_leave_new_segments_to_the_writer() {
+    for (fsync, multi_thread) in [
+        (FsyncPolicy::Interval, false),
+        (FsyncPolicy::Always, false),
+        (FsyncPolicy::Interval, true),
+    ] {
+        let case = format!("{fsync:?}, multi-thread: {multi_thread}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), Duration::from_millis(20));
+        if let Some(spool) = &mut s.spool {
+            spool.max_size = 16 << 20;
+            spool.fsync = fsync;
+        }
+        let log = Arc::new(AuditLog::start(&s).unwrap());
+        let mut builder = if multi_thread {
+            tokio::runtime::Builder::new_multi_thread()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        let rt = builder
+            .on_thread_park(commit_pending)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (rounds, burst) = (20, 50);
+        let outcomes = rt
+            .block_on(async {
+                let bursts = async {
+                    let mut outcomes = Vec::new();
+                    for _ in 0..rounds {
+                        let waits: Vec<_> = (0..burst)
+                            .map(|_| tokio::spawn(log.record(decision())))
+                            .collect();
+                        for wait in waits {
+                            outcomes.push(wait.await.unwrap());
+                        }
+                    }
+                    outcomes
+                };
+                tokio::time::timeout(Duration::from_secs(20), bursts).await
+            })
+            .unwrap_or_else(|_| panic!("{case}: spooled waiters never completed"));
+        let refused = outcomes.iter().filter(|o| o.is_err()).count();
+        assert_eq!(
+            refused,
+            0,
+            "{case}: {refused} of {} refused",
+            outcomes.len()
+        );
+        let inline = log.queue.inline_commits.load(Ordering::Relaxed);
+        if fsync == FsyncPolicy::Always || multi_thread {
+            assert_eq!(inline, 0, "{case}: the writer thread commits");
+        } else {
+            assert!(inline > 0, "{case}: no request thread committed");
+        }
+        assert_eq!(
+            log.shutdown(Duration::from_secs(10)),
+            ShutdownReport::default()
+        );
+        // After the shutdown: a checkpoint may have been written since the last request.
+        let head = log.stats().head;
+        let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        let report = super::verify::verify(&text, None);
+        assert!(report.ok(), "{case}: {:?}", report.findings);
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        let in_order = seqs.iter().copied().eq(1..=head);
+        assert!(in_order, "{case}: {} events, head {head}", seqs.len());
+        let decisions = events
+            .iter()
+            .filter(|e| e["type"] == "authz.decision")
+            .count();
+        assert_eq!(decisions, rounds * burst, "{case}");
+        // 64 KiB segments: several were opened during the bursts, each one by the writer
+        // thread (an inline commit that would open one hands its jobs over).
+        assert!(text.len() >= 5 << 16, "{} bytes only", text.len());
+    }
 }

@@ -1,23 +1,31 @@
-//! The writer thread: sequence, chain, group-commit to the spool, complete the waiters.
+//! Sequence, chain, group-commit to the spool, complete the waiters.
 //!
-//! Every event passes through here, in one thread, so `seq` and `prev` follow spool order.
-//! Each loop takes everything queued (up to `MAX_BATCH`), seals each event straight into the
+//! Every event passes through one `Core` under a lock, so `seq` and `prev` follow spool order.
+//! A commit takes everything queued (up to `MAX_BATCH`), seals each event straight into the
 //! batch buffer (header, JSON, hash: no per-event allocation), appends the batch with one
 //! write and then completes every request waiting on it: that is the group commit that lets
 //! `durability = "spooled"` cost one write per batch of concurrent requests, not per request.
 //! It also settles the crash-loss tickets (`loss.rs`) of what it wrote.
 //!
-//! Waking a thread costs more than sealing an event (two context switches; on a loaded core
-//! that was most of the audit CPU per request, and a writer woken per event preempts the
-//! request thread before the next request can add to the batch). So the writer parks for at
-//! most `TICK` while events flow and is woken early only (a) by a push that finds it parked
-//! on an empty queue, or (b) for events somebody waits for (`durability = "spooled"`, role
-//! changes) when a request thread runs out of work (`wake_pending`, the runtime's
-//! `on_thread_park` hook): one wake per burst of requests, so they share one group commit.
+//! Who commits: the writer thread, or a request thread about to park. Handing a batch to
+//! another thread and back costs two thread wake-ups per commit; at a moderate request rate
+//! that is a commit per request, and on the benchmark VM those wake-ups cost more CPU than the
+//! request itself (benches/README.md, fifth session). So the thread of a current-thread request
+//! runtime that runs out of work with awaited events queued (`commit_pending`, its
+//! `on_thread_park` hook) commits them itself, one group commit per burst, and its waiters run
+//! before it parks. The write goes
+//! to the page cache: the request waits for exactly this write either way. Whatever would
+//! wait for the disk stays on the writer thread: an fsync (`fsync = "always"`, role changes),
+//! opening a new segment, trimming old ones. So do checkpoints, the loss records, events
+//! nobody waits for, and every commit when the lock is taken or no runtime hook runs.
+//!
+//! The writer thread parks for at most `TICK` while events flow and is woken early only by a
+//! push that finds it parked on an empty queue (outside a hooked runtime), or by a request
+//! thread that hands it a commit.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::mpsc::{Receiver, SendError, Sender, TryRecvError, TrySendError, channel};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -30,6 +38,9 @@ use crate::config::{FsyncPolicy, OnFull};
 
 /// Events sealed per group commit at most.
 const MAX_BATCH: usize = 4096;
+/// Awaited jobs queued for a park-time commit beyond this wake the writer thread instead
+/// (a runtime that does not run dry for a long time still has its events committed).
+const MAX_DEFERRED: usize = 512;
 /// How long the queue stays drained before the loss reservation shrinks (`Tickets::settle`).
 const SETTLE: Duration = Duration::from_millis(20);
 /// While events flow that nobody waits for, the writer drains the queue this often.
@@ -41,41 +52,65 @@ pub(crate) struct Queue {
     /// Unbounded underneath, bounded by `len`/`capacity`: a `sync_channel` would allocate and
     /// touch all `capacity` slots up front (2 MiB of resident memory for an idle gateway).
     tx: Sender<Job>,
-    /// Jobs pushed and not yet taken by the writer.
+    /// Jobs pushed and not yet taken off the queue.
     len: AtomicUsize,
     capacity: usize,
     /// The writer thread, once started (events pushed before are drained at its start).
     writer: OnceLock<Thread>,
     /// The writer found the queue empty and parks until a push wakes it.
     idle: AtomicBool,
-    /// Awaited jobs were queued since the writer was last woken.
+    /// Awaited jobs were queued for the pushing thread's park (`commit_pending`).
     pending: AtomicBool,
     /// Hands a commit's completions to a task on the request runtime (see `Completions`).
     completer: OnceLock<mpsc::UnboundedSender<Completions>>,
+    /// Set when request threads may commit (`commit_inline`): not with `fsync = "always"`.
+    core: OnceLock<Arc<Mutex<Core>>>,
+    /// Commits done by request threads (tests and benchmarks look).
+    pub inline_commits: AtomicU64,
 }
 
 /// Some queue has `pending` set (checked first, so a park costs one load when nothing waits).
 static ANY_PENDING: AtomicBool = AtomicBool::new(false);
-/// Every live queue, for `wake_pending`.
+/// Every live queue, for `commit_pending`.
 static QUEUES: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
 
-/// Wake the writers that have awaited events queued. Installed as the request runtime's
-/// `on_thread_park` hook: a request thread with nothing left to run hands the writer the
-/// whole burst it queued. Without the hook (tests, the CLI) the writer's `TICK` bounds the wait.
-pub fn wake_pending() {
+thread_local! {
+    /// This thread runs `commit_pending` whenever it parks, in a current-thread runtime
+    /// (`None`: not known yet).
+    static COMMITS_AT_PARK: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Commit the awaited events queued by this thread's requests, or wake the writer for them.
+/// Installed as the request runtime's `on_thread_park` hook: a thread of a current-thread
+/// runtime with nothing left to run commits the whole burst its requests wait for, and the
+/// runtime runs them instead of parking (it looks at its queue again after the hook). A
+/// multi-thread worker wakes the writer instead: a task it woke here would go to the shared
+/// queue, and no other worker need be told before this one parks. Without the hook (tests,
+/// the CLI) pushes wake the writer.
+pub fn commit_pending() {
+    let inline = COMMITS_AT_PARK.get().unwrap_or_else(|| {
+        let current_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        COMMITS_AT_PARK.set(Some(current_thread));
+        current_thread
+    });
     if !ANY_PENDING.load(Ordering::Relaxed) || !ANY_PENDING.swap(false, Ordering::SeqCst) {
         return;
     }
     let mut queues = QUEUES.lock().unwrap_or_else(|p| p.into_inner());
     queues.retain(|q| match q.upgrade() {
         Some(q) => {
-            if q.pending.swap(false, Ordering::SeqCst) {
+            if q.pending.swap(false, Ordering::SeqCst) && !(inline && q.commit_inline()) {
                 q.wake();
             }
             true
         }
         None => false,
     });
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Queue {
@@ -89,6 +124,8 @@ impl Queue {
             idle: AtomicBool::new(false),
             pending: AtomicBool::new(false),
             completer: OnceLock::new(),
+            core: OnceLock::new(),
+            inline_commits: AtomicU64::new(0),
         });
         QUEUES
             .lock()
@@ -101,20 +138,36 @@ impl Queue {
         let _ = self.writer.set(thread);
     }
 
-    /// Enqueue without blocking. A writer parked on an empty queue is woken now. Otherwise it
-    /// is busy and drains within `TICK`; `urgent` (somebody waits for this job) also marks the
-    /// queue for `wake_pending`, which wakes it as soon as the pushing thread runs dry.
+    /// Let request threads commit (see the module docs).
+    pub fn commit_inline_with(&self, core: Arc<Mutex<Core>>) {
+        let _ = self.core.set(core);
+    }
+
+    /// Enqueue without blocking. `urgent` (somebody waits for this job) pushed from a thread
+    /// that commits when it parks (`commit_pending`) only marks the queue: that thread commits
+    /// it with the rest of its burst as soon as it runs dry. Otherwise a writer parked on an
+    /// empty queue is woken now; a busy one drains within `TICK`, or for an urgent job when
+    /// the pushing thread parks, if it runs the hook.
     pub fn push(&self, job: Job, urgent: bool) -> Result<(), TrySendError<Job>> {
         self.try_send(job)?;
-        // Pairs with the fence in `Writer::wait`: either the writer sees this job when it
-        // looks again, or this push sees `idle` and wakes it.
-        fence(Ordering::SeqCst);
-        if self.idle.swap(false, Ordering::SeqCst) {
-            self.wake();
-        } else if urgent {
-            self.pending.store(true, Ordering::SeqCst);
-            ANY_PENDING.store(true, Ordering::SeqCst);
+        let deferred = urgent
+            && self.core.get().is_some()
+            && COMMITS_AT_PARK.get() == Some(true)
+            && self.len.load(Ordering::Relaxed) <= MAX_DEFERRED;
+        if !deferred {
+            // Pairs with the fence in `Writer::wait`: either the writer sees this job when it
+            // looks again, or this push sees `idle` and wakes it.
+            fence(Ordering::SeqCst);
+            if self.idle.swap(false, Ordering::SeqCst) {
+                self.wake();
+                return Ok(());
+            }
+            if !urgent {
+                return Ok(());
+            }
         }
+        self.pending.store(true, Ordering::SeqCst);
+        ANY_PENDING.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -132,6 +185,10 @@ impl Queue {
         Ok(job)
     }
 
+    fn has_jobs(&self) -> bool {
+        self.len.load(Ordering::SeqCst) > 0
+    }
+
     fn try_send(&self, job: Job) -> Result<(), TrySendError<Job>> {
         if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             self.len.fetch_sub(1, Ordering::AcqRel);
@@ -147,6 +204,46 @@ impl Queue {
         if let Some(thread) = self.writer.get() {
             thread.unpark();
         }
+    }
+
+    /// Commit what is queued on this thread (a request thread about to park). `false` when
+    /// the writer thread must: it holds the lock, or jobs are left to it. What needs a disk
+    /// wait is handed over (the jobs stay in the core, the writer is woken).
+    fn commit_inline(&self) -> bool {
+        let Some(core) = self.core.get() else {
+            return false;
+        };
+        let Ok(mut core) = core.try_lock() else {
+            return false;
+        };
+        if core.closed || core.shutdown || core.crash_loss.is_some() || !core.jobs.is_empty() {
+            return false;
+        }
+        if core.take_jobs(self, true) {
+            // A job for the writer thread (an fsync, shutdown) was taken: it commits them all.
+            drop(core);
+            self.wake();
+            return true;
+        }
+        if let Some(loss) = core.pending_loss() {
+            core.jobs.insert(0, loss);
+        }
+        if core.jobs.is_empty() {
+            return true;
+        }
+        let tickets = core.jobs.iter().any(|p| p.ticket);
+        let outcome = core.commit(self, true);
+        let more = self.has_jobs();
+        drop(core);
+        if outcome != Committed::Written || tickets || more {
+            // Handed over (a new segment), to be retried, a loss reservation to settle, or
+            // more than one batch queued: the writer thread takes it from here.
+            self.wake();
+        }
+        if outcome != Committed::HandedOver {
+            self.inline_commits.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Called by a request that will wait for its event: the first one inside a runtime
@@ -169,11 +266,11 @@ impl Queue {
         });
     }
 
-    /// Complete a commit's waiters. Each waiter woken from the writer thread is a remote
-    /// wake-up of the runtime (an eventfd write per request on a current-thread runtime), so
-    /// the whole batch goes to the completer task in one hand-off and it wakes them from
-    /// inside the runtime. Without a completer (or once its runtime is gone) they are
-    /// completed here; a batch lost with a runtime drops its senders, which fails closed.
+    /// Complete a commit's waiters from the writer thread. Each waiter woken from there is a
+    /// remote wake-up of the runtime (an eventfd write per request on a current-thread
+    /// runtime), so the whole batch goes to the completer task in one hand-off and it wakes
+    /// them from inside the runtime. Without a completer (or once its runtime is gone) they
+    /// are completed here; a batch lost with a runtime drops its senders, which fails closed.
     fn complete(&self, batch: Completions) {
         if batch.is_empty() {
             return;
@@ -261,7 +358,49 @@ pub(crate) fn stall_after() -> Option<u64> {
     }
 }
 
-pub(crate) struct Writer {
+/// The outcome of `Core::commit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    Written,
+    /// Not written (spool full, a write error); the waiters have their outcome.
+    NotWritten,
+    /// An inline commit that would open a new segment: nothing written, the jobs are left
+    /// for the writer thread.
+    HandedOver,
+}
+
+/// What a commit needs, and the jobs taken off the queue and not yet committed. The writer
+/// thread holds it for each of its rounds; a request thread about to park takes it when free
+/// (`Queue::commit_inline`).
+pub(crate) struct Core {
+    /// `None` once the writer thread has ended: pushes are refused from then on.
+    rx: Option<Receiver<Job>>,
+    spool: SpoolWriter,
+    chain: Chain,
+    next_seq: u64,
+    on_full: OnFull,
+    gateway: Arc<str>,
+    counters: Arc<Counters>,
+    /// Published after every commit: the last seq sinks may read.
+    head: watch::Sender<u64>,
+    /// Upper bound of the events a crash of the previous run lost (`loss.rs`).
+    crash_loss: Option<u64>,
+    /// Taken off the queue and not committed: the writer thread commits these first.
+    jobs: Vec<Pending>,
+    /// A shutdown was taken off the queue (after `jobs`).
+    shutdown: bool,
+    /// The writer thread has ended.
+    closed: bool,
+    /// Events committed since the last checkpoint.
+    since_checkpoint: u64,
+    /// When the loss reservation may shrink next (`Tickets::settle`).
+    settle_at: Option<Instant>,
+    records: Vec<u8>,
+    saved_prev: String,
+}
+
+/// How the writer thread is set up; `AuditLog::start` builds it.
+pub(crate) struct WriterParts {
     pub rx: Receiver<Job>,
     pub queue: Arc<Queue>,
     pub spool: SpoolWriter,
@@ -273,34 +412,74 @@ pub(crate) struct Writer {
     pub checkpoint_interval: Duration,
     pub gateway: Arc<str>,
     pub counters: Arc<Counters>,
-    /// Published after every commit: the last seq sinks may read.
     pub head: watch::Sender<u64>,
-    /// Upper bound of the events a crash of the previous run lost (`loss.rs`).
     pub crash_loss: Option<u64>,
-    /// `stall_after()`.
     pub stall_after: Option<u64>,
 }
 
+pub(crate) struct Writer {
+    core: Arc<Mutex<Core>>,
+    queue: Arc<Queue>,
+    fsync: FsyncPolicy,
+    fsync_interval: Duration,
+    checkpoint_interval: Duration,
+    /// `stall_after()`.
+    stall_after: Option<u64>,
+}
+
 impl Writer {
-    pub fn run(mut self) {
+    /// The writer thread's state. Request threads may commit too unless every commit must
+    /// wait for the disk (`fsync = "always"`) or a stall is being injected.
+    pub fn new(parts: WriterParts) -> Writer {
+        let core = Arc::new(Mutex::new(Core {
+            rx: Some(parts.rx),
+            spool: parts.spool,
+            chain: parts.chain,
+            next_seq: parts.next_seq,
+            on_full: parts.on_full,
+            gateway: parts.gateway,
+            counters: parts.counters,
+            head: parts.head,
+            crash_loss: parts.crash_loss,
+            jobs: Vec::new(),
+            shutdown: false,
+            closed: false,
+            since_checkpoint: 0,
+            settle_at: None,
+            records: Vec::with_capacity(1 << 20),
+            saved_prev: String::new(),
+        }));
+        if parts.fsync != FsyncPolicy::Always && parts.stall_after.is_none() {
+            parts.queue.commit_inline_with(core.clone());
+        }
+        Writer {
+            core,
+            queue: parts.queue,
+            fsync: parts.fsync,
+            fsync_interval: parts.fsync_interval,
+            checkpoint_interval: parts.checkpoint_interval,
+            stall_after: parts.stall_after,
+        }
+    }
+
+    pub fn run(self) {
+        // However the thread ends, later pushes are refused and waiters left behind get 503.
+        let _close = CloseOnExit(&self.core);
         let mut last_sync = Instant::now();
         // "interval": a thread of its own fsyncs, so no commit waits for the disk (a disk
         // spool only; otherwise, or if the thread cannot start, here between commits).
         let background_sync = self.fsync == FsyncPolicy::Interval
-            && self.spool.sync_in_background(self.fsync_interval);
+            && lock(&self.core)
+                .spool
+                .sync_in_background(self.fsync_interval);
         let mut last_checkpoint = Instant::now();
-        let mut since_checkpoint = 0u64;
-        let mut dropped_at_checkpoint = self.counters.dropped.load(Ordering::Relaxed);
-        let mut jobs: Vec<Pending> = Vec::new();
+        let mut dropped_at_checkpoint = lock(&self.core).counters.dropped.load(Ordering::Relaxed);
         let mut stop = false;
-        let mut records = Vec::with_capacity(1 << 20);
-        let mut saved_prev = String::new();
-        let mut settle_at: Option<Instant> = None;
         // The last round committed events: more are likely, drain on the tick.
         let mut busy = false;
         while !stop {
             if let Some(n) = self.stall_after
-                && self.counters.written.load(Ordering::Relaxed) >= n
+                && lock(&self.core).counters.written.load(Ordering::Relaxed) >= n
             {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
@@ -312,80 +491,52 @@ impl Writer {
             if self.fsync == FsyncPolicy::Interval && !background_sync {
                 wait = wait.min(self.fsync_interval.saturating_sub(now - last_sync));
             }
-            if let Some(at) = settle_at {
-                wait = wait.min(at.saturating_duration_since(now));
-            }
-            if self.crash_loss.is_some() {
-                // Record the previous run's loss now, not with the next event.
-                wait = Duration::ZERO;
-            }
-            match self.wait(wait, busy) {
-                Ok(job) => match job.pending() {
-                    Some(p) => jobs.push(p),
-                    None => stop = true,
-                },
-                Err(TryRecvError::Disconnected) => stop = true,
-                Err(TryRecvError::Empty) => {}
-            }
-            while jobs.len() < MAX_BATCH && !stop {
-                match self.try_recv() {
-                    Ok(job) => match job.pending() {
-                        Some(p) => jobs.push(p),
-                        None => stop = true,
-                    },
-                    Err(_) => break,
+            {
+                let core = lock(&self.core);
+                if let Some(at) = core.settle_at {
+                    wait = wait.min(at.saturating_duration_since(now));
+                }
+                // Record the previous run's loss now, not with the next event; and take what
+                // a request thread handed over at once.
+                if core.crash_loss.is_some() || !core.jobs.is_empty() || core.shutdown {
+                    wait = Duration::ZERO;
                 }
             }
+            self.wait(wait, busy);
+            let mut core = lock(&self.core);
+            stop = core.take_jobs(&self.queue, false);
             // Loss first: it explains the requests that were dropped before this batch.
-            let pending_loss = self.counters.loss_pending.swap(0, Ordering::Relaxed);
-            if pending_loss > 0 {
-                jobs.insert(0, self.internal(loss(pending_loss, "spool_full", None), 0));
+            if let Some(loss) = core.pending_loss() {
+                core.jobs.insert(0, loss);
             }
             // A crash of the previous run comes before everything else of this one.
-            let crash = self.crash_loss.take();
-            if let Some(count) = crash {
-                jobs.insert(
-                    0,
-                    self.internal(loss(count, "crash", Some("at_most")), count),
-                );
+            if let Some(count) = core.crash_loss.take() {
+                let record = core.internal(loss(count, "crash", Some("at_most")), count);
+                core.jobs.insert(0, record);
             }
             if last_checkpoint.elapsed() >= self.checkpoint_interval {
                 last_checkpoint = Instant::now();
-                let dropped = self.counters.dropped.load(Ordering::Relaxed);
+                let dropped = core.counters.dropped.load(Ordering::Relaxed);
                 let checkpoint = EventBody::Checkpoint(Checkpoint {
-                    head_seq: self.next_seq.saturating_sub(1),
-                    head_hash: self.chain.prev().to_owned(),
-                    events_since_last: since_checkpoint,
+                    head_seq: core.next_seq.saturating_sub(1),
+                    head_hash: core.chain.prev().to_owned(),
+                    events_since_last: core.since_checkpoint,
                     dropped_since_last: dropped - dropped_at_checkpoint,
                 });
                 dropped_at_checkpoint = dropped;
-                since_checkpoint = 0;
-                jobs.push(self.internal(checkpoint, 0));
+                core.since_checkpoint = 0;
+                let record = core.internal(checkpoint, 0);
+                core.jobs.push(record);
             }
-            busy = !jobs.is_empty();
-            if !jobs.is_empty() {
-                let n = jobs.len() as u64;
-                let written = self.commit(&mut jobs, &mut records, &mut saved_prev);
-                if written {
-                    since_checkpoint += n;
-                } else {
-                    if pending_loss > 0 {
-                        // The loss record itself could not be written: keep it pending.
-                        self.counters
-                            .loss_pending
-                            .fetch_add(pending_loss, Ordering::Relaxed);
-                    }
-                    self.crash_loss = self.crash_loss.or(crash);
-                }
-                if settle_at.is_none() {
-                    settle_at = Some(Instant::now() + SETTLE);
-                }
+            busy = !core.jobs.is_empty();
+            if busy {
+                core.commit(&self.queue, false);
             }
-            if let Some(at) = settle_at
+            if let Some(at) = core.settle_at
                 && (Instant::now() >= at || stop)
             {
-                settle_at = if self.counters.tickets.drained() {
-                    self.counters.tickets.settle();
+                core.settle_at = if core.counters.tickets.drained() {
+                    core.counters.tickets.settle();
                     None
                 } else {
                     Some(Instant::now() + SETTLE)
@@ -398,7 +549,7 @@ impl Writer {
                 FsyncPolicy::Never => stop,
             };
             if sync_due {
-                if let Err(err) = self.spool.sync() {
+                if let Err(err) = core.spool.sync() {
                     tracing::error!(error = %err, "Audit spool fsync failed.");
                 }
                 last_sync = Instant::now();
@@ -406,33 +557,77 @@ impl Writer {
         }
     }
 
-    fn try_recv(&self) -> Result<Job, TryRecvError> {
-        self.queue.take(&self.rx)
-    }
-
-    /// The next job, if one comes within `timers` (the next checkpoint, fsync or settle).
+    /// Park until a job is queued or `timers` (the next checkpoint, fsync or settle) run out.
     /// Busy: park one `TICK` at most, pushes do not wake. Idle: announce it, look once more,
     /// then park until a push or a timer.
-    fn wait(&self, timers: Duration, busy: bool) -> Result<Job, TryRecvError> {
-        match self.try_recv() {
-            Err(TryRecvError::Empty) => {}
-            other => return other,
+    fn wait(&self, timers: Duration, busy: bool) {
+        if self.queue.has_jobs() {
+            return;
         }
         if busy {
             std::thread::park_timeout(timers.min(TICK));
-            return self.try_recv();
+            return;
         }
         self.queue.idle.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let job = match self.try_recv() {
-            Err(TryRecvError::Empty) => {
-                std::thread::park_timeout(timers);
-                self.try_recv()
-            }
-            other => other,
-        };
+        if !self.queue.has_jobs() {
+            std::thread::park_timeout(timers);
+        }
         self.queue.idle.store(false, Ordering::SeqCst);
-        job
+    }
+}
+
+/// Ends the pipeline with the writer thread, also when it panics: the queue's receiver is
+/// dropped (pushes are refused, queued jobs dropped), and so are jobs left in the core; their
+/// waiters get `AuditUnavailable` (503).
+struct CloseOnExit<'a>(&'a Mutex<Core>);
+
+impl Drop for CloseOnExit<'_> {
+    fn drop(&mut self) {
+        let mut core = lock(self.0);
+        core.closed = true;
+        core.rx = None;
+        core.jobs.clear();
+    }
+}
+
+impl Core {
+    /// Take queued jobs into `jobs`, up to `MAX_BATCH`. `true` when the taken jobs must be
+    /// committed by the writer thread: a shutdown (the writer stops after them), or, for an
+    /// inline commit, a job that fsyncs.
+    fn take_jobs(&mut self, queue: &Queue, inline: bool) -> bool {
+        if self.shutdown {
+            return true;
+        }
+        let Some(rx) = &self.rx else {
+            return !inline;
+        };
+        while self.jobs.len() < MAX_BATCH {
+            let Ok(job) = queue.take(rx) else {
+                break;
+            };
+            match job.pending() {
+                Some(p) => {
+                    let fsyncs = p.sync;
+                    self.jobs.push(p);
+                    if fsyncs && inline {
+                        return true;
+                    }
+                }
+                None => {
+                    self.shutdown = true;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// A loss record for the events dropped since the last one (`commit` puts the count back
+    /// if the record cannot be written).
+    fn pending_loss(&mut self) -> Option<Pending> {
+        let count = self.counters.loss_pending.swap(0, Ordering::Relaxed);
+        (count > 0).then(|| self.internal(loss(count, "spool_full", None), 0))
     }
 
     fn internal(&self, body: EventBody, covers: u64) -> Pending {
@@ -445,13 +640,27 @@ impl Writer {
         }
     }
 
-    /// Seal and append `jobs`, complete their waiters; returns whether they were written.
-    fn commit(
+    /// Seal and append `jobs`, complete their waiters. `inline`: on a request thread, which
+    /// completes them itself, and never opens a segment (that waits for the disk).
+    fn commit(&mut self, queue: &Queue, inline: bool) -> Committed {
+        let mut records = std::mem::take(&mut self.records);
+        let mut saved_prev = std::mem::take(&mut self.saved_prev);
+        let outcome = self.commit_into(queue, inline, &mut records, &mut saved_prev);
+        self.records = records;
+        self.saved_prev = saved_prev;
+        if outcome != Committed::HandedOver && self.settle_at.is_none() {
+            self.settle_at = Some(Instant::now() + SETTLE);
+        }
+        outcome
+    }
+
+    fn commit_into(
         &mut self,
-        jobs: &mut Vec<Pending>,
+        queue: &Queue,
+        inline: bool,
         records: &mut Vec<u8>,
         saved_prev: &mut String,
-    ) -> bool {
+    ) -> Committed {
         records.clear();
         saved_prev.clear();
         saved_prev.push_str(self.chain.prev());
@@ -460,7 +669,7 @@ impl Writer {
         let mut sync = false;
         let mut tickets = 0u64;
         let mut covers = 0u64;
-        for p in jobs.iter_mut() {
+        for p in self.jobs.iter_mut() {
             sync |= p.sync;
             tickets += u64::from(p.ticket);
             p.event.seq = seq;
@@ -475,6 +684,10 @@ impl Writer {
             covers += p.covers;
             seq += 1;
         }
+        if inline && seq > first && self.spool.needs_rotation(records.len() as u64) {
+            self.chain.restore(saved_prev);
+            return Committed::HandedOver;
+        }
         let last = seq - 1;
         let result = if seq == first {
             Ok(())
@@ -482,23 +695,37 @@ impl Writer {
             self.spool.append(first, last, records)
         };
         let result = result.and_then(|()| if sync { self.spool.sync() } else { Ok(()) });
-        let written = match result {
+        let complete_all = |queue: &Queue, batch: Completions| {
+            if inline {
+                complete(batch);
+            } else {
+                queue.complete(batch);
+            }
+        };
+        match result {
             Ok(()) => {
                 self.next_seq = seq;
+                self.since_checkpoint += seq - first;
                 self.counters
                     .written
                     .fetch_add(seq - first, Ordering::Relaxed);
                 // After the append: a crash in between overcounts, never undercounts.
                 self.counters.tickets.settled(tickets + covers);
                 self.head.send_replace(last);
-                if !self.spool.spool().has_readers()
+                // Only a commit that opened a segment leaves one to remove: never inline.
+                if !inline
+                    && !self.spool.spool().has_readers()
                     && let Err(err) = self.spool.spool().release()
                 {
                     tracing::error!(error = %err, "Cannot trim the audit spool.");
                 }
-                let done = jobs.drain(..).filter_map(|p| p.done.map(|d| (d, Ok(()))));
-                self.queue.complete(done.collect());
-                true
+                let done = self
+                    .jobs
+                    .drain(..)
+                    .filter_map(|p| p.done.map(|d| (d, Ok(()))));
+                complete_all(queue, done.collect());
+                super::refresh_full(self.spool.spool(), &self.counters);
+                Committed::Written
             }
             Err(err) => {
                 // Nothing was published: the chain and seq continue from where they were.
@@ -511,8 +738,16 @@ impl Writer {
                 // Loss records are bookkeeping about other events: never counted themselves.
                 let mut lost = 0u64;
                 let mut refused = 0u64;
-                for p in jobs.iter() {
-                    if matches!(p.event.body, EventBody::Loss(_)) {
+                for p in self.jobs.iter() {
+                    if let EventBody::Loss(record) = &p.event.body {
+                        // Not written: what it accounts for stays to be recorded.
+                        if record.cause == "crash" {
+                            self.crash_loss = Some(record.count);
+                        } else {
+                            self.counters
+                                .loss_pending
+                                .fetch_add(record.count, Ordering::Relaxed);
+                        }
                         continue;
                     }
                     let refuses = p.done.is_some()
@@ -534,7 +769,7 @@ impl Writer {
                     .fetch_add(lost, Ordering::Relaxed);
                 self.counters.tickets.settled(tickets);
                 self.counters.full.store(full, Ordering::Relaxed);
-                let done = jobs.drain(..).filter_map(|p| {
+                let done = self.jobs.drain(..).filter_map(|p| {
                     // Role changes never proceed unaudited, whatever `on_full` says.
                     let outcome = if drop_ok
                         && !p.sync
@@ -546,14 +781,10 @@ impl Writer {
                     };
                     p.done.map(|d| (d, outcome))
                 });
-                self.queue.complete(done.collect());
-                false
+                complete_all(queue, done.collect());
+                Committed::NotWritten
             }
-        };
-        if written {
-            super::refresh_full(self.spool.spool(), &self.counters);
         }
-        written
     }
 }
 
