@@ -7,6 +7,8 @@
 #   pc-file         wrk -> portcullis (JWT HS256, file store, allow events not audited) -> upstream
 #   pc-redis-audit  wrk -> portcullis (JWT HS256, Redis store warm, every event to a disk spool
 #                          + file sink) -> upstream
+#   pc-base         pc-redis-audit run by BASE_BIN (set it to compare two builds in one run:
+#                   add pc-base to VARIANTS, HALF_VARIANTS, KERNEL_VARIANTS, INSTR_VARIANTS)
 #
 # Phases:
 #   1. peak: wrk, 1 thread, CONNS connections, closed loop, DURATION s per run, ROUNDS interleaved
@@ -59,6 +61,7 @@ HALF_TOOLS=${HALF_TOOLS:-"uniform poisson h2load"}  # arrivals at 50 % of peak: 
 PACE_CONNS=${PACE_CONNS:-32}
 NICE=${NICE:-auto}            # auto: -20 (process and autogroup) when root, else 0
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/portcullis}
+BASE_BIN=${BASE_BIN:-}
 MAX_WALL=${MAX_WALL:-3600}
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -66,6 +69,10 @@ die() { log "ERROR: $*"; exit 1; }
 
 [[ -x "$BIN" ]] || die "no binary at $BIN (build: CARGO_TARGET_DIR=/work/target-bench cargo build --release --bin portcullis; then BIN=...)"
 BIN=$(realpath "$BIN")
+if [[ -n $BASE_BIN ]]; then
+  [[ -x "$BASE_BIN" ]] || die "no binary at BASE_BIN=$BASE_BIN"
+  BASE_BIN=$(realpath "$BASE_BIN")
+fi
 HERE=$(cd "$(dirname "$0")" && pwd)
 PACE=""
 if [[ " $PHASES " == *" half "* && " $HALF_TOOLS " =~ \ (uniform|poisson)\  ]]; then
@@ -166,7 +173,7 @@ PY
 }
 
 UP=$(free_port); AUTHZ=$(free_port); NX=$(free_port); AR=$(free_port)
-PC_FILE=$(free_port); PC_REDIS=$(free_port); PC_NOAUDIT=$(free_port); REDIS=$(free_port)
+PC_FILE=$(free_port); PC_REDIS=$(free_port); PC_NOAUDIT=$(free_port); PC_BASE=$(free_port); REDIS=$(free_port)
 USER_LINE=""
 [[ $(id -u) == 0 ]] && USER_LINE="user nobody nogroup;"
 
@@ -319,7 +326,10 @@ EOF
 gw_conf "$PC_FILE" file off >"$RUN/pc-file.toml"
 gw_conf "$PC_REDIS" redis on >"$RUN/pc-redis-audit.toml"
 gw_conf "$PC_NOAUDIT" redis off >"$RUN/pc-redis-noaudit.toml"
-for f in pc-file pc-redis-audit pc-redis-noaudit; do
+gw_conf "$PC_BASE" redis on >"$RUN/pc-base.toml"
+PC_VARIANTS="pc-file pc-redis-audit pc-redis-noaudit"
+[[ -n $BASE_BIN ]] && PC_VARIANTS+=" pc-base"
+for f in $PC_VARIANTS; do
   "$BIN" check --config "$RUN/$f.toml" >/dev/null || die "$f.toml invalid: $("$BIN" check --config "$RUN/$f.toml" 2>&1)"
 done
 TOKEN=$("$BIN" token --config "$RUN/pc-file.toml" --sub bench --tenant acme --ttl 4h)
@@ -339,21 +349,22 @@ export RUST_LOG=warn PORTCULLIS_WORKER_THREADS=$WORKERS
 start_bg pc-file "$SUT_CPU" "$BIN" run --config "$RUN/pc-file.toml"
 start_bg pc-redis-audit "$SUT_CPU" "$BIN" run --config "$RUN/pc-redis-audit.toml"
 start_bg pc-redis-noaudit "$SUT_CPU" "$BIN" run --config "$RUN/pc-redis-noaudit.toml"
+[[ -n $BASE_BIN ]] && start_bg pc-base "$SUT_CPU" "$BASE_BIN" run --config "$RUN/pc-base.toml"
 
 declare -A URL=(
   [direct]="http://127.0.0.1:$UP" [nginx]="http://127.0.0.1:$NX" [authreq]="http://127.0.0.1:$AR"
   [pc-file]="http://127.0.0.1:$PC_FILE" [pc-redis-audit]="http://127.0.0.1:$PC_REDIS"
-  [pc-redis-noaudit]="http://127.0.0.1:$PC_NOAUDIT"
+  [pc-redis-noaudit]="http://127.0.0.1:$PC_NOAUDIT" [pc-base]="http://127.0.0.1:$PC_BASE"
 )
 # process group whose CPU is "the hop" of a variant (direct: the upstream itself)
 declare -A HOP=(
   [direct]=upstream [nginx]=proxy [authreq]=proxy [pc-file]=pc-file
-  [pc-redis-audit]=pc-redis-audit [pc-redis-noaudit]=pc-redis-noaudit
+  [pc-redis-audit]=pc-redis-audit [pc-redis-noaudit]=pc-redis-noaudit [pc-base]=pc-base
 )
 declare -A PATH_OF=([small]=/small/items/42 [big]=/big/blob/7)
 
 # ---------------------------------------------------------- sanity ----
-for v in direct nginx authreq pc-file pc-redis-audit pc-redis-noaudit; do
+for v in direct nginx authreq $PC_VARIANTS; do
   wait_code "${URL[$v]}/small/items/42" 200 -H "$AUTH" || die "$v: no 200 (see $RUN/*.log)"
   size=$(curl -s -o /dev/null -w '%{size_download}' -H "$AUTH" "${URL[$v]}/big/blob/7")
   [[ $size == 65536 ]] || die "$v big: got $size bytes"
@@ -369,6 +380,7 @@ log "sanity ok; run dir $RUN"
   echo "date: $(date -u +%FT%TZ)"
   echo "cpu: $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//') x $(nproc)"
   echo "nginx: $(nginx -v 2>&1 | sed 's/.*: //'); wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}'); redis: $(redis-server --version | awk '{print $3}')"
+  [[ -n $BASE_BIN ]] && echo "pc-base: $BASE_BIN"
   echo "portcullis: $BIN ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
   echo "layout: server side on cpu $SUT_CPU, load generator on cpu $LOADGEN_CPU; workers $WORKERS; nice $NICE"
   echo "peak: wrk -t1 -c$CONNS -d${DURATION}s (+${WARMUP}s warm-up), $ROUNDS interleaved rounds"
@@ -507,7 +519,7 @@ fi
 # $RUN/callgrind-<variant>.txt.
 if [[ " $PHASES " == *" instructions "* ]]; then
   command -v valgrind >/dev/null || die "instructions: needs valgrind (apt-get install -y valgrind)"
-  declare -A PORT_OF=([pc-file]=$PC_FILE [pc-redis-audit]=$PC_REDIS [pc-redis-noaudit]=$PC_NOAUDIT)
+  declare -A PORT_OF=([pc-file]=$PC_FILE [pc-redis-audit]=$PC_REDIS [pc-redis-noaudit]=$PC_NOAUDIT [pc-base]=$PC_BASE)
   {
     echo "## User-space instructions per request (callgrind, wrk -c16 -d${INSTR_SECONDS:-8}s, small body)"
     echo
@@ -517,8 +529,9 @@ if [[ " $PHASES " == *" instructions "* ]]; then
   for v in ${INSTR_VARIANTS:-pc-file pc-redis-audit}; do
     port=$(free_port)
     sed "s/${PORT_OF[$v]}/$port/g" "$RUN/$v.toml" >"$RUN/$v-callgrind.toml"
+    bin=$BIN; [[ $v == pc-base ]] && bin=$BASE_BIN
     start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind \
-      --callgrind-out-file="$RUN/callgrind-$v.out" "$BIN" run --config "$RUN/$v-callgrind.toml"
+      --callgrind-out-file="$RUN/callgrind-$v.out" "$bin" run --config "$RUN/$v-callgrind.toml"
     url="http://127.0.0.1:$port${PATH_OF[small]}"
     wait_code "$url" 200 -H "$AUTH" || die "callgrind $v: no 200 (see $RUN/callgrind-$v.log)"
     on_loadgen wrk -t1 -c16 -d3s -H "$AUTH" "$url" >/dev/null 2>&1 || true
@@ -598,7 +611,7 @@ def table(phase, bodies, variants):
                       f"{med(rs,'p99_us'):,.0f} | {med(rs,'hop_cpu_us_per_req'):.1f} | {len(rs)} |")
     print()
 bodies = [b for b in ("small", "big") if any(k[1] == b for k in g)]
-pv = [v for v in ("direct", "nginx", "authreq", "pc-file", "pc-redis-audit") if any(k[2] == v and k[0] == "peak" for k in g)]
+pv = [v for v in ("direct", "nginx", "authreq", "pc-file", "pc-redis-audit", "pc-base") if any(k[2] == v and k[0] == "peak" for k in g)]
 if pv:
     print("## Peak (wrk closed loop; medians over rounds)\n")
     table("peak", bodies, pv)
@@ -606,13 +619,19 @@ if pv:
     print("|---|---|---:|---:|---:|")
     for b in bodies:
         base = {v: med(g[("peak", b, v)], "rps") for v in ("direct", "nginx", "authreq") if g.get(("peak", b, v))}
-        for v in ("pc-file", "pc-redis-audit"):
+        for v in ("pc-file", "pc-redis-audit", "pc-base"):
             rs = g.get(("peak", b, v))
             if not rs:
                 continue
             x = med(rs, "rps")
             cell = lambda k: f"{x / base[k]:.2f}×" if base.get(k) else "-"
             print(f"| {b} | {v} | {cell('nginx')} | {cell('authreq')} | {cell('direct')} |")
+    print()
+    for b in bodies:
+        new, old = g.get(("peak", b, "pc-redis-audit")), g.get(("peak", b, "pc-base"))
+        if new and old:
+            print(f"- {b}: pc-redis-audit ÷ pc-base (BASE_BIN) {med(new, 'rps') / med(old, 'rps'):.2f}× req/s, "
+                  f"CPU/request {med(new, 'hop_cpu_us_per_req'):.1f} against {med(old, 'hop_cpu_us_per_req'):.1f} µs")
     print()
 if any(k[0] == "audit" for k in g):
     print("## Audit off vs on at a fixed rate (h2load --h1 --rps, small body)\n")
@@ -627,7 +646,7 @@ for phase, how in HOW.items():
         continue
     rate = next(r["rate"] for r in rows if r["phase"] == phase)
     print(f"## Latency at 50 % of pc-redis-audit's peak ({rate} req/s, {how}, small body)\n")
-    hv = ["direct", "nginx", "authreq", "pc-file", "pc-redis-noaudit", "pc-redis-audit"]
+    hv = ["direct", "nginx", "authreq", "pc-file", "pc-redis-noaudit", "pc-redis-audit", "pc-base"]
     table(phase, ["small"], hv)
     d = g.get((phase, "small", "direct"))
     for v in hv[1:]:
