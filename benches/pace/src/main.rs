@@ -12,6 +12,7 @@
 //! parses), then the percentiles and how late the sends were.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -74,7 +75,8 @@ fn parse_args() -> Result<Args, String> {
         .next()
         .ok_or(format!("{authority}: no address"))?;
     let rate = rate.ok_or("--rate is required")?;
-    if !(rate > 0.0) || connections == 0 || !(duration > 0.0) || warmup < 0.0 {
+    let positive = |x: f64| x > 0.0; // false for NaN too
+    if !positive(rate) || connections == 0 || !positive(duration) || warmup < 0.0 {
         return Err("--rate, --duration and --connections must be positive".into());
     }
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n");
@@ -197,8 +199,11 @@ fn connect(poll: &Poll, addr: SocketAddr, token: usize) -> std::io::Result<TcpSt
     std_stream.set_nodelay(true)?;
     std_stream.set_nonblocking(true)?;
     let mut stream = TcpStream::from_std(std_stream);
-    poll.registry()
-        .register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)?;
+    poll.registry().register(
+        &mut stream,
+        Token(token),
+        Interest::READABLE | Interest::WRITABLE,
+    )?;
     Ok(stream)
 }
 
@@ -317,7 +322,11 @@ fn run(args: Args) -> Result<(), String> {
                 }
                 Parsed::Incomplete | Parsed::Bad => {
                     // A closed or garbled connection: count its request, open a new one.
-                    if conn.in_flight.take().is_some_and(|(when, _)| when >= measure_from) {
+                    if conn
+                        .in_flight
+                        .take()
+                        .is_some_and(|(when, _)| when >= measure_from)
+                    {
                         errors += 1;
                     }
                     let _ = poll.registry().deregister(&mut conn.stream);
@@ -335,7 +344,10 @@ fn run(args: Args) -> Result<(), String> {
     send_lag.sort_unstable();
     let us = |ns: u64| ns / 1000;
     let n = latencies.len();
-    println!(
+    // One write at the end, and a closed stdout (`| head -1`) is not an error.
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "RESULT {:.1} {} {} {} {}",
         n as f64 / args.duration,
         us(percentile(&latencies, 0.50)),
@@ -343,26 +355,29 @@ fn run(args: Args) -> Result<(), String> {
         n,
         errors
     );
-    let row = |name: &str, v: &[u64]| {
-        println!(
+    let mut row = |name: &str, v: &[u64]| {
+        let _ = writeln!(
+            out,
             "{name:<28} p50 {:>6} µs  p90 {:>6}  p99 {:>6}  p99.9 {:>6}  max {:>6}",
             us(percentile(v, 0.50)),
             us(percentile(v, 0.90)),
             us(percentile(v, 0.99)),
             us(percentile(v, 0.999)),
             us(v.last().copied().unwrap_or(0)),
-        )
+        );
     };
     row("latency (from due time)", &latencies);
     row("latency (from send)", &service);
     row("send lag (send - due)", &send_lag);
-    println!(
+    let _ = writeln!(
+        out,
         "{} arrivals at {:.0} req/s over {:.1} s on {} connections: {n} answered, {errors} errors, {queued} waited > 50 µs for a connection",
         if args.poisson { "poisson" } else { "uniform" },
         args.rate,
         args.duration,
         args.connections
     );
+    let _ = std::io::stdout().write_all(out.as_bytes());
     Ok(())
 }
 
@@ -388,7 +403,8 @@ mod tests {
             parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nabc"),
             Parsed::Incomplete
         ));
-        let c = b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let c =
+            b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
         assert!(matches!(parse_response(c), Parsed::Done { ok: false, len } if len == c.len()));
         assert!(matches!(parse_response(b"garbage\r\n\r\n"), Parsed::Bad));
     }
