@@ -75,9 +75,19 @@ static ANY_PENDING: AtomicBool = AtomicBool::new(false);
 static QUEUES: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
 
 thread_local! {
-    /// This thread runs `commit_pending` whenever it parks, in a current-thread runtime
-    /// (`None`: not known yet).
-    static COMMITS_AT_PARK: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    /// The runtime whose park hook (`commit_pending`) last ran on this thread, and whether it
+    /// commits there (a current-thread runtime).
+    static PARK_HOOK: std::cell::Cell<Option<(tokio::runtime::Id, bool)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Whether this thread runs a runtime that commits at its park: the one whose hook ran here
+/// last is the one it is in now (not a later runtime without the hook, nor none).
+fn commits_at_park() -> bool {
+    let Some((id, true)) = PARK_HOOK.get() else {
+        return false;
+    };
+    tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == id)
 }
 
 /// Commit the awaited events queued by this thread's requests, or wake the writer for them.
@@ -88,12 +98,18 @@ thread_local! {
 /// queue, and no other worker need be told before this one parks. Without the hook (tests,
 /// the CLI) pushes wake the writer.
 pub fn commit_pending() {
-    let inline = COMMITS_AT_PARK.get().unwrap_or_else(|| {
-        let current_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
-        COMMITS_AT_PARK.set(Some(current_thread));
-        current_thread
-    });
+    let inline = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => match PARK_HOOK.get() {
+            Some((id, inline)) if id == runtime.id() => inline,
+            _ => {
+                let inline =
+                    runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
+                PARK_HOOK.set(Some((runtime.id(), inline)));
+                inline
+            }
+        },
+        Err(_) => false,
+    };
     if !ANY_PENDING.load(Ordering::Relaxed) || !ANY_PENDING.swap(false, Ordering::SeqCst) {
         return;
     }
@@ -152,8 +168,8 @@ impl Queue {
         self.try_send(job)?;
         let deferred = urgent
             && self.core.get().is_some()
-            && COMMITS_AT_PARK.get() == Some(true)
-            && self.len.load(Ordering::Relaxed) <= MAX_DEFERRED;
+            && self.len.load(Ordering::Relaxed) <= MAX_DEFERRED
+            && commits_at_park();
         if !deferred {
             // Pairs with the fence in `Writer::wait`: either the writer sees this job when it
             // looks again, or this push sees `idle` and wakes it.
@@ -183,6 +199,12 @@ impl Queue {
         let job = rx.try_recv()?;
         self.len.fetch_sub(1, Ordering::AcqRel);
         Ok(job)
+    }
+
+    /// The writer thread is parked on an empty queue.
+    #[cfg(test)]
+    pub fn writer_idle(&self) -> bool {
+        self.idle.load(Ordering::SeqCst)
     }
 
     fn has_jobs(&self) -> bool {
