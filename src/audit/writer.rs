@@ -13,11 +13,11 @@
 //! request itself (benches/README.md, fifth session). So the thread of a current-thread request
 //! runtime that runs out of work with awaited events queued (`commit_pending`, its
 //! `on_thread_park` hook) commits them itself, one group commit per burst, and its waiters run
-//! before it parks. The write goes
-//! to the page cache: the request waits for exactly this write either way. Whatever would
-//! wait for the disk stays on the writer thread: an fsync (`fsync = "always"`, role changes),
-//! opening a new segment, trimming old ones. So do checkpoints, the loss records, events
-//! nobody waits for, and every commit when the lock is taken or no runtime hook runs.
+//! before it parks. The write goes to the page cache: the request waits for exactly this write
+//! either way. Whatever would wait for the disk stays on the writer thread: an fsync
+//! (`fsync = "always"`, role changes), opening a new segment, trimming old ones. So do
+//! checkpoints, the loss record of a previous crash, events nobody waits for, and every commit
+//! when the lock is taken, in a multi-thread runtime, or where no runtime hook runs.
 //!
 //! The writer thread parks for at most `TICK` while events flow and is woken early only by a
 //! push that finds it parked on an empty queue (outside a hooked runtime), or by a request
@@ -98,6 +98,10 @@ fn commits_at_park() -> bool {
 /// queue, and no other worker need be told before this one parks. Without the hook (tests,
 /// the CLI) pushes wake the writer.
 pub fn commit_pending() {
+    // Most parks have nothing pending: one load, once this thread's runtime is known.
+    if PARK_HOOK.get().is_some() && !ANY_PENDING.load(Ordering::Relaxed) {
+        return;
+    }
     let inline = match tokio::runtime::Handle::try_current() {
         Ok(runtime) => match PARK_HOOK.get() {
             Some((id, inline)) if id == runtime.id() => inline,
