@@ -343,7 +343,24 @@ impl Spool {
         };
         let path = dir.join("cursors").join(sink);
         match fs::read_to_string(&path) {
-            Ok(text) => Ok(text.trim().parse().ok()),
+            Ok(text) => Ok(Some(text.trim().parse().unwrap_or_else(|_| {
+                // The cursor is renamed into place without an fsync: after a crash the file
+                // can be empty. Starting at the head would skip what the sink never got, so
+                // resend everything the spool still holds (duplicates, never a loss).
+                let index = self.lock();
+                let resend_after = index
+                    .segments
+                    .keys()
+                    .next()
+                    .map_or(index.head, |first| first.saturating_sub(1));
+                tracing::warn!(
+                    sink,
+                    path = %path.display(),
+                    resend_after,
+                    "Audit sink cursor unreadable; resending every spooled event after it."
+                );
+                resend_after
+            }))),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(io_err(&path)(err)),
         }

@@ -205,6 +205,41 @@ fn corrupt_record_in_an_older_segment_is_skipped_and_counted() {
     assert_eq!(rec.spool.corrupt_skipped(), 1);
 }
 
+/// A cursor file emptied or garbled by a crash resends what the spool holds; a sink without a
+/// cursor file (new) starts at the head.
+#[test]
+fn an_unreadable_cursor_resends_the_spool_and_a_missing_one_starts_at_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    // 2 KiB segments, ~60-byte records: several segments.
+    for seq in 1..=200u64 {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, seq, &payload(seq, 50));
+        rec.writer.append(seq, seq, &buf).unwrap();
+    }
+    rec.spool.ack("s", 120).unwrap();
+    let oldest = {
+        let index = rec.spool.lock();
+        *index.segments.keys().next().unwrap()
+    };
+    assert!(
+        oldest > 1 && oldest <= 121,
+        "segments before the cursor released: {oldest}"
+    );
+    drop(rec);
+    for garbage in ["", "12x\n", "\0\0\0"] {
+        fs::write(dir.path().join("cursors").join("s"), garbage).unwrap();
+        let rec = Spool::open(&options(dir.path()), &["s".to_owned(), "new".to_owned()]).unwrap();
+        assert_eq!(rec.spool.cursor("s"), oldest - 1, "{garbage:?}");
+        assert_eq!(rec.spool.cursor("new"), 200);
+        let mut reader = rec.spool.reader("s");
+        let resent = reader.read(1000, usize::MAX).unwrap();
+        assert_eq!(resent.first().map(|r| r.seq), Some(oldest), "{garbage:?}");
+        assert_eq!(resent.last().map(|r| r.seq), Some(200));
+        fs::remove_file(dir.path().join("cursors").join("new")).unwrap();
+    }
+}
+
 #[test]
 fn full_spool_refuses_and_acks_free_space() {
     let dir = tempfile::tempdir().unwrap();
