@@ -118,6 +118,15 @@ fn fill(dir: &Path, n: u64) -> Vec<u8> {
     buf
 }
 
+/// One append per record (50-byte payloads), so segments rotate between records.
+fn append_one_by_one(writer: &mut SpoolWriter, seqs: std::ops::RangeInclusive<u64>) {
+    for seq in seqs {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, seq, &payload(seq, 50));
+        writer.append(seq, seq, &buf).unwrap();
+    }
+}
+
 fn only_segment(dir: &Path) -> PathBuf {
     let segs: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
@@ -177,11 +186,7 @@ fn corrupt_record_in_an_older_segment_is_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
     // Two segments: 1..=30 (about 2 KiB) then 31..=40.
-    for seq in 1..=40u64 {
-        let mut buf = Vec::new();
-        encode_record(&mut buf, seq, &payload(seq, 50));
-        rec.writer.append(seq, seq, &buf).unwrap();
-    }
+    append_one_by_one(&mut rec.writer, 1..=40);
     let firsts: Vec<u64> = rec.spool.lock().segments.keys().copied().collect();
     assert!(firsts.len() >= 2, "{firsts:?}");
     let older = Spool::segment_path(dir.path(), firsts[0]);
@@ -212,11 +217,7 @@ fn an_unreadable_cursor_resends_the_spool_and_a_missing_one_starts_at_the_head()
     let dir = tempfile::tempdir().unwrap();
     let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
     // 2 KiB segments, ~60-byte records: several segments.
-    for seq in 1..=200u64 {
-        let mut buf = Vec::new();
-        encode_record(&mut buf, seq, &payload(seq, 50));
-        rec.writer.append(seq, seq, &buf).unwrap();
-    }
+    append_one_by_one(&mut rec.writer, 1..=200);
     rec.spool.ack("s", 120).unwrap();
     let oldest = {
         let index = rec.spool.lock();
