@@ -67,6 +67,8 @@ pub(crate) struct Queue {
     core: OnceLock<Arc<Mutex<Core>>>,
     /// Commits done by request threads (tests and benchmarks look).
     pub inline_commits: AtomicU64,
+    /// Inline commits that would have opened a segment and went to the writer thread.
+    pub inline_handovers: AtomicU64,
 }
 
 /// Some queue has `pending` set (checked first, so a park costs one load when nothing waits).
@@ -146,6 +148,7 @@ impl Queue {
             completer: OnceLock::new(),
             core: OnceLock::new(),
             inline_commits: AtomicU64::new(0),
+            inline_handovers: AtomicU64::new(0),
         });
         QUEUES
             .lock()
@@ -266,9 +269,11 @@ impl Queue {
             // more than one batch queued: the writer thread takes it from here.
             self.wake();
         }
-        if outcome != Committed::HandedOver {
-            self.inline_commits.fetch_add(1, Ordering::Relaxed);
-        }
+        let counter = match outcome {
+            Committed::HandedOver => &self.inline_handovers,
+            _ => &self.inline_commits,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         true
     }
 
