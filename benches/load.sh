@@ -26,7 +26,8 @@
 #      timers fire together: FIXED_CLIENTS requests arrive as one burst, and its p99 is the
 #      time the last of a burst queues.
 #   4. instructions (not in the default PHASES): user-space instructions per request of
-#      pc-file and pc-redis-audit (INSTR_VARIANTS) under callgrind; needs valgrind. Repeatable
+#      pc-file and pc-redis-audit (INSTR_VARIANTS; `nginx` runs the proxy's worker without a
+#      master) under callgrind; needs valgrind. Repeatable
 #      to ~0.1 %, where the wall-clock phases move by ±10 % from run to run on these VMs.
 #   5. kernel (not in the default PHASES): per request at peak, user and system CPU, system calls
 #      and context switches of nginx, pc-file and pc-redis-audit (KERNEL_VARIANTS); needs perf.
@@ -528,10 +529,19 @@ if [[ " $PHASES " == *" instructions "* ]]; then
   } >"$RUN/instructions.md"
   for v in ${INSTR_VARIANTS:-pc-file pc-redis-audit}; do
     port=$(free_port)
-    sed "s/${PORT_OF[$v]}/$port/g" "$RUN/$v.toml" >"$RUN/$v-callgrind.toml"
-    bin=$BIN; [[ $v == pc-base ]] && bin=$BASE_BIN
-    start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind \
-      --callgrind-out-file="$RUN/callgrind-$v.out" "$bin" run --config "$RUN/$v-callgrind.toml"
+    if [[ $v == nginx ]]; then
+      # The proxy's own worker in the foreground (no master), on its own port and pid file.
+      sed -e "s/127.0.0.1:$NX /127.0.0.1:$port /" -e "s#$RUN/proxy.pid#$RUN/proxy-callgrind.pid#" \
+        -e "s/127.0.0.1:$AR /127.0.0.1:$(free_port) /" "$RUN/proxy.conf" >"$RUN/proxy-callgrind.conf"
+      start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind \
+        --callgrind-out-file="$RUN/callgrind-$v.out" nginx -p "$RUN/" -e "$RUN/proxy-callgrind_error.log" \
+        -c "$RUN/proxy-callgrind.conf" -g "master_process off;"
+    else
+      sed "s/${PORT_OF[$v]}/$port/g" "$RUN/$v.toml" >"$RUN/$v-callgrind.toml"
+      bin=$BIN; [[ $v == pc-base ]] && bin=$BASE_BIN
+      start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind \
+        --callgrind-out-file="$RUN/callgrind-$v.out" "$bin" run --config "$RUN/$v-callgrind.toml"
+    fi
     url="http://127.0.0.1:$port${PATH_OF[small]}"
     wait_code "$url" 200 -H "$AUTH" || die "callgrind $v: no 200 (see $RUN/callgrind-$v.log)"
     on_loadgen wrk -t1 -c16 -d3s -H "$AUTH" "$url" >/dev/null 2>&1 || true

@@ -42,10 +42,7 @@ impl FileStore {
         let (unknown_principal, _) = policy.principal(&unknown_tenant, &SubjectData::default());
         let mut store = FileStore {
             tenants: HashMap::new(),
-            unknown: Arc::new(Resolved {
-                tenant: unknown_tenant,
-                principal: unknown_principal,
-            }),
+            unknown: Arc::new(Resolved::new(unknown_tenant, unknown_principal)),
         };
         let mut tenant_names: Vec<&str> = data.tenants.iter().map(|(t, _)| t.as_str()).collect();
         tenant_names.extend(data.assignments.iter().map(|((t, _), _)| t.as_str()));
@@ -66,10 +63,7 @@ impl FileStore {
             }));
             let tenant = Arc::new(tenant);
             let (principal, _) = policy.principal(&tenant, &SubjectData::default());
-            let nobody = Arc::new(Resolved {
-                tenant: tenant.clone(),
-                principal,
-            });
+            let nobody = Arc::new(Resolved::new(tenant.clone(), principal));
             let mut entry = TenantEntry {
                 subjects: HashMap::new(),
                 nobody,
@@ -86,10 +80,7 @@ impl FileStore {
                 }));
                 entry.subjects.insert(
                     subject.clone(),
-                    Arc::new(Resolved {
-                        tenant: tenant.clone(),
-                        principal,
-                    }),
+                    Arc::new(Resolved::new(tenant.clone(), principal)),
                 );
             }
             store.tenants.insert(name.to_owned(), entry);

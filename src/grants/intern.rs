@@ -202,10 +202,7 @@ mod tests {
             Found::Nothing => Arc::new(policy.tenant(t).0),
         };
         let (principal, problems) = policy.principal(&grants, s);
-        let r = Arc::new(Resolved {
-            tenant: grants,
-            principal,
-        });
+        let r = Arc::new(Resolved::new(grants, principal));
         if problems.is_empty() {
             i.remember(epoch, tenant, t, &r);
         }
@@ -242,6 +239,9 @@ mod tests {
         let two = resolve(&i, &p, 1, "acme", &t, &assignment(&["viewer", "editor"]));
         let swapped = resolve(&i, &p, 1, "acme", &t, &assignment(&["editor", "viewer"]));
         assert!(!Arc::ptr_eq(&two, &swapped));
+        // The upstream's roles header is built with the value, in the assignment's order.
+        assert_eq!(two.roles_header().unwrap(), "viewer,editor");
+        assert_eq!(swapped.roles_header().unwrap(), "editor,viewer");
         // A changed tenant record: compiled again, for the tenant and the principal.
         let t2 = tenant_data(Some("gold"));
         let a2 = resolve(&i, &p, 1, "acme", &t2, &assignment(&["viewer"]));

@@ -15,16 +15,43 @@ pub mod redis;
 
 use std::sync::Arc;
 
+use http::HeaderValue;
+
 use crate::policy::{Policy, PrincipalGrants, TenantGrants};
 
 pub use file::FileStore;
 pub use redis::{ApiKeyRecord, Health, RedisStore, Revocation};
 
 /// A principal's grants in one tenant, ready for `policy::decide`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Resolved {
     pub tenant: Arc<TenantGrants>,
     pub principal: PrincipalGrants,
+    /// The role names joined by `,`, as the upstream's roles header carries them. Built once
+    /// per cached principal: joining and copying them per request was two allocations.
+    /// `None` when a name cannot be a header value (the request is then refused).
+    roles_header: Option<HeaderValue>,
+}
+
+impl Resolved {
+    pub fn new(tenant: Arc<TenantGrants>, principal: PrincipalGrants) -> Resolved {
+        let roles_header = HeaderValue::from_str(&principal.role_names().join(",")).ok();
+        Resolved {
+            tenant,
+            principal,
+            roles_header,
+        }
+    }
+
+    pub fn roles_header(&self) -> Option<&HeaderValue> {
+        self.roles_header.as_ref()
+    }
+}
+
+impl Default for Resolved {
+    fn default() -> Resolved {
+        Resolved::new(Arc::default(), PrincipalGrants::default())
+    }
 }
 
 /// The store could not answer; the gateway fails closed (503).

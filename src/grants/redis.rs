@@ -555,10 +555,7 @@ impl RedisStore {
         for problem in &problems {
             self.data_error(tenant, subject, &problem.message);
         }
-        let resolved = Arc::new(Resolved {
-            tenant: grants,
-            principal,
-        });
+        let resolved = Arc::new(Resolved::new(grants, principal));
         if problems.is_empty() {
             interner.remember(self.epoch, tenant, tenant_data, &resolved);
         }

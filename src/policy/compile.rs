@@ -802,7 +802,7 @@ impl Policy {
 
     /// Effective role names of a principal after alias resolution (for `x-authz-roles`, audit).
     pub fn role_names<'a>(&'a self, principal: &'a PrincipalGrants) -> &'a [String] {
-        &principal.role_names
+        principal.role_names()
     }
 
     /// What a principal may do on each universe permission, ignoring entitlements, owner and

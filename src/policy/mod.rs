@@ -291,6 +291,11 @@ impl PrincipalGrants {
     pub fn scopes(&self) -> &[String] {
         &self.scopes
     }
+
+    /// The roles held: assigned directly or inherited, each once.
+    pub fn role_names(&self) -> &[String] {
+        &self.role_names
+    }
 }
 
 // === decision ===

@@ -5,6 +5,8 @@
 //! Permissions are `Policy::held_permissions`: held on the route universe after deny
 //! overrides, before entitlements, owner, scope and MFA (those depend on the request).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::Response;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
@@ -13,7 +15,7 @@ use serde::Serialize;
 
 use super::pipeline::Gateway;
 use super::respond::{Body, Refusal};
-use crate::grants::Access;
+use crate::grants::{Access, Resolved};
 use crate::identity::{AuthnError, Principal};
 use crate::policy::{Denial, Outcome, Reason};
 
@@ -23,7 +25,8 @@ pub const PATH: &str = "/.well-known/portcullis/me";
 /// What the pipeline audits and answers.
 pub struct Me {
     pub principal: Option<Principal>,
-    pub roles: Vec<String>,
+    /// The caller's grants, when the store answered (the audit event lists their roles).
+    pub resolved: Option<Arc<Resolved>>,
     pub outcome: Outcome,
     pub response: Result<Response<Body>, Refusal>,
 }
@@ -56,7 +59,7 @@ fn unauthenticated(err: AuthnError) -> Me {
     };
     Me {
         principal: None,
-        roles: Vec::new(),
+        resolved: None,
         outcome: Outcome::Deny(denial.clone()),
         response: Err(Refusal::Denied {
             denial,
@@ -88,7 +91,7 @@ pub async fn answer(gw: &Gateway, identity: Result<Principal, AuthnError>) -> Me
         Err(_) => {
             return Me {
                 principal: Some(principal),
-                roles: Vec::new(),
+                resolved: None,
                 outcome: Outcome::Allow {
                     own_only: false,
                     relied_on: None,
@@ -97,7 +100,6 @@ pub async fn answer(gw: &Gateway, identity: Result<Principal, AuthnError>) -> Me
             };
         }
     };
-    let roles = snap.policy.role_names(&resolved.principal).to_vec();
     let (mut permissions, mut own_permissions) = (Vec::new(), Vec::new());
     for (name, own) in snap.policy.held_permissions(&resolved.principal) {
         if own {
@@ -109,7 +111,7 @@ pub async fn answer(gw: &Gateway, identity: Result<Principal, AuthnError>) -> Me
     let body = MeBody {
         tenant: &principal.tenant,
         subject: &principal.subject,
-        roles: &roles,
+        roles: resolved.principal.role_names(),
         permissions,
         own_permissions,
         scopes: resolved.principal.scopes(),
@@ -127,7 +129,7 @@ pub async fn answer(gw: &Gateway, identity: Result<Principal, AuthnError>) -> Me
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
     Me {
         principal: Some(principal),
-        roles,
+        resolved: Some(resolved),
         outcome: Outcome::Allow {
             own_only: false,
             relied_on: None,

@@ -330,7 +330,8 @@ struct RequestCtx {
     user_agent: Option<String>,
     route: Option<usize>,
     principal: Option<Principal>,
-    roles: Vec<String>,
+    /// The caller's grants (their roles go into the event), when resolved for a caller.
+    resolved: Option<Arc<Resolved>>,
     outcome: Option<Outcome>,
     mode: policy::Mode,
     /// Arrival → decision, once there is one.
@@ -363,7 +364,7 @@ pub async fn handle(
             .map(str::to_owned),
         route: None,
         principal: None,
-        roles: Vec::new(),
+        resolved: None,
         outcome: None,
         mode: gw.snapshot.mode,
         decided_after: None,
@@ -478,7 +479,11 @@ async fn audit(
             .unwrap_or_default(),
         tenant: ctx.principal.as_ref().map(|p| Text::new(&p.tenant)),
         subject: ctx.principal.as_ref().map(|p| Text::new(&p.subject)),
-        roles: ctx.roles.iter().map(Text::from).collect(),
+        roles: ctx
+            .resolved
+            .as_ref()
+            .map(|r| r.principal.role_names().iter().map(Text::from).collect())
+            .unwrap_or_default(),
         method: Text::new(ctx.method.as_str()),
         path: Text::new(&ctx.path),
         route: entry.map(|e| Text::new(&e.path)),
@@ -587,7 +592,7 @@ async fn handle_inner(
     if canonical == super::me::PATH && request.method() == Method::GET {
         let me = super::me::answer(gw, identity).await;
         ctx.principal = me.principal;
-        ctx.roles = me.roles;
+        ctx.resolved = me.resolved;
         ctx.outcome = Some(me.outcome);
         let mut response = me.response?;
         response
@@ -595,15 +600,16 @@ async fn handle_inner(
             .insert(snap.headers.request_id.clone(), ctx.request_id.clone());
         return Ok(response);
     }
-    let eval = gw
+    let mut eval = gw
         .evaluate(request.method(), &canonical, identity)
         .await
         .map_err(|_| Refusal::AuthorizationUnavailable)?;
     ctx.route = eval.route;
-    ctx.principal.clone_from(&eval.principal);
-    if let (Some(resolved), Some(_)) = (&eval.resolved, &eval.principal) {
-        ctx.roles = snap.policy.role_names(&resolved.principal).to_vec();
+    if eval.principal.is_some() {
+        ctx.resolved.clone_from(&eval.resolved);
     }
+    // Moved, not cloned: from here on the request reads the caller from `ctx`.
+    ctx.principal = eval.principal.take();
     if let Some(entry) = eval.route.and_then(|id| gw.route_entry(id)) {
         ctx.mode = entry.rule.mode;
     }
@@ -658,13 +664,13 @@ async fn handle_inner(
     }
     set_forwarding_headers(out, &conn, client_host);
     out.insert(snap.headers.request_id.clone(), ctx.request_id.clone());
-    if let (Some(principal), Some(_)) = (&eval.principal, &eval.resolved) {
-        let value = |s: &str| {
-            HeaderValue::from_str(s).map_err(|_| Refusal::BadRequest(BadRequest::InvalidIdentity))
-        };
+    if let (Some(principal), Some(resolved)) = (&ctx.principal, &eval.resolved) {
+        let invalid = || Refusal::BadRequest(BadRequest::InvalidIdentity);
+        let value = |s: &str| HeaderValue::from_str(s).map_err(|_| invalid());
         out.insert(snap.headers.subject.clone(), value(&principal.subject)?);
         out.insert(snap.headers.tenant.clone(), value(&principal.tenant)?);
-        out.insert(snap.headers.roles.clone(), value(&ctx.roles.join(","))?);
+        let roles = resolved.roles_header().ok_or_else(invalid)?;
+        out.insert(snap.headers.roles.clone(), roles.clone());
     }
     if grant.own_only() {
         out.insert(snap.headers.scope.clone(), HeaderValue::from_static("own"));
@@ -714,7 +720,7 @@ async fn handle_inner(
     headers::sanitize_response(response.headers_mut());
     if let (Some(up), Some(down)) = (upstream_upgrade, downstream) {
         super::upgrade::set_upgrade_headers(response.headers_mut());
-        let (tenant, subject) = eval
+        let (tenant, subject) = ctx
             .principal
             .as_ref()
             .map(|p| (p.tenant.clone(), p.subject.clone()))
@@ -779,13 +785,9 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// `x-forwarded-*` from the socket, never from the client (the client's copies are gone).
 /// Constant names: inserting by `&str` would allocate a custom `HeaderName` per request.
 fn set_forwarding_headers(out: &mut HeaderMap, conn: &ConnInfo, client_host: Option<HeaderValue>) {
-    let mut ip = [0u8; 64];
-    let mut cursor = std::io::Cursor::new(&mut ip[..]);
-    if std::io::Write::write_fmt(&mut cursor, format_args!("{}", conn.peer.ip())).is_ok() {
-        let len = usize::try_from(cursor.position()).unwrap_or(0);
-        if let Ok(v) = HeaderValue::from_bytes(ip.get(..len).unwrap_or_default()) {
-            out.insert(X_FORWARDED_FOR, v);
-        }
+    // Without the formatter, which cost more than the rest of the forwarding headers.
+    if let Ok(v) = HeaderValue::from_str(ip_text(conn.peer.ip()).as_str()) {
+        out.insert(X_FORWARDED_FOR, v);
     }
     out.insert(
         X_FORWARDED_PROTO,
