@@ -28,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::h1::{self, H1Body, H1Error, IdlePool};
+use super::headers::Added;
 use super::limits::{LimitedBody, is_too_large};
 use super::respond::BodyError;
 use super::tls::{self, TlsError};
@@ -70,6 +71,14 @@ pub enum ForwardError {
 }
 
 type Connector = HttpsConnector<HttpConnector>;
+
+/// What goes upstream: the client's request (headers sanitized), the gateway's own headers,
+/// and the canonical target.
+pub struct Outbound {
+    pub request: Request<Incoming>,
+    pub added: Added,
+    pub path_and_query: PathAndQuery,
+}
 
 /// One target and its passive-health state.
 struct Target {
@@ -211,19 +220,25 @@ impl Upstreams {
 
     /// Send `request` (already sanitized, path canonical) to `upstream`. The request URI is
     /// rebuilt in origin-form from the canonical path; the client's target bytes are never sent.
+    /// `request_timeout` counts from `sent`, the caller's clock reading when it started.
     pub async fn forward(
         &self,
         _grant: &Grant,
         upstream: usize,
-        request: Request<Incoming>,
-        path_and_query: PathAndQuery,
+        outbound: Outbound,
         upgrade: bool,
+        sent: Instant,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
+        let Outbound {
+            request,
+            added,
+            path_and_query,
+        } = outbound;
         let pool = self
             .pools
             .get(upstream)
             .ok_or_else(|| ForwardError::InvalidTarget(format!("#{upstream}")))?;
-        let deadline = tokio::time::Instant::now() + pool.request_timeout;
+        let deadline = tokio::time::Instant::from_std(sent) + pool.request_timeout;
         let permit = match &pool.limit {
             None => None,
             Some(sem) => match tokio::time::timeout_at(deadline, sem.clone().acquire_owned()).await
@@ -238,9 +253,10 @@ impl Upstreams {
         let (mut parts, body) = request.into_parts();
         if pool.lean && !upgrade && body.is_end_stream() {
             return self
-                .forward_lean(pool, deadline, parts, &path_and_query, permit)
+                .forward_lean(pool, deadline, parts, &added, &path_and_query, permit)
                 .await;
         }
+        added.insert_into(&mut parts.headers);
         // An h2 downstream request must not reach an HTTP/1 upstream as HTTP/2 (and back).
         parts.version = pool.version;
         let retry = (pool.targets.len() > 1 && body.is_end_stream() && retry_safe(&parts.method))
@@ -251,7 +267,7 @@ impl Upstreams {
         ));
         let mut tried: Vec<usize> = Vec::new();
         loop {
-            let target = self.next_target(pool, &mut tried)?;
+            let (index, target) = self.next_target(pool, &tried)?;
             let mut request = match next.take() {
                 Some(r) => r,
                 None => rebuild(retry.as_ref(), pool.version)
@@ -282,7 +298,8 @@ impl Upstreams {
                 Ok(Err(err)) if err.is_connect() => {
                     pool.failed(self, target);
                     tracing::debug!(upstream = %pool.name, target = %target.authority, error = %err, "Upstream connect failed.");
-                    let another = pool.pick(self.now_ms(), &tried).is_some();
+                    tried.push(index);
+                    let another = pool.pick(|| self.now_ms(), &tried).is_some();
                     if retry.is_none() || !another {
                         return Err(ForwardError::Unavailable {
                             upstream: pool.name.clone(),
@@ -306,17 +323,18 @@ impl Upstreams {
 
 impl Upstreams {
     /// The next target to try for a request that has tried `tried` (noted there).
+    /// The target for the next attempt, and its index (for `tried`, should it fail).
     fn next_target<'p>(
         &self,
         pool: &'p Pool,
-        tried: &mut Vec<usize>,
-    ) -> Result<&'p Target, ForwardError> {
-        let idx = pool
-            .pick(self.now_ms(), tried)
+        tried: &[usize],
+    ) -> Result<(usize, &'p Target), ForwardError> {
+        let index = pool
+            .pick(|| self.now_ms(), tried)
             .ok_or_else(|| ForwardError::InvalidTarget(pool.name.clone()))?;
-        tried.push(idx);
         pool.targets
-            .get(idx)
+            .get(index)
+            .map(|target| (index, target))
             .ok_or_else(|| ForwardError::InvalidTarget(pool.name.clone()))
     }
 
@@ -327,14 +345,16 @@ impl Upstreams {
         pool: &Pool,
         deadline: tokio::time::Instant,
         mut parts: http::request::Parts,
+        added: &Added,
         path_and_query: &PathAndQuery,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let retry = pool.targets.len() > 1 && retry_safe(&parts.method);
         let host_given = parts.headers.contains_key(http::header::HOST);
+        // Filled only by a failed attempt: the usual request allocates nothing for it.
         let mut tried: Vec<usize> = Vec::new();
         loop {
-            let target = self.next_target(pool, &mut tried)?;
+            let (index, target) = self.next_target(pool, &tried)?;
             // HTTP/1.1 needs a Host; an HTTP/1.0 client may have sent none (hyper adds the
             // target's, as here).
             if !host_given && let Ok(host) = http::HeaderValue::from_str(target.authority.as_str())
@@ -348,6 +368,7 @@ impl Upstreams {
                 &parts.method,
                 path_and_query,
                 &parts.headers,
+                added,
             );
             match tokio::time::timeout_at(deadline, sent).await {
                 Ok(Ok(response)) => {
@@ -364,7 +385,8 @@ impl Upstreams {
                 Ok(Err(err @ (H1Error::Connect(_) | H1Error::ConnectTimeout))) => {
                     pool.failed(self, target);
                     tracing::debug!(upstream = %pool.name, target = %target.authority, error = %err, "Upstream connect failed.");
-                    if !retry || pool.pick(self.now_ms(), &tried).is_none() {
+                    tried.push(index);
+                    if !retry || pool.pick(|| self.now_ms(), &tried).is_none() {
                         return Err(ForwardError::Failed {
                             upstream: pool.name.clone(),
                             source: err,
@@ -406,7 +428,8 @@ fn rebuild(saved: Option<&(Method, HeaderMap)>, version: Version) -> Option<Requ
 impl Pool {
     /// Round robin over targets not ejected and not yet tried for this request. With every
     /// target ejected, the first pick of a request takes the round-robin one anyway.
-    fn pick(&self, now_ms: u64, tried: &[usize]) -> Option<usize> {
+    /// `now_ms` is read only when a target is ejected: the clock is not free.
+    fn pick(&self, now_ms: impl Fn() -> u64, tried: &[usize]) -> Option<usize> {
         let n = self.targets.len();
         if n == 0 {
             return None;
@@ -419,12 +442,13 @@ impl Pool {
         } else {
             self.next.load(Ordering::Relaxed)
         };
+        let mut now = None;
         let healthy = (0..n).map(|i| (start + i) % n).find(|&i| {
             !tried.contains(&i)
-                && self
-                    .targets
-                    .get(i)
-                    .is_some_and(|t| t.ejected_until.load(Ordering::Relaxed) <= now_ms)
+                && self.targets.get(i).is_some_and(|t| {
+                    let until = t.ejected_until.load(Ordering::Relaxed);
+                    until == 0 || until <= *now.get_or_insert_with(&now_ms)
+                })
         });
         match healthy {
             Some(i) => Some(i),

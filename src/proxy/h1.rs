@@ -34,6 +34,8 @@ use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::headers::Added;
+
 /// Why the lean client could not deliver a response head (the body reports `BodyError`).
 #[derive(Debug, thiserror::Error)]
 pub enum H1Error {
@@ -140,9 +142,10 @@ pub async fn send(
     method: &Method,
     path_and_query: &PathAndQuery,
     headers: &HeaderMap,
+    added: &Added,
 ) -> Result<Response<H1Body>, H1Error> {
     let mut head = Vec::with_capacity(512);
-    encode_request(&mut head, method, path_and_query, headers);
+    encode_request(&mut head, method, path_and_query, headers, added);
     if let Some(stream) = pool.checkout() {
         match exchange(pool, stream, &head, method).await {
             // Closed while idle, before any response byte. Only a request that is safe to
@@ -223,14 +226,20 @@ fn is_reset(err: &io::Error) -> bool {
     )
 }
 
-/// `METHOD path HTTP/1.1`, the headers as given, no body framing headers (the request has no
-/// body; hyper's client sends none either).
-fn encode_request(out: &mut Vec<u8>, method: &Method, pq: &PathAndQuery, headers: &HeaderMap) {
+/// `METHOD path HTTP/1.1`, the client's sanitized headers, then the gateway's (`added`), no
+/// body framing headers (the request has no body; hyper's client sends none either).
+fn encode_request(
+    out: &mut Vec<u8>,
+    method: &Method,
+    pq: &PathAndQuery,
+    headers: &HeaderMap,
+    added: &Added,
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(pq.as_str().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    for (name, value) in headers.iter().chain(added.iter()) {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }

@@ -5,7 +5,7 @@
 //! then does the pipeline add the gateway's own. So a `Connection: x-authz-subject` can only
 //! ever remove the client's forged copy, never the header the gateway sets.
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::HeaderNames;
 
@@ -109,6 +109,38 @@ pub fn sanitize_request(headers: &mut HeaderMap, names: &HeaderNames) {
     }
 }
 
+/// The gateway's own request headers (forwarding, request id, identity), set after the
+/// client's map was sanitized (R5), which removed every client copy of these names. Kept
+/// apart from that map: the lean HTTP/1 client writes them after it, where inserting each
+/// into the map hashed and probed it (and grew it first); every other path inserts them.
+#[derive(Debug, Default)]
+pub struct Added(Vec<(HeaderName, HeaderValue)>);
+
+impl Added {
+    pub fn with_capacity(n: usize) -> Added {
+        Added(Vec::with_capacity(n))
+    }
+
+    /// Set `name`, replacing a value set before (as `HeaderMap::insert` would).
+    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(field) => field.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.0.iter().map(|(n, v)| (n, v))
+    }
+
+    /// Into `headers`, replacing any field of the same name.
+    pub fn insert_into(self, headers: &mut HeaderMap) {
+        for (name, value) in self.0 {
+            headers.insert(name, value);
+        }
+    }
+}
+
 /// Upstream response headers minus hop-by-hop ones and any forged `x-authz-source`
 /// (only responses the gateway generates itself carry it).
 pub fn sanitize_response(headers: &mut HeaderMap) {
@@ -129,7 +161,6 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn names() -> HeaderNames {
         HeaderNames {

@@ -24,7 +24,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::{self, Caller, Outcome, Reason, Verdict};
 use crate::route::{self, PathError};
 
-use super::forward::{ForwardError, Upstreams};
+use super::forward::{ForwardError, Outbound, Upstreams};
 use super::headers;
 use super::respond::{BadRequest, Body, Refusal};
 
@@ -325,9 +325,11 @@ struct RequestCtx {
     started: Instant,
     request_id: HeaderValue,
     method: Method,
-    path: String,
+    /// Inline for the usual short path: no allocation of its own.
+    path: Text,
     client_ip: SocketAddr,
-    user_agent: Option<String>,
+    /// The client's value, shared with the request's buffer: copied only into an event.
+    user_agent: Option<HeaderValue>,
     route: Option<usize>,
     principal: Option<Principal>,
     /// The caller's grants (their roles go into the event), when resolved for a caller.
@@ -355,13 +357,9 @@ pub async fn handle(
         started: Instant::now(),
         request_id: request_id.clone(),
         method: request.method().clone(),
-        path: String::new(),
+        path: Text::default(),
         client_ip: conn.peer,
-        user_agent: request
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        user_agent: request.headers().get(header::USER_AGENT).cloned(),
         route: None,
         principal: None,
         resolved: None,
@@ -485,14 +483,18 @@ async fn audit(
             .map(|r| r.principal.role_names().iter().map(Text::from).collect())
             .unwrap_or_default(),
         method: Text::new(ctx.method.as_str()),
-        path: Text::new(&ctx.path),
+        path: ctx.path.clone(),
         route: entry.map(|e| Text::new(&e.path)),
         upstream: entry
             .and_then(|e| gw.upstreams.name(e.upstream))
             .map(Text::new),
         status,
         client_ip: ip_text(ctx.client_ip.ip()),
-        user_agent: ctx.user_agent.as_deref().map(Text::new),
+        user_agent: ctx
+            .user_agent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(Text::new),
         request_id: Text::new(ctx.request_id.to_str().unwrap_or_default()),
         latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         mode: ctx.mode.as_str(),
@@ -561,7 +563,7 @@ async fn handle_inner(
     let canonical = route::canonicalize(request.uri().path())
         .map_err(|_: PathError| Refusal::BadRequest(BadRequest::AmbiguousPath))?
         .into_owned();
-    ctx.path.clone_from(&canonical);
+    ctx.path = Text::new(&canonical);
 
     // A WebSocket handshake listens for revocations before its grants are resolved, so one
     // racing the decision still closes the tunnel (`proxy::upgrade`).
@@ -614,7 +616,9 @@ async fn handle_inner(
         ctx.mode = entry.rule.mode;
     }
     ctx.outcome = Some(eval.verdict.outcome.clone());
-    ctx.decided_after = Some(ctx.started.elapsed());
+    // One clock reading for the decision's latency and the upstream's start.
+    let decided = Instant::now();
+    ctx.decided_after = Some(decided.saturating_duration_since(ctx.started));
 
     let (Some(grant), Some(entry)) = (
         eval.verdict.grant(),
@@ -641,8 +645,6 @@ async fn handle_inner(
         .is_some_and(|v| api_key_scheme(v.as_bytes()).is_some());
     let out = &mut parts.headers;
     headers::sanitize_request(out, &snap.headers);
-    // Room for the gateway's own headers below, in one allocation.
-    out.reserve(8);
     // Identity headers of `[identity.header]` never pass through, trusted or not: the
     // upstream gets the gateway's own identity headers instead.
     if let Some(h) = &snap.identity.header {
@@ -662,21 +664,23 @@ async fn handle_inner(
     {
         out.insert(header::HOST, host.clone());
     }
-    set_forwarding_headers(out, &conn, client_host);
-    out.insert(snap.headers.request_id.clone(), ctx.request_id.clone());
+    if tunnel {
+        super::upgrade::set_upgrade_headers(out);
+    }
+    // Strip, then set: the gateway's own headers, apart from the client's (`headers::Added`).
+    let mut added = headers::Added::with_capacity(8);
+    set_forwarding_headers(&mut added, &conn, client_host);
+    added.set(snap.headers.request_id.clone(), ctx.request_id.clone());
     if let (Some(principal), Some(resolved)) = (&ctx.principal, &eval.resolved) {
         let invalid = || Refusal::BadRequest(BadRequest::InvalidIdentity);
         let value = |s: &str| HeaderValue::from_str(s).map_err(|_| invalid());
-        out.insert(snap.headers.subject.clone(), value(&principal.subject)?);
-        out.insert(snap.headers.tenant.clone(), value(&principal.tenant)?);
+        added.set(snap.headers.subject.clone(), value(&principal.subject)?);
+        added.set(snap.headers.tenant.clone(), value(&principal.tenant)?);
         let roles = resolved.roles_header().ok_or_else(invalid)?;
-        out.insert(snap.headers.roles.clone(), roles.clone());
+        added.set(snap.headers.roles.clone(), roles.clone());
     }
     if grant.own_only() {
-        out.insert(snap.headers.scope.clone(), HeaderValue::from_static("own"));
-    }
-    if tunnel {
-        super::upgrade::set_upgrade_headers(out);
+        added.set(snap.headers.scope.clone(), HeaderValue::from_static("own"));
     }
 
     let path_and_query = match parts.uri.query() {
@@ -685,10 +689,20 @@ async fn handle_inner(
     }
     .map_err(|_| Refusal::BadRequest(BadRequest::InvalidTarget))?;
     let request = Request::from_parts(parts, body);
-    let sent = Instant::now();
+    let sent = decided;
     let forwarded = gw
         .upstreams
-        .forward(grant, entry.upstream, request, path_and_query, tunnel)
+        .forward(
+            grant,
+            entry.upstream,
+            Outbound {
+                request,
+                added,
+                path_and_query,
+            },
+            tunnel,
+            sent,
+        )
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "Upstream request failed.");
@@ -784,17 +798,21 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// `x-forwarded-*` from the socket, never from the client (the client's copies are gone).
 /// Constant names: inserting by `&str` would allocate a custom `HeaderName` per request.
-fn set_forwarding_headers(out: &mut HeaderMap, conn: &ConnInfo, client_host: Option<HeaderValue>) {
+fn set_forwarding_headers(
+    out: &mut headers::Added,
+    conn: &ConnInfo,
+    client_host: Option<HeaderValue>,
+) {
     // Without the formatter, which cost more than the rest of the forwarding headers.
     if let Ok(v) = HeaderValue::from_str(ip_text(conn.peer.ip()).as_str()) {
-        out.insert(X_FORWARDED_FOR, v);
+        out.set(X_FORWARDED_FOR, v);
     }
-    out.insert(
+    out.set(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
     if let Some(host) = client_host {
-        out.insert(X_FORWARDED_HOST, host);
+        out.set(X_FORWARDED_HOST, host);
     }
 }
 

@@ -262,6 +262,34 @@ async fn spoofed_forwarding_headers_are_overwritten_or_removed() {
     }
 }
 
+/// A request with a body goes through the other upstream client (hyper's, not the lean
+/// one): the gateway's headers replace the client's there too, once each.
+#[tokio::test]
+async fn gateway_headers_replace_spoofed_ones_on_requests_with_a_body() {
+    let e = env().await;
+    let before = e.up.count();
+    let raw = format!(
+        "POST /api/content HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nX-Authz-Subject: alice\r\nX-Authz-Roles: owner\r\n\
+         X-Forwarded-For: 10.0.0.1\r\nX-Request-Id: chosen-by-client\r\n\
+         Content-Length: 5\r\n\r\nhello",
+        token("ed", "acme")
+    );
+    let r = send_raw(e.gw.addr, raw.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(e.up.count(), before + 1);
+    let seen = e.up.last().unwrap();
+    assert_eq!(seen.body.as_ref(), b"hello");
+    assert_eq!(all(&seen, "x-authz-subject"), ["ed"]);
+    assert_eq!(all(&seen, "x-authz-tenant"), ["acme"]);
+    assert_eq!(all(&seen, "x-authz-roles"), ["editor"]);
+    assert_eq!(all(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(all(&seen, "x-forwarded-proto"), ["http"]);
+    assert_eq!(all(&seen, "x-forwarded-host"), ["gateway.test"]);
+    // The client's id was kept (it is plain), and sent once.
+    assert_eq!(all(&seen, "x-request-id"), ["chosen-by-client"]);
+}
+
 #[tokio::test]
 async fn connection_tokens_cannot_remove_gateway_set_headers() {
     let e = env().await;

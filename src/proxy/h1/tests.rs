@@ -139,19 +139,35 @@ fn chunk_sizes_are_strict_hex_with_optional_extensions() {
 #[test]
 fn request_heads_carry_method_target_and_headers_but_no_framing() {
     let mut out = Vec::new();
+    let mut added = Added::default();
+    added.set(
+        HeaderName::from_static("x-authz-subject"),
+        HeaderValue::from_static("alice"),
+    );
+    added.set(
+        HeaderName::from_static("x-request-id"),
+        HeaderValue::from_static("r1"),
+    );
+    added.set(
+        HeaderName::from_static("x-request-id"),
+        HeaderValue::from_static("r2"),
+    );
     encode_request(
         &mut out,
         &Method::DELETE,
         &PathAndQuery::from_static("/a/b?c=d"),
         &headers(&[
             ("host", "example.com"),
-            ("x-authz-subject", "alice"),
+            ("accept", "*/*"),
             ("content-length", "0"),
         ]),
+        &added,
     );
+    // The gateway's own headers follow the client's; a second `set` of a name replaced the first.
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "DELETE /a/b?c=d HTTP/1.1\r\nhost: example.com\r\nx-authz-subject: alice\r\n\r\n"
+        "DELETE /a/b?c=d HTTP/1.1\r\nhost: example.com\r\naccept: */*\r\n\
+         x-authz-subject: alice\r\nx-request-id: r2\r\n\r\n"
     );
 }
 
@@ -227,6 +243,7 @@ async fn get(
         &method,
         &PathAndQuery::from_static("/x"),
         &headers(&[("host", "up")]),
+        &Added::default(),
     )
     .await
     .map_err(|e| format!("head: {e}"))?;
@@ -442,6 +459,7 @@ async fn connect_failures_are_reported_as_such() {
         &Method::GET,
         &PathAndQuery::from_static("/"),
         &HeaderMap::new(),
+        &Added::default(),
     )
     .await
     .unwrap_err();
