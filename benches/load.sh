@@ -64,6 +64,12 @@ NICE=${NICE:-auto}            # auto: -20 (process and autogroup) when root, els
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/portcullis}
 BASE_BIN=${BASE_BIN:-}
 MAX_WALL=${MAX_WALL:-3600}
+# Guest idle polling (cpuidle-haltpoll VMs, /sys/module/haltpoll/parameters/guest_halt_poll_ns):
+# empty leaves the machine as it is; a number of ns makes an idle vCPU poll that long before it
+# halts, for this run only (restored on exit). A machine setting, the same for every variant:
+# on a VM a halted vCPU's wake-up is an exit to the host, paid per request at moderate rates.
+IDLE_POLL_NS=${IDLE_POLL_NS:-}
+HALTPOLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -119,10 +125,17 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   log "stopped ${#PIDS[@]} process group(s); run dir: $RUN"
+  if [[ -n ${HALTPOLL_WAS:-} ]]; then echo "$HALTPOLL_WAS" >"$HALTPOLL" && log "guest_halt_poll_ns back to $HALTPOLL_WAS"; fi
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+if [[ -n $IDLE_POLL_NS ]]; then
+  [[ -w $HALTPOLL ]] || die "IDLE_POLL_NS: $HALTPOLL is not writable (needs root and the cpuidle-haltpoll driver)"
+  HALTPOLL_WAS=$(cat "$HALTPOLL")
+  echo "$IDLE_POLL_NS" >"$HALTPOLL" || die "IDLE_POLL_NS: could not set $HALTPOLL"
+  log "guest_halt_poll_ns $HALTPOLL_WAS -> $IDLE_POLL_NS for this run"
+fi
 setsid bash -c "sleep $MAX_WALL; kill -TERM $$" </dev/null >/dev/null 2>&1 &
 PIDS+=($!)
 
@@ -386,6 +399,7 @@ log "sanity ok; run dir $RUN"
   echo "layout: server side on cpu $SUT_CPU, load generator on cpu $LOADGEN_CPU; workers $WORKERS; nice $NICE"
   echo "peak: wrk -t1 -c$CONNS -d${DURATION}s (+${WARMUP}s warm-up), $ROUNDS interleaved rounds"
   echo "load before start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  if [[ -r $HALTPOLL ]]; then echo "guest_halt_poll_ns: $(cat "$HALTPOLL")"; fi
 } >"$RUN/env.txt"
 
 # wrk done() hook: one machine-readable line
