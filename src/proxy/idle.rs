@@ -39,8 +39,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -234,7 +234,19 @@ pub(super) struct ConnTimer {
     state: Arc<ConnState>,
     first_deadline: Instant,
     first_done: AtomicBool,
+    /// The one Tokio timer behind every header wait of this hyper instance (`GraceSleep`).
+    slot: Arc<TimerSlot>,
 }
+
+/// A Tokio timer kept registered between a connection's request heads, and re-armed for the
+/// next one. A fresh timer per head, armed at `PARK_AFTER` while every other timer of the
+/// runtime was further out (the upstream requests' timeouts, at a high rate), made Tokio wake
+/// its own driver with a system call (an `eventfd` write) on each: 0.8 per request at peak
+/// (benches/README.md, sixth session). Re-armed, the old deadline was the runtime's earliest
+/// timer when it parked, and the new one is later: nothing to wake. If the old deadline
+/// passes while a request is served, the connection's task is polled once for nothing.
+/// Dropped with the hyper instance, so a parked connection holds none.
+type TimerSlot = std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>;
 
 impl ConnTimer {
     pub fn new(state: Arc<ConnState>, first_deadline: Instant) -> ConnTimer {
@@ -243,7 +255,16 @@ impl ConnTimer {
             state,
             first_deadline,
             first_done: AtomicBool::new(false),
+            slot: Arc::default(),
         }
+    }
+
+    fn grace_sleep(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
+        Box::pin(GraceSleep::new(
+            self.state.clone(),
+            self.slot.clone(),
+            deadline,
+        ))
     }
 
     fn head_started(&self, deadline: Instant) -> Instant {
@@ -266,7 +287,7 @@ impl Timer for ConnTimer {
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
         let deadline = self.head_started(deadline);
-        Box::pin(GraceSleep::new(self.state.clone(), deadline))
+        self.grace_sleep(deadline)
     }
 
     fn now(&self) -> Instant {
@@ -275,31 +296,33 @@ impl Timer for ConnTimer {
 
     fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
         let deadline = self.head_started(new_deadline);
-        *sleep = Box::pin(GraceSleep::new(self.state.clone(), deadline));
+        *sleep = self.grace_sleep(deadline);
     }
 }
 
-pin_project_lite::pin_project! {
-    /// hyper's header-read timer with a stop on the way: at `PARK_AFTER` (if that comes
-    /// before the deadline) it notes `grace_passed` and wakes hyper, whose next read then lets
-    /// the connection park; it completes only at the real deadline.
-    struct GraceSleep {
-        #[pin]
-        sleep: tokio::time::Sleep,
-        state: Arc<ConnState>,
-        deadline: Instant,
-        grace_noted: bool,
-    }
+/// hyper's header-read timer with a stop on the way: at `PARK_AFTER` (if that comes before
+/// the deadline) it notes `grace_passed` and wakes hyper, whose next read then lets the
+/// connection park; it completes only at the real deadline. The timer itself is the
+/// instance's `TimerSlot`, armed for this head at the first poll.
+struct GraceSleep {
+    state: Arc<ConnState>,
+    slot: Arc<TimerSlot>,
+    /// What the slot is armed for first: the grace, or the deadline if that comes first.
+    first: Instant,
+    deadline: Instant,
+    armed: bool,
+    grace_noted: bool,
 }
 
 impl GraceSleep {
-    fn new(state: Arc<ConnState>, deadline: Instant) -> GraceSleep {
+    fn new(state: Arc<ConnState>, slot: Arc<TimerSlot>, deadline: Instant) -> GraceSleep {
         let grace = Instant::now() + PARK_AFTER;
-        let first = if grace < deadline { grace } else { deadline };
         GraceSleep {
-            sleep: tokio::time::sleep_until(first.into()),
             state,
+            slot,
+            first: grace.min(deadline),
             deadline,
+            armed: false,
             grace_noted: grace >= deadline,
         }
     }
@@ -311,17 +334,27 @@ impl Future for GraceSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        if this.sleep.as_mut().poll(cx).is_pending() {
+        let this = self.get_mut();
+        let mut slot = this.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = this.first.into();
+        let sleep = match &mut *slot {
+            Some(sleep) if this.armed => sleep,
+            Some(sleep) => {
+                sleep.as_mut().reset(first);
+                sleep
+            }
+            None => slot.insert(Box::pin(tokio::time::sleep_until(first))),
+        };
+        this.armed = true;
+        if sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        if *this.grace_noted {
+        if this.grace_noted {
             return Poll::Ready(());
         }
-        *this.grace_noted = true;
+        this.grace_noted = true;
         this.state.grace_passed.store(true, Ordering::SeqCst);
-        let deadline = *this.deadline;
-        this.sleep.as_mut().reset(deadline.into());
+        sleep.as_mut().reset(this.deadline.into());
         // hyper polls its read before this timer: poll again so the read sees the grace.
         cx.waker().wake_by_ref();
         Poll::Pending
@@ -385,5 +418,37 @@ mod tests {
         // The next request head clears the grace again.
         state.request_started();
         assert!(!state.grace_passed.load(Ordering::SeqCst));
+    }
+
+    /// One Tokio timer serves every head of a hyper instance: a wait re-arms it for its own
+    /// grace, whatever an earlier, abandoned wait had armed it for.
+    #[tokio::test]
+    async fn each_head_wait_rearms_the_shared_timer_for_its_own_grace() {
+        let state = Arc::new(ConnState::default());
+        let timer = ConnTimer::new(state.clone(), Instant::now() + Duration::from_secs(60));
+        // A wait armed and then given up at once: its head arrived.
+        let mut abandoned = timer.sleep_until(Instant::now() + Duration::from_secs(1));
+        let first_poll = std::future::poll_fn(|cx| Poll::Ready(abandoned.as_mut().poll(cx))).await;
+        assert!(first_poll.is_pending());
+        drop(abandoned);
+        state.request_started();
+        // The next head is waited for later: its grace counts from then, not from the first.
+        tokio::time::sleep(PARK_AFTER / 2).await;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(1);
+        let mut sleep = timer.sleep_until(deadline);
+        std::future::poll_fn(|cx| match sleep.as_mut().poll(cx) {
+            Poll::Pending if state.grace_passed.load(Ordering::SeqCst) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => panic!("the header timer completed at the grace period"),
+        })
+        .await;
+        assert!(
+            started.elapsed() >= PARK_AFTER,
+            "grace noted after {:?}, before PARK_AFTER",
+            started.elapsed()
+        );
+        sleep.as_mut().await;
+        assert!(Instant::now() >= deadline);
     }
 }
