@@ -957,6 +957,9 @@ fn headers_must_be_lower_case_and_distinct() {
     );
     let text = format!("{BASE}\n[headers]\nroles = \"bad header\"\n");
     assert_one(&text, "roles = ", "invalid header name `bad header`");
+    // The gateway sets these itself: an identity header may not take their name.
+    let text = format!("{BASE}\n[headers]\nsubject = \"x-forwarded-for\"\n");
+    assert_one(&text, "subject = ", "header `x-forwarded-for` is reserved");
 }
 
 #[test]

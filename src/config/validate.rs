@@ -55,6 +55,10 @@ const RESERVED_HEADERS: &[&str] = &[
     "te",
     "upgrade",
     "cookie",
+    // Set by the gateway from the connection, next to the identity headers.
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
 ];
 
 /// Read, parse and validate `text` (the main file at `path`) and its includes.

@@ -121,12 +121,13 @@ impl Added {
         Added(Vec::with_capacity(n))
     }
 
-    /// Set `name`, replacing a value set before (as `HeaderMap::insert` would).
+    /// Add a field. Every name is set once: the forwarding names are constants and
+    /// `[headers]` names are distinct and not among them (`config` refuses both), so release
+    /// builds do not check (comparing custom names byte by byte took ~400 instructions a
+    /// request).
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        match self.0.iter_mut().find(|(n, _)| *n == name) {
-            Some(field) => field.1 = value,
-            None => self.0.push((name, value)),
-        }
+        debug_assert!(self.0.iter().all(|(n, _)| *n != name), "`{name}` set twice");
+        self.0.push((name, value));
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
