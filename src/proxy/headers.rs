@@ -10,57 +10,62 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::config::HeaderNames;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the upstream client
-/// re-derives from the body (R6: never copy `Content-Length`/`Transfer-Encoding`).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-    "content-length",
-];
+/// re-derives from the body (R6: never copy `Content-Length`/`Transfer-Encoding`). Lower-case
+/// names.
+fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "http2-settings"
+            | "content-length"
+    )
+}
 
 /// Client headers that would let a caller pick the identity, method, URL or client address
-/// the upstream believes in.
-const SPOOFABLE_EXACT: &[&str] = &[
-    "forwarded",
-    "x-real-ip",
-    "true-client-ip",
-    "x-client-ip",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-uri",
-    "x-original-method",
-    "x-roles",
-    "x-permissions",
-    "x-scopes",
-    "remote-user",
-    "x-remote-user",
-    "x-middleware-subrequest",
-];
-
-const SPOOFABLE_PREFIXES: &[&str] = &[
-    "x-forwarded-",
-    "x-envoy-",
-    "x-authz-",
-    "x-user-",
-    "x-tenant-",
-    "x-auth-request-",
-    "x-consumer-",
-    "x-authenticated-",
-];
-
+/// the upstream believes in (lower-case names), and the gateway's own identity headers.
 fn is_spoofable(name: &str, names: &HeaderNames) -> bool {
-    SPOOFABLE_EXACT.contains(&name)
-        || SPOOFABLE_PREFIXES.iter().any(|p| name.starts_with(p))
+    let listed = match name.strip_prefix("x-") {
+        Some(rest) => {
+            matches!(
+                rest,
+                "real-ip"
+                    | "client-ip"
+                    | "http-method-override"
+                    | "http-method"
+                    | "method-override"
+                    | "original-url"
+                    | "rewrite-url"
+                    | "original-uri"
+                    | "original-method"
+                    | "roles"
+                    | "permissions"
+                    | "scopes"
+                    | "remote-user"
+                    | "middleware-subrequest"
+            ) || [
+                "forwarded-",
+                "envoy-",
+                "authz-",
+                "user-",
+                "tenant-",
+                "auth-request-",
+                "consumer-",
+                "authenticated-",
+            ]
+            .iter()
+            .any(|p| rest.starts_with(p))
+        }
+        None => matches!(name, "forwarded" | "true-client-ip" | "remote-user"),
+    };
+    listed
         || name == names.subject
         || name == names.tenant
         || name == names.roles
@@ -68,22 +73,27 @@ fn is_spoofable(name: &str, names: &HeaderNames) -> bool {
         || name == names.request_id
 }
 
-/// Names listed in the `Connection` header(s), lower-cased. Hop-by-hop names both
-/// sanitizers remove anyway (`keep-alive`, the usual token) are left out: a `HeaderName` for a
-/// non-standard name is an allocation per request.
+/// Names listed in the `Connection` header(s), lower-cased; tokens may be padded with spaces
+/// or tabs (RFC 9110 §5.6.1: a value with a tab was skipped whole before). Hop-by-hop names
+/// both sanitizers remove anyway (`keep-alive`, the usual token) are left out: a `HeaderName`
+/// for a non-standard name is an allocation per request.
 fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut tokens = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',') {
-            let token = token.trim();
-            let removed_anyway = HOP_BY_HOP
-                .iter()
-                .any(|h| *h != "content-length" && h.eq_ignore_ascii_case(token));
-            if removed_anyway {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            // Lower-cased on the stack: the longest hop-by-hop name has 19 bytes.
+            let mut lower = [0u8; 24];
+            let removed_anyway = lower.get_mut(..token.len()).is_some_and(|lower| {
+                lower.copy_from_slice(token);
+                lower.make_ascii_lowercase();
+                std::str::from_utf8(lower)
+                    .is_ok_and(|name| name != "content-length" && hop_by_hop(name))
+            });
+            if removed_anyway || token.is_empty() {
                 continue;
             }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if let Ok(name) = HeaderName::from_bytes(token) {
                 tokens.push(name);
             }
         }
@@ -100,7 +110,7 @@ pub fn sanitize_request(headers: &mut HeaderMap, names: &HeaderNames) {
         .keys()
         .filter(|name| {
             let s = name.as_str();
-            HOP_BY_HOP.contains(&s) || named.contains(name) || is_spoofable(s, names)
+            hop_by_hop(s) || named.contains(name) || is_spoofable(s, names)
         })
         .cloned()
         .collect();
@@ -152,7 +162,7 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
     // eleven names blindly hashes every one of them on every response.
     let dropped = |name: &HeaderName| {
         let s = name.as_str();
-        (s != "content-length" && HOP_BY_HOP.contains(&s)) || s == "x-authz-source"
+        (s != "content-length" && hop_by_hop(s)) || s == "x-authz-source"
     };
     while let Some(name) = headers.keys().find(|n| dropped(n)).cloned() {
         headers.remove(&name);
@@ -207,6 +217,88 @@ mod tests {
         assert_eq!(kept, ["accept", "authorization", "x-custom"]);
         assert_eq!(h.get_all("x-custom").iter().count(), 2);
         assert_eq!(h.len(), 4, "every value of a removed name is gone");
+    }
+
+    #[test]
+    fn every_listed_name_is_classified_and_ordinary_ones_are_not() {
+        let names = names();
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "true-client-ip",
+            "x-client-ip",
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-original-uri",
+            "x-original-method",
+            "x-roles",
+            "x-permissions",
+            "x-scopes",
+            "remote-user",
+            "x-remote-user",
+            "x-middleware-subrequest",
+            "x-forwarded-port",
+            "x-envoy-original-path",
+            "x-authz-anything",
+            "x-user-email",
+            "x-tenant-id",
+            "x-auth-request-groups",
+            "x-consumer-id",
+            "x-authenticated-scope",
+            "x-request-id",
+        ] {
+            assert!(is_spoofable(name, &names), "{name}");
+        }
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "http2-settings",
+            "content-length",
+        ] {
+            assert!(hop_by_hop(name), "{name}");
+        }
+        for name in [
+            "accept",
+            "authorization",
+            "host",
+            "x-custom",
+            "x-forwarded",
+            "x-user",
+            "user-agent",
+            "content-type",
+        ] {
+            assert!(!is_spoofable(name, &names) && !hop_by_hop(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn connection_tokens_are_read_case_insensitively_and_skip_what_goes_anyway() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, X-Secret ,, TE,\tUpgrade"),
+        );
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("content-length"),
+        );
+        let tokens: Vec<String> = connection_tokens(&h)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        // `content-length` named in `Connection` goes too (the response sanitizer keeps it
+        // otherwise); the other hop-by-hop names are removed anyway.
+        assert_eq!(tokens, ["x-secret", "content-length"]);
     }
 
     #[test]
