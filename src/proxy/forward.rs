@@ -322,8 +322,8 @@ impl Upstreams {
 }
 
 impl Upstreams {
-    /// The next target to try for a request that has tried `tried` (noted there).
-    /// The target for the next attempt, and its index (for `tried`, should it fail).
+    /// The target for the next attempt of a request that has tried `tried`, and its index
+    /// (for `tried`, should it fail).
     fn next_target<'p>(
         &self,
         pool: &'p Pool,

@@ -338,7 +338,8 @@ struct RequestCtx {
     mode: policy::Mode,
     /// Arrival → decision, once there is one.
     decided_after: Option<std::time::Duration>,
-    /// Time to the upstream's response head, once forwarded.
+    /// Decision to the upstream's response head (building the upstream request included), once
+    /// forwarded.
     upstream_time: Option<std::time::Duration>,
 }
 
@@ -689,7 +690,6 @@ async fn handle_inner(
     }
     .map_err(|_| Refusal::BadRequest(BadRequest::InvalidTarget))?;
     let request = Request::from_parts(parts, body);
-    let sent = decided;
     let forwarded = gw
         .upstreams
         .forward(
@@ -701,7 +701,7 @@ async fn handle_inner(
                 path_and_query,
             },
             tunnel,
-            sent,
+            decided,
         )
         .await
         .map_err(|err| {
@@ -718,7 +718,7 @@ async fn handle_inner(
                 | ForwardError::TlsSetup { .. } => Refusal::UpstreamUnavailable,
             }
         });
-    ctx.upstream_time = Some(sent.elapsed());
+    ctx.upstream_time = Some(decided.elapsed());
     let mut response = forwarded?;
     // `forward` returns a 101 only when `tunnel` asked for it.
     let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
