@@ -292,7 +292,7 @@ impl Metrics {
             &mut out,
             "portcullis_upstream_duration_seconds",
             "histogram",
-            "Upstream response time (until the response head).",
+            "From the decision to the upstream response head (building the upstream request included).",
         );
         for r in &routes {
             if r.upstream_latency.count() > 0 {
