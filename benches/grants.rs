@@ -192,7 +192,7 @@ fn bench(c: &mut Criterion) {
                     .resolve_grants(policy, "acme", "bob", Access::Read)
                     .await
                     .expect("resolve");
-                if policy.role_names(&r.principal).len() == want_roles {
+                if r.principal.role_names().len() == want_roles {
                     break;
                 }
                 assert!(

@@ -222,7 +222,7 @@ fn main() {
                 .resolve_grants(policy, "acme", s, Access::Read)
                 .await
                 .expect("resolve");
-            held += policy.role_names(&r.principal).len();
+            held += r.principal.role_names().len();
         }
         held
     });

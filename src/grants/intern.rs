@@ -220,8 +220,8 @@ mod tests {
         let c = resolve(&i, &p, 1, "acme", &t, &assignment(&["editor"]));
         assert!(!Arc::ptr_eq(&a, &c));
         assert!(Arc::ptr_eq(&a.tenant, &c.tenant));
-        assert_eq!(p.role_names(&c.principal), ["editor".to_owned()]);
-        assert_eq!(p.role_names(&b.principal), ["viewer".to_owned()]);
+        assert_eq!(c.principal.role_names(), ["editor".to_owned()]);
+        assert_eq!(b.principal.role_names(), ["viewer".to_owned()]);
     }
 
     #[test]
@@ -271,7 +271,7 @@ mod tests {
         }
         let editor = resolve(&i, &p, 1, "acme", &t, &assignment(&["editor"]));
         assert!(!Arc::ptr_eq(&viewer, &editor));
-        assert_eq!(p.role_names(&editor.principal), ["editor".to_owned()]);
+        assert_eq!(editor.principal.role_names(), ["editor".to_owned()]);
     }
 
     #[test]

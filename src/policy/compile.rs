@@ -800,11 +800,6 @@ impl Policy {
         (p, problems)
     }
 
-    /// Effective role names of a principal after alias resolution (for `x-authz-roles`, audit).
-    pub fn role_names<'a>(&'a self, principal: &'a PrincipalGrants) -> &'a [String] {
-        principal.role_names()
-    }
-
     /// What a principal may do on each universe permission, ignoring entitlements, owner and
     /// scope (for `/.well-known/portcullis/me`): `(name, own_only)` for every held, undenied one.
     pub fn held_permissions<'a>(

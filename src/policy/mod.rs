@@ -292,7 +292,7 @@ impl PrincipalGrants {
         &self.scopes
     }
 
-    /// The roles held: assigned directly or inherited, each once.
+    /// Effective role names after alias resolution, each once (for `x-authz-roles`, audit).
     pub fn role_names(&self) -> &[String] {
         &self.role_names
     }

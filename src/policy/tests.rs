@@ -839,7 +839,7 @@ fn alias_assignments_record_the_effective_role() {
     let fx = Fx::new();
     let t = fx.rich();
     let p = fx.roles(&t, &["member", "viewer", "editor"]);
-    assert_eq!(fx.policy.role_names(&p), &s(&["editor", "viewer"])[..]);
+    assert_eq!(p.role_names(), &s(&["editor", "viewer"])[..]);
     fx.assert_allow(
         &fx.outcome(&fx.one("content.edit"), &caller("u"), &t, &p),
         "content.edit",
@@ -866,7 +866,7 @@ fn unknown_role_grants_nothing_but_others_apply() {
         }
     );
     assert_eq!(problems[0].message, "unknown role `ghost` grants nothing");
-    assert_eq!(fx.policy.role_names(&p), &s(&["viewer"])[..]);
+    assert_eq!(p.role_names(), &s(&["viewer"])[..]);
     let c = caller("u");
     fx.assert_allow(
         &fx.outcome(&fx.one("campaigns.view"), &c, &t, &p),
@@ -879,7 +879,7 @@ fn subject_without_assignment_has_no_roles() {
     let fx = Fx::new();
     let t = fx.rich();
     let p = fx.who(&t, SubjectData::default());
-    assert!(fx.policy.role_names(&p).is_empty());
+    assert!(p.role_names().is_empty());
     fx.assert_deny(
         &fx.outcome(&fx.one("campaigns.view"), &caller("u"), &t, &p),
         Reason::MissingPermission,
@@ -963,7 +963,7 @@ fn malformed_deny_voids_the_principal() {
         }
     );
     assert!(problems[0].message.contains("granted nothing"));
-    assert!(fx.policy.role_names(&p).is_empty());
+    assert!(p.role_names().is_empty());
     for perm in UNIVERSE {
         fx.assert_deny(
             &fx.outcome(&fx.one(perm), &caller("u"), &t, &p),
@@ -1139,7 +1139,7 @@ fn custom_roles_inherit_builtin_and_custom_roles() {
     });
     assert_eq!(problems, vec![]);
     let p = fx.roles(&t, &["lead"]);
-    assert_eq!(fx.policy.role_names(&p), &s(&["lead"])[..]);
+    assert_eq!(p.role_names(), &s(&["lead"])[..]);
     let c = caller("u");
     for perm in ["campaigns.delete", "content.edit", "campaigns.view"] {
         assert!(!fx.assert_allow(&fx.outcome(&fx.one(perm), &c, &t, &p), perm));
@@ -1162,7 +1162,7 @@ fn builtin_role_wins_over_custom_role_of_same_name() {
     });
     assert_eq!(problems, vec![]);
     let p = fx.roles(&t, &["viewer", "member"]);
-    assert_eq!(fx.policy.role_names(&p), &s(&["viewer", "editor"])[..]);
+    assert_eq!(p.role_names(), &s(&["viewer", "editor"])[..]);
     fx.assert_deny(
         &fx.outcome(&fx.one("campaigns.delete"), &caller("u"), &t, &p),
         Reason::MissingPermission,
