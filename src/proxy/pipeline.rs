@@ -5,6 +5,7 @@
 //! `evaluate` is the decision part alone (route → identity → grants → decide); the live
 //! gateway and `portcullis explain` both call it, so they cannot disagree.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -22,7 +23,7 @@ use crate::grants::{Access, GrantsError, Resolved, Store};
 use crate::identity::{Authenticator, AuthnError, Principal};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::{self, Caller, Outcome, Reason, Verdict};
-use crate::route::{self, PathError};
+use crate::route;
 
 use super::forward::{ForwardError, Outbound, Upstreams};
 use super::headers;
@@ -46,13 +47,34 @@ pub struct Gateway {
     pub route_metrics: Vec<Arc<RouteMetrics>>,
 }
 
-/// The connection a request arrived on.
+/// The connection a request arrived on. Shared by its requests (`Arc`): what is the same for
+/// each of them is written once, at accept.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
     /// Subject of the verified client certificate (mTLS), RFC 4514 style.
     pub client_cert_subject: Option<Arc<str>>,
+    /// The peer's address as text, for audit events.
+    peer_text: Text,
+    /// The peer's address as the `X-Forwarded-For` value.
+    forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, client_cert_subject: Option<Arc<str>>) -> ConnInfo {
+        let peer_text = ip_text(peer.ip());
+        // Digits, dots and colons: always a valid header value.
+        let forwarded_for = HeaderValue::from_str(&peer_text)
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo {
+            peer,
+            tls,
+            client_cert_subject,
+            peer_text,
+            forwarded_for,
+        }
+    }
 }
 
 /// The decision for one request, as enforce or monitor mode sees it.
@@ -327,7 +349,7 @@ struct RequestCtx {
     method: Method,
     /// Inline for the usual short path: no allocation of its own.
     path: Text,
-    client_ip: SocketAddr,
+    conn: Arc<ConnInfo>,
     /// The client's value, shared with the request's buffer: copied only into an event.
     user_agent: Option<HeaderValue>,
     route: Option<usize>,
@@ -347,7 +369,7 @@ struct RequestCtx {
 pub async fn handle(
     gw: Arc<Gateway>,
     request: Request<Incoming>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
 ) -> Response<Body> {
     let request_id_name = &gw.snapshot.headers.request_id;
     let request_id = match request.headers().get(request_id_name) {
@@ -359,7 +381,7 @@ pub async fn handle(
         request_id: request_id.clone(),
         method: request.method().clone(),
         path: Text::default(),
-        client_ip: conn.peer,
+        conn,
         user_agent: request.headers().get(header::USER_AGENT).cloned(),
         route: None,
         principal: None,
@@ -375,7 +397,7 @@ pub async fn handle(
         tracing::error!("Audit spool full; refusing the request.");
         return Refusal::AuditUnavailable.into_response(&request_id, request_id_name);
     }
-    let (response, refusal_reason) = match handle_inner(&gw, &mut ctx, request, conn).await {
+    let (response, refusal_reason) = match handle_inner(&gw, &mut ctx, request).await {
         Ok(response) => (response, None),
         Err(refusal) => {
             let reason = refusal.reason();
@@ -438,7 +460,7 @@ fn observe(gw: &Gateway, ctx: &RequestCtx, status: u16, refusal_reason: Option<&
             latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             tenant = ctx.principal.as_ref().map_or("", |p| p.tenant.as_str()),
             subject = ctx.principal.as_ref().map_or("", |p| p.subject.as_str()),
-            client_ip = %ctx.client_ip.ip(),
+            client_ip = %ctx.conn.peer.ip(),
             "Request served."
         );
     }
@@ -490,7 +512,7 @@ async fn audit(
             .and_then(|e| gw.upstreams.name(e.upstream))
             .map(Text::new),
         status,
-        client_ip: ip_text(ctx.client_ip.ip()),
+        client_ip: ctx.conn.peer_text.clone(),
         user_agent: ctx
             .user_agent
             .as_ref()
@@ -553,7 +575,6 @@ async fn handle_inner(
     gw: &Gateway,
     ctx: &mut RequestCtx,
     mut request: Request<Incoming>,
-    conn: ConnInfo,
 ) -> Result<Response<Body>, Refusal> {
     let snap = &gw.snapshot;
     // Checks first: nothing below may see a request with two readings.
@@ -561,10 +582,19 @@ async fn handle_inner(
     // Edge limits and CORS (proxy::limits, proxy::cors): answered before any identity work.
     super::limits::check_declared_length(&request, &snap.limits)?;
     super::cors::answer_preflight(&request, snap.cors.as_ref())?;
-    let canonical = route::canonicalize(request.uri().path())
-        .map_err(|_: PathError| Refusal::BadRequest(BadRequest::AmbiguousPath))?
-        .into_owned();
-    ctx.path = Text::new(&canonical);
+    // The canonical path lives in `ctx.path`; `rewritten` says whether it differs from the
+    // client's (then the upstream's target is built from it, below).
+    let rewritten = match route::canonicalize(request.uri().path()) {
+        Ok(Cow::Borrowed(path)) => {
+            ctx.path = Text::new(path);
+            false
+        }
+        Ok(Cow::Owned(path)) => {
+            ctx.path = Text::from(path);
+            true
+        }
+        Err(_) => return Err(Refusal::BadRequest(BadRequest::AmbiguousPath)),
+    };
 
     // A WebSocket handshake listens for revocations before its grants are resolved, so one
     // racing the decision still closes the tunnel (`proxy::upgrade`).
@@ -583,7 +613,7 @@ async fn handle_inner(
         .identity
         .header
         .as_ref()
-        .and_then(|h| header_identity(h, request.headers(), &conn));
+        .and_then(|h| header_identity(h, request.headers(), &ctx.conn));
     let identity = match trusted {
         Some(identity) => identity,
         None => gw
@@ -592,7 +622,7 @@ async fn handle_inner(
             .map_err(|_| Refusal::AuthorizationUnavailable)?,
     };
     // The caller's own grants (DESIGN.md §7): answered by the gateway, audited like any request.
-    if canonical == super::me::PATH && request.method() == Method::GET {
+    if ctx.path.as_str() == super::me::PATH && request.method() == Method::GET {
         let me = super::me::answer(gw, identity).await;
         ctx.principal = me.principal;
         ctx.resolved = me.resolved;
@@ -604,7 +634,7 @@ async fn handle_inner(
         return Ok(response);
     }
     let mut eval = gw
-        .evaluate(request.method(), &canonical, identity)
+        .evaluate(request.method(), &ctx.path, identity)
         .await
         .map_err(|_| Refusal::AuthorizationUnavailable)?;
     ctx.route = eval.route;
@@ -670,7 +700,7 @@ async fn handle_inner(
     }
     // Strip, then set: the gateway's own headers, apart from the client's (`headers::Added`).
     let mut added = headers::Added::with_capacity(8);
-    set_forwarding_headers(&mut added, &conn, client_host);
+    set_forwarding_headers(&mut added, &ctx.conn, client_host);
     added.set(snap.headers.request_id.clone(), ctx.request_id.clone());
     if let (Some(principal), Some(resolved)) = (&ctx.principal, &eval.resolved) {
         let invalid = || Refusal::BadRequest(BadRequest::InvalidIdentity);
@@ -684,9 +714,16 @@ async fn handle_inner(
         added.set(snap.headers.scope.clone(), HeaderValue::from_static("own"));
     }
 
-    let path_and_query = match parts.uri.query() {
-        Some(q) => PathAndQuery::try_from(format!("{canonical}?{q}")),
-        None => PathAndQuery::try_from(canonical),
+    let path_and_query = match (rewritten, parts.uri.path_and_query()) {
+        // The client's target as it came: shared with its buffer, not parsed again.
+        (false, Some(target)) => Ok(target.clone()),
+        _ => {
+            let canonical = ctx.path.as_str();
+            match parts.uri.query() {
+                Some(q) => PathAndQuery::try_from(format!("{canonical}?{q}")),
+                None => PathAndQuery::try_from(canonical),
+            }
+        }
     }
     .map_err(|_| Refusal::BadRequest(BadRequest::InvalidTarget))?;
     let request = Request::from_parts(parts, body);
@@ -803,10 +840,7 @@ fn set_forwarding_headers(
     conn: &ConnInfo,
     client_host: Option<HeaderValue>,
 ) {
-    // Without the formatter, which cost more than the rest of the forwarding headers.
-    if let Ok(v) = HeaderValue::from_str(ip_text(conn.peer.ip()).as_str()) {
-        out.set(X_FORWARDED_FOR, v);
-    }
+    out.set(X_FORWARDED_FOR, conn.forwarded_for.clone());
     out.set(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),

@@ -81,14 +81,10 @@ pub async fn serve_runtime(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        let conn = ConnInfo {
-            peer,
-            tls: gateway.tls.is_some(),
-            client_cert_subject: None,
-        };
         // Two task types: a plain connection's task is not sized for TLS state.
         match gateway.tls.clone() {
             None => {
+                let conn = ConnInfo::new(peer, false, None);
                 tokio::spawn(serve_connection(shared, stream, conn, permit));
             }
             Some(terminator) => {
@@ -105,10 +101,7 @@ pub async fn serve_runtime(
                         }
                         Err(_) => return,
                     };
-                    let conn = ConnInfo {
-                        client_cert_subject: tls::client_subject(stream.get_ref().1),
-                        ..conn
-                    };
+                    let conn = ConnInfo::new(peer, true, tls::client_subject(stream.get_ref().1));
                     // Boxed: rustls' connection state is large, the parked task stays small.
                     serve_connection(shared, Box::new(stream), conn, permit).await;
                 });
@@ -148,7 +141,7 @@ fn service(
         // INVARIANT: one load per request; the request keeps this generation to the end
         // (a reload meanwhile only affects later requests).
         let gateway = runtime.current();
-        let conn = ConnInfo::clone(&conn);
+        let conn = conn.clone();
         let state = state.clone();
         let served = state.request_started();
         async move {
@@ -577,11 +570,7 @@ mod tests {
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (stream, peer) = accepted.unwrap();
-        let conn = ConnInfo {
-            peer,
-            tls: false,
-            client_cert_subject: None,
-        };
+        let conn = ConnInfo::new(peer, false, None);
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
         let task = serve_connection(shared, stream, conn, permit);
         let size = std::mem::size_of_val(&task);

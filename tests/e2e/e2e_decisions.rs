@@ -529,6 +529,19 @@ async fn query_is_forwarded_raw_and_path_canonical() {
     assert_eq!(r.status, 200);
     assert_eq!(e.up.count(), before + 1);
     assert_eq!(e.up.last().unwrap().target, "/api/campaigns/42?a=1&b=%2F..");
+    // A target that is already canonical goes as it came, query and all.
+    let r = e
+        .call(
+            "GET",
+            "/api/campaigns/42?a=1&b=%2F..&c",
+            Some(&token("vic", "acme")),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        e.up.last().unwrap().target,
+        "/api/campaigns/42?a=1&b=%2F..&c"
+    );
 }
 
 #[tokio::test]

@@ -380,6 +380,13 @@ async fn absolute_form_is_authorized_and_forwarded_by_path_only() {
             "/api/campaigns/1",
         )
         .await;
+    e.forwards(
+        "GET",
+        "http://evil.example/api/campaigns/1?x=1&y",
+        Some(&token("vic", "acme")),
+        "/api/campaigns/1?x=1&y",
+    )
+    .await;
     for (name, value) in &seen.headers {
         assert!(
             !value.to_str().unwrap_or_default().contains("evil.example"),
