@@ -104,6 +104,32 @@ pub(crate) fn json_str(out: &mut Vec<u8>, value: &str) {
 /// `json_str` of bytes that are UTF-8 (a `str`'s or a `Text`'s, which need not be checked
 /// again): only ASCII bytes are ever escaped, so the output is as valid as the input.
 fn json_utf8(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Nearly every value has nothing to escape: one check, one copy.
+    if is_clean(bytes) {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    json_escaped(out, bytes);
+}
+
+/// Whether `bytes` has nothing JSON escapes: eight bytes at a time, the last word overlapping
+/// the one before it (no byte-by-byte tail).
+fn is_clean(bytes: &[u8]) -> bool {
+    let word = |chunk: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
+    match bytes.len().checked_sub(8) {
+        None => !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
+        Some(last) => {
+            bytes.chunks_exact(8).all(|c| !needs_escape_in(word(c)))
+                && bytes.get(last..).is_some_and(|c| !needs_escape_in(word(c)))
+        }
+    }
+}
+
+#[cold]
+fn json_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut rest = bytes;
@@ -660,6 +686,32 @@ mod tests {
     }
 
     /// The hand-written `Decision` JSON is what serde's derive writes, escaping included.
+    #[test]
+    fn strings_escape_as_serde_json_does_at_every_length_and_offset() {
+        for len in 0..40 {
+            let clean = "abcdefghijklmnopqrstuvwxyz0123456789-._~"
+                .get(..len)
+                .unwrap();
+            let mut cases = vec![clean.to_owned()];
+            for at in 0..len {
+                for special in ['"', '\\', '\n', '\u{1}', '\u{1f}', '\u{7f}', 'é'] {
+                    let mut s: Vec<char> = clean.chars().collect();
+                    s[at] = special;
+                    cases.push(s.into_iter().collect());
+                }
+            }
+            for case in cases {
+                let mut ours = Vec::new();
+                json_str(&mut ours, &case);
+                assert_eq!(
+                    String::from_utf8(ours).unwrap(),
+                    serde_json::to_string(&case).unwrap(),
+                    "{case:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn decision_json_is_serde_json() {
         let odd: Vec<String> = (0u8..0x80)
