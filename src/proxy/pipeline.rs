@@ -376,7 +376,7 @@ pub async fn handle(
         Some(v) if valid_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
-    let mut ctx = RequestCtx {
+    let ctx = RequestCtx {
         started: Instant::now(),
         request_id: request_id.clone(),
         method: request.method().clone(),
@@ -397,7 +397,13 @@ pub async fn handle(
         tracing::error!("Audit spool full; refusing the request.");
         return Refusal::AuditUnavailable.into_response(&request_id, request_id_name);
     }
-    let (response, refusal_reason) = match handle_inner(&gw, &mut ctx, request).await {
+    let mut request_state = Unfinished {
+        gw: &gw,
+        ctx,
+        finished: false,
+    };
+    let (response, refusal_reason) = match handle_inner(&gw, &mut request_state.ctx, request).await
+    {
         Ok(response) => (response, None),
         Err(refusal) => {
             let reason = refusal.reason();
@@ -407,16 +413,49 @@ pub async fn handle(
             )
         }
     };
+    // Finished: from here on the event is recorded below (`record` queues it at once, so a
+    // drop while waiting for the spool cannot lose it).
+    request_state.finished = true;
+    let ctx = &request_state.ctx;
     // Spooled durability: the response leaves only after its event is in the spool.
-    let response = match audit(&gw, &ctx, response.status().as_u16(), refusal_reason).await {
+    let response = match audit(&gw, ctx, response.status().as_u16(), refusal_reason).await {
         Ok(()) => response,
         Err(AuditUnavailable) => {
             tracing::error!("Audit event could not be spooled; answering 503.");
             Refusal::AuditUnavailable.into_response(&request_id, request_id_name)
         }
     };
-    observe(&gw, &ctx, response.status().as_u16(), refusal_reason);
+    observe(&gw, ctx, response.status().as_u16(), refusal_reason);
     response
+}
+
+/// A request the server dropped before it was answered: its client went away (an HTTP/1
+/// connection closed, an h2 stream reset) while the gateway was deciding or the upstream was
+/// answering. A decided request still gets its event and its metrics, with nginx's status for
+/// it, 499, and the reason `client_closed`: the upstream may have acted on it.
+struct Unfinished<'a> {
+    gw: &'a Gateway,
+    ctx: RequestCtx,
+    /// Set once the request is answered: its event is recorded by `handle` then.
+    finished: bool,
+}
+
+/// The status and reason of a request its client abandoned (nginx logs 499 too).
+const CLIENT_CLOSED: (u16, &str) = (499, "client_closed");
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        // Not decided: nothing was forwarded, nothing to account for.
+        if self.finished || self.ctx.outcome.is_none() {
+            return;
+        }
+        let (status, reason) = CLIENT_CLOSED;
+        if let Some(event) = decision_event(self.gw, &self.ctx, status, Some(reason)) {
+            // Queued by the call itself; nobody is left to wait for the spool.
+            drop(self.gw.audit.record(EventBody::Decision(event)));
+        }
+        observe(self.gw, &self.ctx, status, Some(reason));
+    }
 }
 
 /// Metrics and the access log for one finished request (labels: route pattern, never path).
@@ -474,6 +513,19 @@ async fn audit(
     status: u16,
     refusal_reason: Option<&'static str>,
 ) -> Result<(), AuditUnavailable> {
+    match decision_event(gw, ctx, status, refusal_reason) {
+        Some(event) => gw.audit.record(EventBody::Decision(event)).await,
+        None => Ok(()),
+    }
+}
+
+/// The request's event, if it is to be recorded (allow events may be off).
+fn decision_event(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    status: u16,
+    refusal_reason: Option<&'static str>,
+) -> Option<Decision> {
     let (decision, reason) = match &ctx.outcome {
         Some(Outcome::Allow { .. }) => {
             if refusal_reason.is_some() {
@@ -481,7 +533,7 @@ async fn audit(
                 ("allow", refusal_reason)
             } else {
                 if !gw.audit.wants_allow() {
-                    return Ok(());
+                    return None;
                 }
                 ("allow", None)
             }
@@ -522,7 +574,7 @@ async fn audit(
         latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         mode: ctx.mode.as_str(),
     };
-    gw.audit.record(EventBody::Decision(event)).await
+    Some(event)
 }
 
 /// RFC 9112 checks hyper leaves to the application (R1), before anything is interpreted.

@@ -107,3 +107,82 @@ async fn verify_detects_deleted_altered_and_reordered_events() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 duplicates"), "{out}");
 }
+
+/// A client that hangs up while its allowed request is at the upstream: the upstream got the
+/// request, so the decision must be in the audit trail all the same (status 499, as nginx logs
+/// a client that closed the request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_hangs_up_at_the_upstream_is_still_audited() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    // An upstream that takes the request and answers only when told to.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let released = release.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let arrived_tx = arrived_tx.clone();
+            let released = released.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = arrived_tx.send(());
+                released.notified().await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let up = Upstream::start().await;
+    let config = format!(
+        "{}\n[audit]\ngateway = \"gw-hangup\"\n[[audit.sinks]]\ntype = \"file\"\npath = \"{}\"\nbatch_wait = \"10ms\"\n",
+        CONFIG.replace("{UPSTREAM}", &upstream_addr.to_string()),
+        file.display()
+    );
+    let gw = start_gateway(&config, &up).await;
+    let t = token("vic", "acme");
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "GET /api/campaigns/77 HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {t}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), arrived.recv())
+        .await
+        .expect("the request reached the upstream");
+    drop(client);
+    // The upstream has not answered (and never will, here): the event comes from the client
+    // going away alone.
+    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    wait_for("the hung-up request's event", 10, || {
+        read().contains("\"path\":\"/api/campaigns/77\"")
+    })
+    .await;
+    let text = read();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["path"] == "/api/campaigns/77")
+        .collect();
+    assert_eq!(events.len(), 1, "one event: {events:?}");
+    let event = &events[0];
+    assert_eq!(event["decision"], "allow", "{event}");
+    assert_eq!(event["subject"], "vic", "{event}");
+    assert_eq!(event["status"], 499, "{event}");
+    assert_eq!(event["reason"], "client_closed", "{event}");
+    release.notify_waiters();
+}
