@@ -79,10 +79,24 @@ const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Idle keep-alive connections to one target, most recently used last.
 pub struct IdlePool {
-    conns: Mutex<VecDeque<(TcpStream, Instant)>>,
+    conns: Mutex<VecDeque<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
+
+/// An idle connection, since when, and its read buffer: kept with it, so a response is read
+/// into memory the last one used (once that response's bytes are dropped) instead of a new
+/// allocation per request.
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+    buf: BytesMut,
+}
+
+/// A response head is read into at least this much room (more is reserved as it grows).
+const HEAD_BUF: usize = 4096;
+/// The largest read buffer an idle connection keeps (256 idle connections per target: 4 MiB).
+const KEEP_BUF: usize = 16 * 1024;
 
 impl IdlePool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<IdlePool> {
@@ -96,9 +110,9 @@ impl IdlePool {
     /// The most recently used idle connection that is still open, if any. Expired ones are
     /// dropped on the way (there is no reaper task: the upstream's own keep-alive timeout
     /// closes what is left, and the next checkout notices).
-    fn checkout(&self) -> Option<TcpStream> {
+    fn checkout(&self) -> Option<(TcpStream, BytesMut)> {
         loop {
-            let (stream, since) = self.lock().pop_back()?;
+            let Idle { stream, since, buf } = self.lock().pop_back()?;
             if since.elapsed() >= self.idle_timeout {
                 // Older ones expired too.
                 self.lock().clear();
@@ -108,21 +122,31 @@ impl IdlePool {
             // No system call unless the reactor saw the socket become readable.
             let mut probe = [0u8; 1];
             match stream.try_read(&mut probe) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Some(stream),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Some((stream, buf)),
                 _ => continue,
             }
         }
     }
 
-    fn checkin(&self, stream: TcpStream) {
+    fn checkin(&self, stream: TcpStream, buf: BytesMut) {
+        // A buffer a large response grew is not worth its memory while idle.
+        let buf = if buf.capacity() > KEEP_BUF {
+            BytesMut::new()
+        } else {
+            buf
+        };
         let mut conns = self.lock();
         if conns.len() >= self.max_idle {
             conns.pop_front();
         }
-        conns.push_back((stream, Instant::now()));
+        conns.push_back(Idle {
+            stream,
+            since: Instant::now(),
+            buf,
+        });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(TcpStream, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -146,8 +170,8 @@ pub async fn send(
 ) -> Result<Response<H1Body>, H1Error> {
     let mut head = Vec::with_capacity(512);
     encode_request(&mut head, method, path_and_query, headers, added);
-    if let Some(stream) = pool.checkout() {
-        match exchange(pool, stream, &head, method).await {
+    if let Some((stream, buf)) = pool.checkout() {
+        match exchange(pool, stream, buf, &head, method).await {
             // Closed while idle, before any response byte. Only a request that is safe to
             // repeat is sent again: the upstream may have seen it (nginx does the same).
             Err(H1Error::Stale) if idempotent(method) => {}
@@ -161,7 +185,7 @@ pub async fn send(
         Err(_) => return Err(H1Error::ConnectTimeout),
     };
     let _ = stream.set_nodelay(true);
-    match exchange(pool, stream, &head, method).await {
+    match exchange(pool, stream, BytesMut::new(), &head, method).await {
         Err(H1Error::Stale) => Err(H1Error::Closed),
         done => done,
     }
@@ -171,6 +195,7 @@ pub async fn send(
 async fn exchange(
     pool: &Arc<IdlePool>,
     mut stream: TcpStream,
+    mut buf: BytesMut,
     head: &[u8],
     method: &Method,
 ) -> Result<Response<H1Body>, H1Error> {
@@ -181,7 +206,10 @@ async fn exchange(
             H1Error::Io(err)
         });
     }
-    let mut buf = BytesMut::with_capacity(4096);
+    // The connection's buffer is empty between responses; once the last response's bytes are
+    // gone this takes its memory back instead of allocating.
+    buf.clear();
+    buf.reserve(HEAD_BUF);
     loop {
         match stream.read_buf(&mut buf).await {
             Ok(0) if buf.is_empty() => return Err(H1Error::Stale),
@@ -205,7 +233,7 @@ async fn exchange(
             return Err(H1Error::Invalid("response head too large"));
         }
         if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
+            buf.reserve(HEAD_BUF);
         }
     }
 }
@@ -489,7 +517,7 @@ impl H1Body {
             && self.reusable
             && self.buf.is_empty()
         {
-            self.pool.checkin(stream);
+            self.pool.checkin(stream, std::mem::take(&mut self.buf));
         }
     }
 

@@ -287,6 +287,44 @@ async fn length_delimited_responses_reuse_one_connection() {
 }
 
 #[tokio::test]
+async fn a_reused_connection_reads_into_the_buffer_it_kept() {
+    const ANSWER: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+    let up = raw_upstream(vec![ANSWER, ANSWER, ANSWER]).await;
+    let pool = pool();
+    // Where the response's `content-length` value sits: in the connection's read buffer.
+    let value_at = || async {
+        let response = send(
+            &pool,
+            &up.addr,
+            Duration::from_secs(2),
+            &Method::GET,
+            &PathAndQuery::from_static("/x"),
+            &headers(&[("host", "up")]),
+            &Added::default(),
+        )
+        .await
+        .unwrap();
+        let at = response.headers()["content-length"].as_bytes().as_ptr() as usize;
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello");
+        at
+    };
+    let first = value_at().await;
+    let kept = pool.lock().back().map(|idle| idle.buf.capacity());
+    assert!(
+        kept.is_some_and(|room| room > 0),
+        "the idle connection keeps its buffer: {kept:?}"
+    );
+    assert_eq!(
+        value_at().await,
+        first,
+        "the second response reuses the first's memory"
+    );
+    assert_eq!(value_at().await, first);
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn chunked_bodies_are_decoded_and_trailers_dropped() {
     let up = raw_upstream(vec![
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
