@@ -450,10 +450,8 @@ impl Drop for Unfinished<'_> {
             return;
         }
         let (status, reason) = CLIENT_CLOSED;
-        if let Some(event) = decision_event(self.gw, &self.ctx, status, Some(reason)) {
-            // Queued by the call itself; nobody is left to wait for the spool.
-            drop(self.gw.audit.record(EventBody::Decision(event)));
-        }
+        // Queued by the call itself; nobody is left to wait for the spool.
+        drop(record_decision(self.gw, &self.ctx, status, Some(reason)));
         observe(self.gw, &self.ctx, status, Some(reason));
     }
 }
@@ -513,19 +511,21 @@ async fn audit(
     status: u16,
     refusal_reason: Option<&'static str>,
 ) -> Result<(), AuditUnavailable> {
-    match decision_event(gw, ctx, status, refusal_reason) {
-        Some(event) => gw.audit.record(EventBody::Decision(event)).await,
+    match record_decision(gw, ctx, status, refusal_reason) {
+        Some(recorded) => recorded.await,
         None => Ok(()),
     }
 }
 
-/// The request's event, if it is to be recorded (allow events may be off).
-fn decision_event(
+/// Record the request's event, if it is to be recorded (allow events may be off): queued by
+/// this call; the future resolves as `AuditLog::record`'s does. The event is built here, next
+/// to the queueing, so that it is not moved through a return value (600 bytes).
+fn record_decision(
     gw: &Gateway,
     ctx: &RequestCtx,
     status: u16,
     refusal_reason: Option<&'static str>,
-) -> Option<Decision> {
+) -> Option<impl Future<Output = Result<(), AuditUnavailable>>> {
     let (decision, reason) = match &ctx.outcome {
         Some(Outcome::Allow { .. }) => {
             if refusal_reason.is_some() {
@@ -574,7 +574,7 @@ fn decision_event(
         latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         mode: ctx.mode.as_str(),
     };
-    Some(event)
+    Some(gw.audit.record(EventBody::Decision(event)))
 }
 
 /// RFC 9112 checks hyper leaves to the application (R1), before anything is interpreted.
