@@ -168,7 +168,7 @@ fn service(
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                state.done.notify_one();
+                state.finish();
             }
             Ok::<_, Infallible>(response)
         }
@@ -455,26 +455,45 @@ where
             .with_upgrades(),
     );
     let mut closing = false;
+    // The shutdown signal, registered by its first poll and polled again only once its flag
+    // is set: every poll of a waiting `Notified` takes the `Notify`'s lock, and this loop is
+    // polled at every wake-up of the connection (twice a request).
+    let stop = shared.stopped();
+    tokio::pin!(stop);
+    let mut stop_registered = false;
     let parked = loop {
-        tokio::select! {
-            driven = std::future::poll_fn(|cx| match Pin::new(&mut *connection).poll(cx) {
-                Poll::Ready(result) => Poll::Ready(Some(result)),
-                Poll::Pending if state.take_park_request() => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }) => match driven {
-                Some(result) => {
-                    if let Err(err) = result {
-                        tracing::debug!(error = %err, "Connection ended with an error.");
-                    }
-                    return None;
-                }
-                None => break !closing,
-            },
-            () = shared.stopped(), if !closing => {
-                Pin::new(&mut *connection).graceful_shutdown();
-                closing = true;
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
+                return Poll::Ready(Burst::Ended(result));
             }
-            () = state.done.notified(), if !closing => {
+            if state.take_park_request() {
+                return Poll::Ready(Burst::Idle);
+            }
+            if closing {
+                return Poll::Pending;
+            }
+            // Set by the service, which hyper polls inside this task: no wake-up needed.
+            if state.done.load(Ordering::SeqCst) {
+                return Poll::Ready(Burst::Close);
+            }
+            if !stop_registered || shared.stopping.load(Ordering::SeqCst) {
+                stop_registered = true;
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Burst::Close);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Burst::Ended(result) => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "Connection ended with an error.");
+                }
+                return None;
+            }
+            Burst::Idle => break !closing,
+            Burst::Close => {
                 Pin::new(&mut *connection).graceful_shutdown();
                 closing = true;
             }
@@ -535,12 +554,22 @@ async fn serve_h2<I, S>(
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = state.done.notified(), if !closing => {
+            () = state.done_notify.notified(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
         }
     }
+}
+
+/// What ended a wait of `burst` on its hyper instance.
+enum Burst<E> {
+    /// hyper finished the connection.
+    Ended(Result<(), E>),
+    /// Idle between requests: park.
+    Idle,
+    /// Shutdown, or the last request `max_requests_per_connection` allows: finish and close.
+    Close,
 }
 
 #[cfg(test)]

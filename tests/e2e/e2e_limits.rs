@@ -241,6 +241,46 @@ async fn graceful_shutdown_completes_an_in_flight_request_and_refuses_new_connec
         .unwrap();
 }
 
+/// A keep-alive connection busy with a request when the shutdown starts is told so on that
+/// request's response (`connection: close`) and closed after it, not left open until it goes
+/// idle.
+#[tokio::test]
+async fn graceful_shutdown_closes_a_busy_keep_alive_connection_after_its_request() {
+    let (mut gw, up) = gateway("shutdown_timeout = \"10s\"\n").await;
+    let addr = gw.addr;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(GET_HEALTH).await.unwrap();
+    assert_eq!(read_response(&mut client).await.status, 200);
+    let before = up.heads.load(std::sync::atomic::Ordering::SeqCst);
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
+    support::eventually("the slow request reached the upstream", || {
+        up.heads.load(std::sync::atomic::Ordering::SeqCst) == before + 1
+    })
+    .await;
+    gw.shutdown();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the listener kept accepting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    up.release(1);
+    let r = read_response(&mut client).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(r.header("connection"), Some("close"), "{}", r.raw);
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut rest))
+        .await
+        .expect("closed after the response");
+    assert_eq!(n.unwrap_or(0), 0, "nothing after the last response");
+    tokio::time::timeout(Duration::from_secs(5), &mut gw.served)
+        .await
+        .expect("serve returns once drained")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn shutdown_gives_up_after_the_drain_deadline() {
     let (mut gw, up) = gateway("shutdown_timeout = \"200ms\"\n").await;
