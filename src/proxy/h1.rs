@@ -345,20 +345,36 @@ fn build_response(
     parsed: ParsedHead,
     method: &Method,
 ) -> Result<Response<H1Body>, H1Error> {
-    let mut headers = HeaderMap::with_capacity(parsed.fields.len());
-    for &(ns, ne, vs, ve) in &parsed.fields {
-        let name = HeaderName::from_bytes(head.get(ns..ne).unwrap_or_default())
-            .map_err(|_| H1Error::Invalid("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| H1Error::Invalid("invalid header value"))?;
-        headers.append(name, value);
-    }
     // Framing and reuse read the fields as parsed: a `get_all` per name on the map hashes
     // and probes it, a scan of the few spans compares bytes.
     let fields = Fields {
         head,
         spans: &parsed.fields,
     };
+    // `Connection: keep-alive` (or `close`) names no field but hop-by-hop ones, which
+    // `headers::sanitize_response` removes anyway, as it removes `Connection` itself: such a
+    // field is left out of the map here instead of being put in and taken out again. Any
+    // other token keeps the field, for the sanitizer to act on.
+    let plain_connection = fields.values(b"connection").all(|v| {
+        v.split(|&b| b == b',').all(|t| {
+            let t = t.trim_ascii();
+            t.is_empty()
+                || t.eq_ignore_ascii_case(b"keep-alive")
+                || t.eq_ignore_ascii_case(b"close")
+        })
+    });
+    let mut headers = HeaderMap::with_capacity(parsed.fields.len());
+    for &(ns, ne, vs, ve) in &parsed.fields {
+        let raw_name = head.get(ns..ne).unwrap_or_default();
+        if plain_connection && raw_name.eq_ignore_ascii_case(b"connection") {
+            continue;
+        }
+        let name = HeaderName::from_bytes(raw_name)
+            .map_err(|_| H1Error::Invalid("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| H1Error::Invalid("invalid header value"))?;
+        headers.append(name, value);
+    }
     let framing = framing(method, parsed.status, &fields)?;
     let close_asked = fields.values(b"connection").any(|v| has_token(v, b"close"));
     let keep_alive_10 = fields

@@ -325,6 +325,40 @@ async fn a_reused_connection_reads_into_the_buffer_it_kept() {
 }
 
 #[tokio::test]
+async fn a_connection_field_naming_only_keep_alive_stays_out_of_the_map_others_stay_in() {
+    let up = raw_upstream(vec![
+        "HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nconnection: keep-alive, X-Hop\r\nx-hop: 1\r\ncontent-length: 0\r\n\r\n",
+    ])
+    .await;
+    let pool = pool();
+    let (target, fields, added) = (
+        PathAndQuery::from_static("/x"),
+        headers(&[("host", "up")]),
+        Added::default(),
+    );
+    let head = |pool| {
+        send(
+            pool,
+            &up.addr,
+            Duration::from_secs(2),
+            &Method::GET,
+            &target,
+            &fields,
+            &added,
+        )
+    };
+    let plain = head(&pool).await.unwrap();
+    assert_eq!(plain.headers().get("connection"), None);
+    assert_eq!(plain.headers().len(), 1, "{:?}", plain.headers());
+    drop(plain);
+    // The sanitizer needs the field to know that `x-hop` goes too.
+    let named = head(&pool).await.unwrap();
+    assert_eq!(named.headers()["connection"], "keep-alive, X-Hop");
+    assert_eq!(named.headers()["x-hop"], "1");
+}
+
+#[tokio::test]
 async fn chunked_bodies_are_decoded_and_trailers_dropped() {
     let up = raw_upstream(vec![
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
