@@ -634,19 +634,16 @@ async fn handle_inner(
     // Edge limits and CORS (proxy::limits, proxy::cors): answered before any identity work.
     super::limits::check_declared_length(&request, &snap.limits)?;
     super::cors::answer_preflight(&request, snap.cors.as_ref())?;
-    // The canonical path lives in `ctx.path`; `rewritten` says whether it differs from the
-    // client's (then the upstream's target is built from it, below).
+    // `rewritten`: the canonical path when it differs from the client's (then the upstream's
+    // target is built from it, below); `canonical` borrows one or the other until the
+    // decision, `ctx.path` keeps a copy for the event.
     let rewritten = match route::canonicalize(request.uri().path()) {
-        Ok(Cow::Borrowed(path)) => {
-            ctx.path = Text::new(path);
-            false
-        }
-        Ok(Cow::Owned(path)) => {
-            ctx.path = Text::from(path);
-            true
-        }
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(path)) => Some(path),
         Err(_) => return Err(Refusal::BadRequest(BadRequest::AmbiguousPath)),
     };
+    let canonical = rewritten.as_deref().unwrap_or(request.uri().path());
+    ctx.path = Text::new(canonical);
 
     // A WebSocket handshake listens for revocations before its grants are resolved, so one
     // racing the decision still closes the tunnel (`proxy::upgrade`).
@@ -674,7 +671,7 @@ async fn handle_inner(
             .map_err(|_| Refusal::AuthorizationUnavailable)?,
     };
     // The caller's own grants (DESIGN.md §7): answered by the gateway, audited like any request.
-    if ctx.path.as_str() == super::me::PATH && request.method() == Method::GET {
+    if canonical == super::me::PATH && request.method() == Method::GET {
         let me = super::me::answer(gw, identity).await;
         ctx.principal = me.principal;
         ctx.resolved = me.resolved;
@@ -686,7 +683,7 @@ async fn handle_inner(
         return Ok(response);
     }
     let mut eval = gw
-        .evaluate(request.method(), &ctx.path, identity)
+        .evaluate(request.method(), canonical, identity)
         .await
         .map_err(|_| Refusal::AuthorizationUnavailable)?;
     ctx.route = eval.route;
@@ -768,9 +765,9 @@ async fn handle_inner(
 
     let path_and_query = match (rewritten, parts.uri.path_and_query()) {
         // The client's target as it came: shared with its buffer, not parsed again.
-        (false, Some(target)) => Ok(target.clone()),
-        _ => {
-            let canonical = ctx.path.as_str();
+        (None, Some(target)) => Ok(target.clone()),
+        (rewritten, _) => {
+            let canonical = rewritten.as_deref().unwrap_or(parts.uri.path());
             match parts.uri.query() {
                 Some(q) => PathAndQuery::try_from(format!("{canonical}?{q}")),
                 None => PathAndQuery::try_from(canonical),
