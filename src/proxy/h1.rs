@@ -369,8 +369,7 @@ fn build_response(
         if plain_connection && raw_name.eq_ignore_ascii_case(b"connection") {
             continue;
         }
-        let name = HeaderName::from_bytes(raw_name)
-            .map_err(|_| H1Error::Invalid("invalid header name"))?;
+        let name = response_name(raw_name).map_err(|_| H1Error::Invalid("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| H1Error::Invalid("invalid header value"))?;
         headers.append(name, value);
@@ -405,6 +404,34 @@ fn build_response(
     *response.version_mut() = Version::HTTP_11;
     *response.headers_mut() = headers;
     Ok(response)
+}
+
+/// The usual response field names, lower-case, with their constants.
+const COMMON_NAMES: [(&[u8], HeaderName); 12] = [
+    (b"date", header::DATE),
+    (b"server", header::SERVER),
+    (b"content-type", header::CONTENT_TYPE),
+    (b"content-length", header::CONTENT_LENGTH),
+    (b"cache-control", header::CACHE_CONTROL),
+    (b"etag", header::ETAG),
+    (b"last-modified", header::LAST_MODIFIED),
+    (b"vary", header::VARY),
+    (b"content-encoding", header::CONTENT_ENCODING),
+    (b"transfer-encoding", header::TRANSFER_ENCODING),
+    (b"expires", header::EXPIRES),
+    (b"accept-ranges", header::ACCEPT_RANGES),
+];
+
+/// A response field's name: the usual ones found by comparing bytes, the rest through
+/// `HeaderName::from_bytes`, which lower-cases every name and matches it against the whole
+/// standard table (about 115 instructions a name).
+fn response_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    for (lower, name) in &COMMON_NAMES {
+        if lower.len() == raw.len() && raw.eq_ignore_ascii_case(lower) {
+            return Ok(name.clone());
+        }
+    }
+    HeaderName::from_bytes(raw)
 }
 
 /// A parsed head's fields: (name start, name end, value start, value end) spans into `head`.

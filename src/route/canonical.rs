@@ -46,6 +46,11 @@ pub fn canonicalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let mut needs_rewrite = false;
     let mut prev = 0u8;
     for (i, &b) in bytes.iter().enumerate() {
+        // Most bytes of most paths: one table lookup.
+        if PLAIN[usize::from(b)] {
+            prev = b;
+            continue;
+        }
         match b {
             b'%' => {
                 check_escape(bytes, i)?;
@@ -70,6 +75,36 @@ fn is_dot_segment(rest: &[u8]) -> bool {
     let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
     matches!(rest.get(..end), Some(b".") | Some(b".."))
 }
+
+/// Bytes `check_raw` accepts that mean nothing else to the scan (not `%`, `.` or `/`).
+const PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        // `b < 256`: the cast is exact.
+        let byte = b as u8;
+        table[b] = matches!(byte, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9')
+            || matches!(
+                byte,
+                b'-' | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        b += 1;
+    }
+    table
+};
 
 fn check_raw(b: u8) -> Result<(), PathError> {
     match b {
@@ -200,6 +235,14 @@ mod tests {
 
     fn ok(raw: &str) -> String {
         canonicalize(raw).unwrap().into_owned()
+    }
+
+    #[test]
+    fn plain_bytes_are_exactly_the_accepted_ones_without_a_meaning_to_the_scan() {
+        for b in 0..=255u8 {
+            let expected = check_raw(b).is_ok() && !matches!(b, b'%' | b'.' | b'/');
+            assert_eq!(PLAIN[usize::from(b)], expected, "byte {b:#04x}");
+        }
     }
 
     #[test]

@@ -533,3 +533,15 @@ async fn connect_failures_are_reported_as_such() {
     .unwrap_err();
     assert!(matches!(err, H1Error::Connect(_)), "{err:?}");
 }
+
+#[test]
+fn usual_response_names_map_to_their_constants_in_any_case() {
+    for (lower, name) in &COMMON_NAMES {
+        assert_eq!(HeaderName::from_bytes(lower).unwrap(), *name);
+        let upper = lower.to_ascii_uppercase();
+        assert_eq!(response_name(&upper).unwrap(), *name);
+    }
+    assert_eq!(response_name(b"X-Custom").unwrap(), "x-custom");
+    assert!(response_name(b"bad name").is_err());
+    assert!(response_name(b"").is_err());
+}
