@@ -372,17 +372,28 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
 ) -> Response<Body> {
     let request_id_name = &gw.snapshot.headers.request_id;
-    let request_id = match request.headers().get(request_id_name) {
+    // One pass over the (few) fields for both: a lookup each hashed and probed the map.
+    let (mut client_id, mut user_agent) = (None, None);
+    for (name, value) in request.headers() {
+        if name == header::USER_AGENT {
+            user_agent.get_or_insert(value);
+        }
+        if name == request_id_name {
+            client_id.get_or_insert(value);
+        }
+    }
+    let request_id = match client_id {
         Some(v) if valid_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
+    let user_agent = user_agent.cloned();
     let ctx = RequestCtx {
         started: Instant::now(),
         request_id: request_id.clone(),
         method: request.method().clone(),
         path: Text::default(),
         conn,
-        user_agent: request.headers().get(header::USER_AGENT).cloned(),
+        user_agent,
         route: None,
         principal: None,
         resolved: None,
@@ -719,10 +730,12 @@ async fn handle_inner(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let api_key_auth = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .is_some_and(|v| api_key_scheme(v.as_bytes()).is_some());
+    // Looked up only where API keys are configured.
+    let api_key_auth = snap.identity.api_key.is_some()
+        && parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .is_some_and(|v| api_key_scheme(v.as_bytes()).is_some());
     let out = &mut parts.headers;
     headers::sanitize_request(out, &snap.headers);
     // Identity headers of `[identity.header]` never pass through, trusted or not: the
