@@ -103,8 +103,8 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// Remove from the client's headers everything the upstream must not receive from the client.
 /// In place: the usual request has nothing to remove, and rebuilding the map cost a hash and
-/// an insert per kept header.
-pub fn sanitize_request(headers: &mut HeaderMap, names: &HeaderNames) {
+/// an insert per kept header. Whether anything was removed.
+pub fn sanitize_request(headers: &mut HeaderMap, names: &HeaderNames) -> bool {
     let named = connection_tokens(headers);
     let dropped: Vec<HeaderName> = headers
         .keys()
@@ -114,9 +114,11 @@ pub fn sanitize_request(headers: &mut HeaderMap, names: &HeaderNames) {
         })
         .cloned()
         .collect();
+    let removed = !dropped.is_empty();
     for name in dropped {
         headers.remove(name);
     }
+    removed
 }
 
 /// The gateway's own request headers (forwarding, request id, identity), set after the

@@ -724,7 +724,9 @@ async fn handle_inner(
 
     // Strip, then set (R5): the client's map is sanitized before any gateway header goes in.
     let (mut parts, body) = request.into_parts();
-    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+    let host_field = parts.headers.get(header::HOST).cloned();
+    let host_in_map = host_field.is_some();
+    let client_host = host_field.or_else(|| {
         parts
             .uri
             .authority()
@@ -737,7 +739,7 @@ async fn handle_inner(
             .get(header::AUTHORIZATION)
             .is_some_and(|v| api_key_scheme(v.as_bytes()).is_some());
     let out = &mut parts.headers;
-    headers::sanitize_request(out, &snap.headers);
+    let stripped = headers::sanitize_request(out, &snap.headers);
     // Identity headers of `[identity.header]` never pass through, trusted or not: the
     // upstream gets the gateway's own identity headers instead.
     if let Some(h) = &snap.identity.header {
@@ -752,7 +754,11 @@ async fn handle_inner(
         }
     }
     // The upstream sees the client's Host, as behind Envoy (h2 requests carry it as :authority).
+    // Looked for only if it was not there or something was removed since.
+    let host_may_be_gone =
+        stripped || snap.identity.header.is_some() || snap.identity.api_key.is_some();
     if let Some(host) = &client_host
+        && (!host_in_map || host_may_be_gone)
         && !out.contains_key(header::HOST)
     {
         out.insert(header::HOST, host.clone());

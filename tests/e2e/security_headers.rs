@@ -368,6 +368,28 @@ async fn client_headers_named_in_connection_are_removed() {
     );
 }
 
+/// `Connection: host` would have the sanitizer take the client's Host away; the upstream
+/// still gets it (set again from the client's), as nginx and Envoy always send one.
+#[tokio::test]
+async fn a_connection_token_naming_host_does_not_take_host_from_the_upstream() {
+    let e = env().await;
+    let (_, seen) = e
+        .forwarded(
+            "GET",
+            "/api/campaigns/1",
+            Some(&token("vic", "acme")),
+            &[("Connection", "host")],
+        )
+        .await;
+    assert_eq!(
+        seen.header("host"),
+        Some("gateway.test"),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(seen.header("connection"), None);
+}
+
 #[tokio::test]
 async fn header_names_with_underscores_are_rejected() {
     let e = env().await;
