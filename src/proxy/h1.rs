@@ -93,10 +93,10 @@ struct Idle {
     buf: BytesMut,
 }
 
-/// A response head is read into at least this much room (more is reserved as it grows).
+/// A response head is read into at least this much room (more is reserved as it grows). An
+/// idle connection keeps its buffer only if the whole response fit in it: at most this much
+/// per idle connection (256 per target: 1 MiB).
 const HEAD_BUF: usize = 4096;
-/// The largest read buffer an idle connection keeps (256 idle connections per target: 4 MiB).
-const KEEP_BUF: usize = 16 * 1024;
 
 impl IdlePool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<IdlePool> {
@@ -129,12 +129,6 @@ impl IdlePool {
     }
 
     fn checkin(&self, stream: TcpStream, buf: BytesMut) {
-        // A buffer a large response grew is not worth its memory while idle.
-        let buf = if buf.capacity() > KEEP_BUF {
-            BytesMut::new()
-        } else {
-            buf
-        };
         let mut conns = self.lock();
         if conns.len() >= self.max_idle {
             conns.pop_front();
@@ -210,6 +204,8 @@ async fn exchange(
     // gone this takes its memory back instead of allocating.
     buf.clear();
     buf.reserve(HEAD_BUF);
+    // More room than that was needed: the buffer is not kept for the next response.
+    let mut grown = false;
     loop {
         match stream.read_buf(&mut buf).await {
             Ok(0) if buf.is_empty() => return Err(H1Error::Stale),
@@ -227,13 +223,14 @@ async fn exchange(
                 // 100 Continue, 103 Early Hints: interim, the real head follows.
                 continue;
             }
-            return build_response(pool, stream, buf, &head_bytes, parsed, method);
+            return build_response(pool, stream, buf, !grown, &head_bytes, parsed, method);
         }
         if buf.len() >= MAX_HEAD {
             return Err(H1Error::Invalid("response head too large"));
         }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(HEAD_BUF);
+            grown = true;
         }
     }
 }
@@ -341,6 +338,7 @@ fn build_response(
     pool: &Arc<IdlePool>,
     stream: TcpStream,
     rest: BytesMut,
+    keep_buf: bool,
     head: &Bytes,
     parsed: ParsedHead,
     method: &Method,
@@ -395,6 +393,7 @@ fn build_response(
         reusable,
         pool: pool.clone(),
         trailer_bytes: 0,
+        keep_buf,
     };
     if body.decoder == Decoder::Done {
         body.finish();
@@ -542,6 +541,9 @@ pub struct H1Body {
     reusable: bool,
     pool: Arc<IdlePool>,
     trailer_bytes: usize,
+    /// The whole response is in `buf` as first read (`HEAD_BUF`): the idle connection may keep
+    /// that buffer for its next response.
+    keep_buf: bool,
 }
 
 impl std::fmt::Debug for H1Body {
@@ -560,7 +562,12 @@ impl H1Body {
             && self.reusable
             && self.buf.is_empty()
         {
-            self.pool.checkin(stream, std::mem::take(&mut self.buf));
+            let buf = if self.keep_buf {
+                std::mem::take(&mut self.buf)
+            } else {
+                BytesMut::new()
+            };
+            self.pool.checkin(stream, buf);
         }
     }
 
@@ -714,6 +721,8 @@ impl hyper::body::Body for H1Body {
                 Decoder::Length(left) => usize::try_from(left).unwrap_or(usize::MAX),
                 _ => READ_CHUNK,
             };
+            // A body read from the socket may grow the buffer: not kept once idle.
+            this.keep_buf = false;
             this.buf.reserve(want.clamp(1024, 4 * READ_CHUNK));
             match stream.try_read_buf(&mut this.buf) {
                 Ok(0) => {

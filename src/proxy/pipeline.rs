@@ -408,13 +408,12 @@ pub async fn handle(
         tracing::error!("Audit spool full; refusing the request.");
         return Refusal::AuditUnavailable.into_response(&request_id, request_id_name);
     }
-    let mut request_state = Unfinished {
+    let mut in_flight = InFlight {
         gw: &gw,
         ctx,
-        finished: false,
+        answered: false,
     };
-    let (response, refusal_reason) = match handle_inner(&gw, &mut request_state.ctx, request).await
-    {
+    let (response, refusal_reason) = match handle_inner(&gw, &mut in_flight.ctx, request).await {
         Ok(response) => (response, None),
         Err(refusal) => {
             let reason = refusal.reason();
@@ -426,8 +425,8 @@ pub async fn handle(
     };
     // Finished: from here on the event is recorded below (`record` queues it at once, so a
     // drop while waiting for the spool cannot lose it).
-    request_state.finished = true;
-    let ctx = &request_state.ctx;
+    in_flight.answered = true;
+    let ctx = &in_flight.ctx;
     // Spooled durability: the response leaves only after its event is in the spool.
     let response = match audit(&gw, ctx, response.status().as_u16(), refusal_reason).await {
         Ok(()) => response,
@@ -440,24 +439,26 @@ pub async fn handle(
     response
 }
 
-/// A request the server dropped before it was answered: its client went away (an HTTP/1
-/// connection closed, an h2 stream reset) while the gateway was deciding or the upstream was
-/// answering. A decided request still gets its event and its metrics, with nginx's status for
-/// it, 499, and the reason `client_closed`: the upstream may have acted on it.
-struct Unfinished<'a> {
+/// A request being handled. If the server drops it before it is answered (its client went
+/// away: an HTTP/1 connection closed, an h2 stream reset, while the gateway was deciding or
+/// the upstream was answering), a decided request still gets its event and its metrics, with
+/// nginx's status for it, 499, and the reason `client_closed`: the upstream may have acted on
+/// it.
+struct InFlight<'a> {
     gw: &'a Gateway,
     ctx: RequestCtx,
-    /// Set once the request is answered: its event is recorded by `handle` then.
-    finished: bool,
+    /// Set once the request is answered: `handle` records its event then.
+    answered: bool,
 }
 
 /// The status and reason of a request its client abandoned (nginx logs 499 too).
 const CLIENT_CLOSED: (u16, &str) = (499, "client_closed");
 
-impl Drop for Unfinished<'_> {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        // Not decided: nothing was forwarded, nothing to account for.
-        if self.finished || self.ctx.outcome.is_none() {
+        // Answered: `handle` recorded it. Not decided: nothing was forwarded, nothing to
+        // account for.
+        if self.answered || self.ctx.outcome.is_none() {
             return;
         }
         let (status, reason) = CLIENT_CLOSED;

@@ -325,6 +325,25 @@ async fn a_reused_connection_reads_into_the_buffer_it_kept() {
 }
 
 #[tokio::test]
+async fn a_buffer_a_long_body_was_read_into_is_not_kept_while_idle() {
+    // The first read takes the head and most of the body (4 KiB), the second the last 500
+    // bytes into 1 KiB reserved for them: that buffer has room left, and is not kept.
+    let head = "HTTP/1.1 200 OK\r\ncontent-length: 4555\r\n\r\n";
+    let long: &'static str =
+        Box::leak(format!("{head}{}", "x".repeat(4096 - head.len() + 500)).into_boxed_str());
+    let up = raw_upstream(vec![long]).await;
+    let pool = pool();
+    let (status, body) = get(&pool, &up, Method::GET).await.unwrap();
+    assert_eq!((status, body.len()), (200, 4555));
+    let kept = pool.lock().back().map(|idle| idle.buf.capacity());
+    assert_eq!(
+        kept,
+        Some(0),
+        "the connection is idle, without the grown buffer"
+    );
+}
+
+#[tokio::test]
 async fn a_connection_field_naming_only_keep_alive_stays_out_of_the_map_others_stay_in() {
     let up = raw_upstream(vec![
         "HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n",
