@@ -210,6 +210,17 @@ async fn accept_waits_beyond_max_connections() {
     assert_eq!(read_response(&mut c).await.status, 200);
 }
 
+/// Start a graceful shutdown and wait until new connections are refused (the listener is
+/// dropped first).
+async fn shut_down_and_await_the_listener(gw: &mut EdgeGateway) {
+    gw.shutdown();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(gw.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the listener kept accepting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn graceful_shutdown_completes_an_in_flight_request_and_refuses_new_connections() {
     let (mut gw, up) = gateway("shutdown_timeout = \"10s\"\n").await;
@@ -220,13 +231,7 @@ async fn graceful_shutdown_completes_an_in_flight_request_and_refuses_new_connec
         up.heads.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
     .await;
-    gw.shutdown();
-    // New connections are refused once the listener is dropped.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "the listener kept accepting");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    shut_down_and_await_the_listener(&mut gw).await;
     assert!(
         !gw.served.is_finished(),
         "drain must wait for the in-flight request"
@@ -260,12 +265,7 @@ async fn graceful_shutdown_closes_a_busy_keep_alive_connection_after_its_request
         up.heads.load(std::sync::atomic::Ordering::SeqCst) == before + 1
     })
     .await;
-    gw.shutdown();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "the listener kept accepting");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    shut_down_and_await_the_listener(&mut gw).await;
     up.release(1);
     let r = read_response(&mut client).await;
     assert_eq!(r.status, 200, "{}", r.raw);
