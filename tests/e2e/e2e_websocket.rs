@@ -31,14 +31,9 @@ impl WsUpstream {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let log = log.clone();
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
+                    let Some(buf) = crate::support::read_head(&mut stream).await else {
+                        return;
+                    };
                     let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
                     log.lock().unwrap().push(head.clone());
                     if always_101 || head.contains("\r\nupgrade: websocket\r\n") {

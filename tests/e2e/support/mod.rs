@@ -518,3 +518,17 @@ fn request_complete(buf: &[u8]) -> bool {
         .unwrap_or(0);
     body.len() >= len
 }
+
+/// Read a request head (up to its blank line) off `stream`; `None` if it closes first.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(buf)
+}
