@@ -55,11 +55,10 @@ use tokio::sync::Notify;
 pub(super) struct ConnState {
     /// Requests handed to the service so far (all hyper instances of this connection).
     pub served: AtomicU64,
-    /// The last request allowed by `max_requests_per_connection` was served (`finish`). The
-    /// flag for HTTP/1, whose driver runs the service in its own task and looks after each
-    /// poll; the `Notify` for HTTP/2, whose streams run in tasks of their own.
-    pub done: AtomicBool,
-    pub done_notify: Notify,
+    /// The last request allowed by `max_requests_per_connection` was served: HTTP/2 sends
+    /// GOAWAY. (HTTP/1 needs no signal: that request's response says `Connection: close`,
+    /// and hyper closes after it.)
+    pub done: Notify,
     /// hyper is reading a request head (set when it arms the header timer, cleared when the
     /// head reaches the service).
     pub head_wanted: AtomicBool,
@@ -91,12 +90,6 @@ impl ConnState {
         self.head_wanted.store(false, Ordering::SeqCst);
         self.grace_passed.store(false, Ordering::SeqCst);
         self.served.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    /// The connection is to close once its in-flight requests are answered.
-    pub fn finish(&self) {
-        self.done.store(true, Ordering::SeqCst);
-        self.done_notify.notify_one();
     }
 
     pub fn take_park_request(&self) -> bool {

@@ -168,7 +168,7 @@ fn service(
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                state.finish();
+                state.done.notify_one();
             }
             Ok::<_, Infallible>(response)
         }
@@ -472,10 +472,6 @@ where
             if closing {
                 return Poll::Pending;
             }
-            // Set by the service, which hyper polls inside this task: no wake-up needed.
-            if state.done.load(Ordering::SeqCst) {
-                return Poll::Ready(Burst::Close);
-            }
             if !stop_registered || shared.stopping.load(Ordering::SeqCst) {
                 stop_registered = true;
                 if stop.as_mut().poll(cx).is_ready() {
@@ -554,7 +550,7 @@ async fn serve_h2<I, S>(
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = state.done_notify.notified(), if !closing => {
+            () = state.done.notified(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -568,7 +564,7 @@ enum Burst<E> {
     Ended(Result<(), E>),
     /// Idle between requests: park.
     Idle,
-    /// Shutdown, or the last request `max_requests_per_connection` allows: finish and close.
+    /// Shutdown: finish what is in flight and close.
     Close,
 }
 
