@@ -193,6 +193,9 @@ fn corrupt_record_in_an_older_segment_is_skipped_and_counted() {
     let mut bytes = fs::read(&older).unwrap();
     bytes[HEADER + 66 + 3] ^= 0x01; // inside record 2's payload
     fs::write(&older, &bytes).unwrap();
+    // Reopened: this process's in-memory tail would hand out what was written.
+    drop(rec);
+    let rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
     let mut r = rec.spool.reader("s");
     r.rewind(0);
     let seqs: Vec<u64> = r
@@ -208,6 +211,119 @@ fn corrupt_record_in_an_older_segment_is_skipped_and_counted() {
         "reading resumes at the next segment"
     );
     assert_eq!(rec.spool.corrupt_skipped(), 1);
+}
+
+/// A sink that keeps up reads the newest appends from memory, not back from the file: bytes
+/// changed on disk after the write do not reach it.
+#[test]
+fn a_reader_that_keeps_up_reads_the_appends_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    let mut buf = Vec::new();
+    for seq in 1..=3 {
+        encode_record(&mut buf, seq, &payload(seq, 50));
+    }
+    rec.writer.append(1, 3, &buf).unwrap();
+    let seg = only_segment(dir.path());
+    let mut bytes = fs::read(&seg).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&seg, &bytes).unwrap();
+    let mut r = rec.spool.reader("s");
+    r.rewind(0);
+    let payloads: Vec<Vec<u8>> = r
+        .read(100, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.payload.to_vec())
+        .collect();
+    let want: Vec<Vec<u8>> = (1..=3).map(|seq| payload(seq, 50)).collect();
+    assert_eq!(payloads, want);
+    assert_eq!(rec.spool.corrupt_skipped(), 0);
+}
+
+/// A reader further behind than the tail keeps reads the file, CRCs checked, and every record
+/// still comes in order, whole.
+#[test]
+fn a_reader_behind_the_tail_reads_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SpoolOptions {
+        dir: Some(dir.path().to_path_buf()),
+        max_size: 64 << 20,
+        segment_size: 1 << 20,
+    };
+    let mut rec = Spool::open(&opts, &["s".to_owned()]).unwrap();
+    let (batches, per_batch, len) = (60u64, 100u64, 1000usize);
+    for b in 0..batches {
+        let mut buf = Vec::new();
+        let first = b * per_batch + 1;
+        for seq in first..first + per_batch {
+            encode_record(&mut buf, seq, &payload(seq, len));
+        }
+        rec.writer
+            .append(first, first + per_batch - 1, &buf)
+            .unwrap();
+    }
+    {
+        let tail = rec.spool.tail();
+        assert!(tail.bytes <= TAIL_BYTES, "{}", tail.bytes);
+        assert_ne!(
+            tail.chunks.front().map(|c| (c.0, c.1)),
+            Some((1, 0)),
+            "the oldest appends left the tail"
+        );
+    }
+    // Corrupt record 2 in the first segment: only a file read can notice.
+    let first_segment = Spool::segment_path(dir.path(), 1);
+    let mut bytes = fs::read(&first_segment).unwrap();
+    bytes[HEADER + len + HEADER + 3] ^= 0x01;
+    fs::write(&first_segment, &bytes).unwrap();
+    let mut r = rec.spool.reader("s");
+    r.rewind(0);
+    let mut got = Vec::new();
+    loop {
+        let batch = r.read(1000, usize::MAX).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        got.extend(batch);
+    }
+    assert_eq!(rec.spool.corrupt_skipped(), 1);
+    assert_eq!(got.first().map(|r| r.seq), Some(1));
+    assert!(got.iter().all(|r| r.payload == payload(r.seq, len)));
+    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+    // The rest of the first segment is skipped with the corrupt record; everything after it,
+    // from the file and then from the tail, arrives.
+    let second_segment = *rec.spool.lock().segments.keys().nth(1).unwrap();
+    let from_second: Vec<u64> = got
+        .iter()
+        .map(|r| r.seq)
+        .filter(|&s| s >= second_segment)
+        .collect();
+    let want: Vec<u64> = (second_segment..=batches * per_batch).collect();
+    assert_eq!(from_second, want);
+}
+
+#[test]
+fn the_tail_finds_the_chunk_holding_an_offset_and_stops_at_its_end() {
+    let mut tail = Tail::default();
+    tail.push(1, 0, b"aaaa");
+    tail.push(1, 4, b"bbbbbb");
+    tail.push(11, 0, b"cc");
+    let get = |t: &Tail, s, o, to| t.get(s, o, to).map(|b| b.to_vec());
+    assert_eq!(get(&tail, 1, 0, 100), Some(b"aaaa".to_vec()));
+    assert_eq!(get(&tail, 1, 4, 100), Some(b"bbbbbb".to_vec()));
+    assert_eq!(
+        get(&tail, 1, 6, 8),
+        Some(b"bb".to_vec()),
+        "mid-chunk, up to `to`"
+    );
+    assert_eq!(get(&tail, 1, 10, 100), None, "past the segment's appends");
+    assert_eq!(get(&tail, 11, 0, 100), Some(b"cc".to_vec()));
+    assert_eq!(get(&tail, 5, 0, 100), None, "a segment it never held");
+    tail.forget(1);
+    assert_eq!(get(&tail, 1, 0, 100), None);
+    assert_eq!(tail.bytes, 2);
 }
 
 /// A cursor file emptied or garbled by a crash resends what the spool holds; a sink without a
