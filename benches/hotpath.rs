@@ -253,7 +253,12 @@ fn bench_request_id(c: &mut Criterion) {
         })
     });
     g.bench_function("fastrand_v7", |b| {
-        b.iter(|| black_box(portcullis::proxy::pipeline::new_request_id()))
+        b.iter(|| {
+            let millis = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            black_box(portcullis::proxy::pipeline::new_request_id(millis))
+        })
     });
     g.finish();
 }

@@ -350,6 +350,12 @@ impl Upstreams {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let retry = pool.targets.len() > 1 && retry_safe(&parts.method);
+        // The idle connections' clock: the caller's reading (the deadline less the timeout),
+        // unless a permit was waited for.
+        let sent = match permit {
+            None => deadline.into_std().checked_sub(pool.request_timeout),
+            Some(_) => None,
+        };
         let host_given = parts.headers.contains_key(http::header::HOST);
         // Filled only by a failed attempt: the usual request allocates nothing for it.
         let mut tried: Vec<usize> = Vec::new();
@@ -363,8 +369,13 @@ impl Upstreams {
             }
             let sent = h1::send(
                 &target.idle,
-                target.authority.as_str(),
-                pool.connect_timeout,
+                // A retry comes later: read the clock again.
+                sent.filter(|_| tried.is_empty())
+                    .unwrap_or_else(Instant::now),
+                h1::Dial {
+                    authority: target.authority.as_str(),
+                    connect_timeout: pool.connect_timeout,
+                },
                 &parts.method,
                 path_and_query,
                 &parts.headers,

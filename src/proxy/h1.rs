@@ -110,10 +110,11 @@ impl IdlePool {
     /// The most recently used idle connection that is still open, if any. Expired ones are
     /// dropped on the way (there is no reaper task: the upstream's own keep-alive timeout
     /// closes what is left, and the next checkout notices).
-    fn checkout(&self) -> Option<(TcpStream, BytesMut)> {
+    /// `now`: the caller's clock reading.
+    fn checkout(&self, now: Instant) -> Option<(TcpStream, BytesMut)> {
         loop {
             let Idle { stream, since, buf } = self.lock().pop_back()?;
-            if since.elapsed() >= self.idle_timeout {
+            if now.saturating_duration_since(since) >= self.idle_timeout {
                 // Older ones expired too.
                 self.lock().clear();
                 return None;
@@ -153,10 +154,17 @@ impl IdlePool {
 /// One bodyless request to `authority` over a pooled or new connection. A reused connection
 /// found closed before any response byte (the upstream closed it while it was idle) is
 /// retried once on a new connection when the method is idempotent.
+/// Where a new connection goes, and how long connecting may take.
+pub struct Dial<'a> {
+    pub authority: &'a str,
+    pub connect_timeout: Duration,
+}
+
+/// `now`: the caller's clock reading, for the idle connections' timeout.
 pub async fn send(
     pool: &Arc<IdlePool>,
-    authority: &str,
-    connect_timeout: Duration,
+    now: Instant,
+    dial: Dial<'_>,
     method: &Method,
     path_and_query: &PathAndQuery,
     headers: &HeaderMap,
@@ -164,7 +172,7 @@ pub async fn send(
 ) -> Result<Response<H1Body>, H1Error> {
     let mut head = Vec::with_capacity(512);
     encode_request(&mut head, method, path_and_query, headers, added);
-    if let Some((stream, buf)) = pool.checkout() {
+    if let Some((stream, buf)) = pool.checkout(now) {
         match exchange(pool, stream, buf, &head, method).await {
             // Closed while idle, before any response byte. Only a request that is safe to
             // repeat is sent again: the upstream may have seen it (nginx does the same).
@@ -173,7 +181,8 @@ pub async fn send(
             done => return done,
         }
     }
-    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(authority)).await {
+    let connect = TcpStream::connect(dial.authority);
+    let stream = match tokio::time::timeout(dial.connect_timeout, connect).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => return Err(H1Error::Connect(err)),
         Err(_) => return Err(H1Error::ConnectTimeout),

@@ -236,6 +236,9 @@ pub(super) struct ConnTimer {
     state: Arc<ConnState>,
     first_deadline: Instant,
     first_done: AtomicBool,
+    /// The header-read timeout hyper was given: its deadline less this is when it started the
+    /// head (one clock reading less per request).
+    header_timeout: Duration,
     /// The one Tokio timer behind every header wait of this hyper instance (`GraceSleep`).
     slot: Arc<TimerSlot>,
 }
@@ -251,20 +254,32 @@ pub(super) struct ConnTimer {
 type TimerSlot = std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>;
 
 impl ConnTimer {
-    pub fn new(state: Arc<ConnState>, first_deadline: Instant) -> ConnTimer {
+    pub fn new(
+        state: Arc<ConnState>,
+        first_deadline: Instant,
+        header_timeout: Duration,
+    ) -> ConnTimer {
         ConnTimer {
             inner: TokioTimer::new(),
             state,
             first_deadline,
             first_done: AtomicBool::new(false),
+            header_timeout,
             slot: Arc::default(),
         }
     }
 
-    fn grace_sleep(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
+    /// The head's wait until `deadline` (`head_started`'s), with the grace counted from when
+    /// hyper started the head: `hyper_deadline` less the header-read timeout.
+    fn grace_sleep(&self, hyper_deadline: Instant, deadline: Instant) -> Pin<Box<dyn Sleep>> {
+        let grace = hyper_deadline
+            .checked_sub(self.header_timeout)
+            .unwrap_or_else(Instant::now)
+            + PARK_AFTER;
         Box::pin(GraceSleep::new(
             self.state.clone(),
             self.slot.clone(),
+            grace,
             deadline,
         ))
     }
@@ -287,9 +302,9 @@ impl Timer for ConnTimer {
         self.inner.sleep(duration)
     }
 
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        let deadline = self.head_started(deadline);
-        self.grace_sleep(deadline)
+    fn sleep_until(&self, hyper_deadline: Instant) -> Pin<Box<dyn Sleep>> {
+        let deadline = self.head_started(hyper_deadline);
+        self.grace_sleep(hyper_deadline, deadline)
     }
 
     fn now(&self) -> Instant {
@@ -298,7 +313,7 @@ impl Timer for ConnTimer {
 
     fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
         let deadline = self.head_started(new_deadline);
-        *sleep = self.grace_sleep(deadline);
+        *sleep = self.grace_sleep(new_deadline, deadline);
     }
 }
 
@@ -317,8 +332,12 @@ struct GraceSleep {
 }
 
 impl GraceSleep {
-    fn new(state: Arc<ConnState>, slot: Arc<TimerSlot>, deadline: Instant) -> GraceSleep {
-        let grace = Instant::now() + PARK_AFTER;
+    fn new(
+        state: Arc<ConnState>,
+        slot: Arc<TimerSlot>,
+        grace: Instant,
+        deadline: Instant,
+    ) -> GraceSleep {
         GraceSleep {
             state,
             slot,
@@ -386,7 +405,11 @@ mod tests {
     async fn the_header_timer_notes_the_grace_then_runs_to_the_real_deadline() {
         let state = Arc::new(ConnState::default());
         let start = Instant::now();
-        let timer = ConnTimer::new(state.clone(), start + Duration::from_secs(60));
+        let timer = ConnTimer::new(
+            state.clone(),
+            start + Duration::from_secs(60),
+            Duration::from_secs(1),
+        );
         state.grace_passed.store(true, Ordering::SeqCst);
         let deadline = start + Duration::from_secs(1);
         let mut sleep = timer.sleep_until(deadline);
@@ -427,7 +450,11 @@ mod tests {
     #[tokio::test]
     async fn each_head_wait_rearms_the_shared_timer_for_its_own_grace() {
         let state = Arc::new(ConnState::default());
-        let timer = ConnTimer::new(state.clone(), Instant::now() + Duration::from_secs(60));
+        let timer = ConnTimer::new(
+            state.clone(),
+            Instant::now() + Duration::from_secs(60),
+            Duration::from_secs(1),
+        );
         // A wait armed and then given up at once: its head arrived.
         let mut abandoned = timer.sleep_until(Instant::now() + Duration::from_secs(1));
         let first_poll = std::future::poll_fn(|cx| Poll::Ready(abandoned.as_mut().poll(cx))).await;

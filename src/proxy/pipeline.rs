@@ -311,10 +311,11 @@ fn reason_of(err: AuthnError) -> Reason {
     }
 }
 
-fn unix_now() -> u64 {
+/// Wall-clock milliseconds: one reading per request serves its id and its token checks.
+fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A client-supplied request id is kept only if it is short and plain.
@@ -329,10 +330,8 @@ fn valid_request_id(value: &HeaderValue) -> bool {
 /// A fresh request id: a UUIDv7 whose random bits come from a thread-local PRNG (`fastrand`).
 /// `uuid::Uuid::now_v7` would make a `getrandom` system call and take a process-wide lock per
 /// request; request ids must be unique, not secret (like audit event ids).
-pub fn new_request_id() -> HeaderValue {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+/// `millis`: the wall clock's reading, as from `unix_millis`.
+pub fn new_request_id(millis: u64) -> HeaderValue {
     let mut random = [0u8; 10];
     random[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
     random[8..].copy_from_slice(&fastrand::u16(..).to_le_bytes());
@@ -345,6 +344,8 @@ pub fn new_request_id() -> HeaderValue {
 /// What the audit event needs, collected as the request moves along.
 struct RequestCtx {
     started: Instant,
+    /// The wall clock at arrival, in milliseconds since the Unix epoch.
+    arrived_unix_ms: u64,
     request_id: HeaderValue,
     method: Method,
     /// Inline for the usual short path: no allocation of its own.
@@ -382,13 +383,15 @@ pub async fn handle(
             client_id.get_or_insert(value);
         }
     }
+    let arrived_unix_ms = unix_millis();
     let request_id = match client_id {
         Some(v) if valid_request_id(v) => v.clone(),
-        _ => new_request_id(),
+        _ => new_request_id(arrived_unix_ms),
     };
     let user_agent = user_agent.cloned();
     let ctx = RequestCtx {
         started: Instant::now(),
+        arrived_unix_ms,
         request_id: request_id.clone(),
         method: request.method().clone(),
         path: Text::default(),
@@ -678,7 +681,11 @@ async fn handle_inner(
     let identity = match trusted {
         Some(identity) => identity,
         None => gw
-            .identify(request.headers(), request.method(), unix_now())
+            .identify(
+                request.headers(),
+                request.method(),
+                ctx.arrived_unix_ms / 1000,
+            )
             .await
             .map_err(|_| Refusal::AuthorizationUnavailable)?,
     };
@@ -925,7 +932,7 @@ mod tests {
 
     #[test]
     fn request_ids_are_distinct_uuid_v7_values_and_valid_headers() {
-        let ids: Vec<HeaderValue> = (0..1000).map(|_| new_request_id()).collect();
+        let ids: Vec<HeaderValue> = (0..1000).map(|_| new_request_id(unix_millis())).collect();
         let mut seen = std::collections::HashSet::new();
         for id in &ids {
             assert!(valid_request_id(id));

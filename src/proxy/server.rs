@@ -252,7 +252,11 @@ impl Shared {
     fn http1(&self, first_deadline: Instant, state: &Arc<ConnState>) -> http1::Builder {
         let mut builder = http1::Builder::new();
         builder
-            .timer(ConnTimer::new(state.clone(), first_deadline))
+            .timer(ConnTimer::new(
+                state.clone(),
+                first_deadline,
+                self.limits.header_read_timeout,
+            ))
             .header_read_timeout(self.limits.header_read_timeout)
             .max_buf_size(self.limits.max_header_bytes)
             .max_headers(self.limits.max_headers);

@@ -234,8 +234,11 @@ async fn get(
 ) -> Result<(u16, String), String> {
     let response = send(
         pool,
-        &up.addr,
-        Duration::from_secs(2),
+        Instant::now(),
+        Dial {
+            authority: &up.addr,
+            connect_timeout: Duration::from_secs(2),
+        },
         &method,
         &PathAndQuery::from_static("/x"),
         &headers(&[("host", "up")]),
@@ -295,8 +298,11 @@ async fn a_reused_connection_reads_into_the_buffer_it_kept() {
     let value_at = || async {
         let response = send(
             &pool,
-            &up.addr,
-            Duration::from_secs(2),
+            Instant::now(),
+            Dial {
+                authority: &up.addr,
+                connect_timeout: Duration::from_secs(2),
+            },
             &Method::GET,
             &PathAndQuery::from_static("/x"),
             &headers(&[("host", "up")]),
@@ -359,8 +365,11 @@ async fn a_connection_field_naming_only_keep_alive_stays_out_of_the_map_others_s
     let head = |pool| {
         send(
             pool,
-            &up.addr,
-            Duration::from_secs(2),
+            Instant::now(),
+            Dial {
+                authority: &up.addr,
+                connect_timeout: Duration::from_secs(2),
+            },
             &Method::GET,
             &target,
             &fields,
@@ -541,8 +550,11 @@ async fn connect_failures_are_reported_as_such() {
     drop(listener);
     let err = send(
         &pool(),
-        &addr,
-        Duration::from_secs(2),
+        Instant::now(),
+        Dial {
+            authority: &addr,
+            connect_timeout: Duration::from_secs(2),
+        },
         &Method::GET,
         &PathAndQuery::from_static("/"),
         &HeaderMap::new(),
