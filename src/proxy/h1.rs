@@ -352,43 +352,42 @@ fn build_response(
     parsed: ParsedHead,
     method: &Method,
 ) -> Result<Response<H1Body>, H1Error> {
-    // Framing and reuse read the fields as parsed: a `get_all` per name on the map hashes
-    // and probes it, a scan of the few spans compares bytes.
-    let fields = Fields {
-        head,
-        spans: &parsed.fields,
-    };
-    // `Connection: keep-alive` (or `close`) names no field but hop-by-hop ones, which
-    // `headers::sanitize_response` removes anyway, as it removes `Connection` itself: such a
-    // field is left out of the map here instead of being put in and taken out again. Any
-    // other token keeps the field, for the sanitizer to act on.
-    let plain_connection = fields.values(b"connection").all(|v| {
-        v.split(|&b| b == b',').all(|t| {
-            let t = t.trim_ascii();
-            t.is_empty()
-                || t.eq_ignore_ascii_case(b"keep-alive")
-                || t.eq_ignore_ascii_case(b"close")
-        })
-    });
+    // One pass over the fields builds the map and gathers what framing and reuse need: a
+    // scan of the fields per name compared their bytes six times over.
+    let mut scan = Scan::default();
     let mut headers = HeaderMap::with_capacity(parsed.fields.len());
     for &(ns, ne, vs, ve) in &parsed.fields {
-        let raw_name = head.get(ns..ne).unwrap_or_default();
-        if plain_connection && raw_name.eq_ignore_ascii_case(b"connection") {
+        let name = response_name(head.get(ns..ne).unwrap_or_default())
+            .map_err(|_| H1Error::Invalid("invalid header name"))?;
+        let raw_value = head.get(vs..ve).unwrap_or_default();
+        // `Connection` waits for the last field (below).
+        if scan.note(&name, raw_value) {
             continue;
         }
-        let name = response_name(raw_name).map_err(|_| H1Error::Invalid("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| H1Error::Invalid("invalid header value"))?;
         headers.append(name, value);
     }
-    let framing = framing(method, parsed.status, &fields)?;
-    let close_asked = fields.values(b"connection").any(|v| has_token(v, b"close"));
-    let keep_alive_10 = fields
-        .values(b"connection")
-        .any(|v| has_token(v, b"keep-alive"));
+    // `Connection: keep-alive` (or `close`) names no field but hop-by-hop ones, which
+    // `headers::sanitize_response` removes anyway, as it removes `Connection` itself: such a
+    // field stays out of the map instead of being put in and taken out again. Any other token
+    // puts every `Connection` field in, for the sanitizer to act on.
+    if scan.other_connection_token {
+        for &(ns, ne, vs, ve) in &parsed.fields {
+            if head
+                .get(ns..ne)
+                .is_some_and(|n| n.eq_ignore_ascii_case(b"connection"))
+            {
+                let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                    .map_err(|_| H1Error::Invalid("invalid header value"))?;
+                headers.append(header::CONNECTION, value);
+            }
+        }
+    }
+    let framing = scan.framing(method, parsed.status)?;
     let reusable = framing != Framing::UntilClose
-        && !close_asked
-        && (parsed.version == Version::HTTP_11 || keep_alive_10);
+        && !scan.close
+        && (parsed.version == Version::HTTP_11 || scan.keep_alive);
     let decoder = match framing {
         Framing::Empty | Framing::Length(0) => Decoder::Done,
         Framing::Length(n) => Decoder::Length(n),
@@ -415,11 +414,12 @@ fn build_response(
 }
 
 /// The usual response field names, lower-case, with their constants.
-const COMMON_NAMES: [(&[u8], HeaderName); 12] = [
+const COMMON_NAMES: [(&[u8], HeaderName); 13] = [
     (b"date", header::DATE),
     (b"server", header::SERVER),
     (b"content-type", header::CONTENT_TYPE),
     (b"content-length", header::CONTENT_LENGTH),
+    (b"connection", header::CONNECTION),
     (b"cache-control", header::CACHE_CONTROL),
     (b"etag", header::ETAG),
     (b"last-modified", header::LAST_MODIFIED),
@@ -442,67 +442,87 @@ fn response_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderNa
     HeaderName::from_bytes(raw)
 }
 
-/// A parsed head's fields: (name start, name end, value start, value end) spans into `head`.
-struct Fields<'a> {
-    head: &'a [u8],
-    spans: &'a [(usize, usize, usize, usize)],
+/// What framing (RFC 9112 §6.3) and connection reuse need from a response head's fields.
+#[derive(Debug, Default)]
+struct Scan {
+    /// `Connection` tokens: `close`, `keep-alive`, anything else.
+    close: bool,
+    keep_alive: bool,
+    other_connection_token: bool,
+    /// Some `Content-Length` field was seen; the one length they agree on, or why not.
+    has_length: bool,
+    length: Option<u64>,
+    bad_length: Option<&'static str>,
+    /// `Transfer-Encoding` codings seen (every comma-separated item counts), and whether the
+    /// first was `chunked`.
+    codings: usize,
+    first_chunked: bool,
 }
 
-impl<'a> Fields<'a> {
-    /// The values of every field called `name` (lower-case letters and `-`), in order.
-    fn values(&self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + use<'a> {
-        let head = self.head;
-        self.spans
-            .iter()
-            .filter(move |&&(ns, ne, _, _)| {
-                // `| 0x20` folds only letters here: the parser admits token characters only,
-                // so the one other byte it could fold onto `-` (CR) is never in a name.
-                head.get(ns..ne).is_some_and(|n| {
-                    n.len() == name.len() && n.iter().zip(name).all(|(a, b)| a | 0x20 == *b)
-                })
-            })
-            .map(move |&(_, _, vs, ve)| head.get(vs..ve).unwrap_or_default())
-    }
-}
-
-fn framing(method: &Method, status: StatusCode, fields: &Fields<'_>) -> Result<Framing, H1Error> {
-    if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Empty);
-    }
-    let has_length = fields.values(b"content-length").next().is_some();
-    let mut codings = fields.values(b"transfer-encoding").peekable();
-    if codings.peek().is_some() {
-        if has_length {
-            return Err(H1Error::Invalid(
-                "both Content-Length and Transfer-Encoding",
-            ));
-        }
-        let mut tokens = codings.flat_map(|v| v.split(|&b| b == b','));
-        let only_chunked = tokens
-            .next()
-            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-            && tokens.next().is_none();
-        return if only_chunked {
-            Ok(Framing::Chunked)
-        } else {
-            Err(H1Error::Invalid("unsupported Transfer-Encoding"))
-        };
-    }
-    let mut length: Option<u64> = None;
-    for value in fields.values(b"content-length") {
-        for part in value.split(|&b| b == b',') {
-            let n = parse_decimal(part.trim_ascii())
-                .ok_or(H1Error::Invalid("malformed Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Invalid("conflicting Content-Length values"));
+impl Scan {
+    /// Take in one field; `true` for a `Connection` field (its tokens are all it holds).
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        if *name == header::CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !token.is_empty() {
+                    self.other_connection_token = true;
+                }
             }
-            length = Some(n);
+            return true;
+        }
+        if *name == header::CONTENT_LENGTH {
+            self.has_length = true;
+            for part in value.split(|&b| b == b',') {
+                if self.bad_length.is_some() {
+                    break;
+                }
+                match parse_decimal(part.trim_ascii()) {
+                    None => self.bad_length = Some("malformed Content-Length"),
+                    Some(n) if self.length.is_some_and(|l| l != n) => {
+                        self.bad_length = Some("conflicting Content-Length values");
+                    }
+                    Some(n) => self.length = Some(n),
+                }
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            for coding in value.split(|&b| b == b',') {
+                if self.codings == 0 {
+                    self.first_chunked = coding.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                }
+                self.codings += 1;
+            }
+        }
+        false
+    }
+
+    fn framing(&self, method: &Method, status: StatusCode) -> Result<Framing, H1Error> {
+        if *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Framing::Empty);
+        }
+        if self.codings > 0 {
+            if self.has_length {
+                return Err(H1Error::Invalid(
+                    "both Content-Length and Transfer-Encoding",
+                ));
+            }
+            return if self.codings == 1 && self.first_chunked {
+                Ok(Framing::Chunked)
+            } else {
+                Err(H1Error::Invalid("unsupported Transfer-Encoding"))
+            };
+        }
+        match self.bad_length {
+            Some(why) => Err(H1Error::Invalid(why)),
+            None => Ok(self.length.map_or(Framing::UntilClose, Framing::Length)),
         }
     }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
@@ -513,12 +533,6 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
         d.is_ascii_digit()
             .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?
     })
-}
-
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Where the body decoder is.

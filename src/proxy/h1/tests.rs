@@ -19,24 +19,17 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     map
 }
 
-/// Fields as the parser would give them (names as sent: any case).
-fn fields(pairs: &[(&str, &str)]) -> Fields<'static> {
-    let mut head = Vec::new();
-    let mut spans = Vec::new();
-    for (n, v) in pairs {
-        let ns = head.len();
-        head.extend_from_slice(n.as_bytes());
-        let ne = head.len();
-        head.extend_from_slice(b": ");
-        let vs = head.len();
-        head.extend_from_slice(v.as_bytes());
-        spans.push((ns, ne, vs, head.len()));
-        head.extend_from_slice(b"\r\n");
+/// The fields of a head, names as sent (any case), taken in as `build_response` does.
+fn scan(pairs: &[(&str, &str)]) -> Scan {
+    let mut scan = Scan::default();
+    for (name, value) in pairs {
+        scan.note(&response_name(name.as_bytes()).unwrap(), value.as_bytes());
     }
-    Fields {
-        head: Box::leak(head.into_boxed_slice()),
-        spans: Box::leak(spans.into_boxed_slice()),
-    }
+    scan
+}
+
+fn framing(method: &Method, status: StatusCode, scan: &Scan) -> Result<Framing, H1Error> {
+    scan.framing(method, status)
 }
 
 #[test]
@@ -44,42 +37,39 @@ fn framing_follows_rfc_9112_and_refuses_ambiguity() {
     let get = Method::GET;
     let ok = StatusCode::OK;
     assert_eq!(
-        framing(&get, ok, &fields(&[("content-length", "5")])).unwrap(),
+        framing(&get, ok, &scan(&[("content-length", "5")])).unwrap(),
         Framing::Length(5)
     );
     assert_eq!(
-        framing(&get, ok, &fields(&[("content-length", "5, 5")])).unwrap(),
+        framing(&get, ok, &scan(&[("content-length", "5, 5")])).unwrap(),
         Framing::Length(5)
     );
     assert_eq!(
-        framing(&get, ok, &fields(&[("transfer-encoding", "Chunked")])).unwrap(),
+        framing(&get, ok, &scan(&[("transfer-encoding", "Chunked")])).unwrap(),
         Framing::Chunked
     );
-    assert_eq!(
-        framing(&get, ok, &fields(&[])).unwrap(),
-        Framing::UntilClose
-    );
+    assert_eq!(framing(&get, ok, &scan(&[])).unwrap(), Framing::UntilClose);
     // Names as sent, in any case.
     assert_eq!(
-        framing(&get, ok, &fields(&[("CONTENT-Length", "7")])).unwrap(),
+        framing(&get, ok, &scan(&[("CONTENT-Length", "7")])).unwrap(),
         Framing::Length(7)
     );
     // No body whatever the headers say.
     assert_eq!(
-        framing(&Method::HEAD, ok, &fields(&[("content-length", "5")])).unwrap(),
+        framing(&Method::HEAD, ok, &scan(&[("content-length", "5")])).unwrap(),
         Framing::Empty
     );
     assert_eq!(
         framing(
             &get,
             StatusCode::NO_CONTENT,
-            &fields(&[("content-length", "5")])
+            &scan(&[("content-length", "5")])
         )
         .unwrap(),
         Framing::Empty
     );
     assert_eq!(
-        framing(&get, StatusCode::NOT_MODIFIED, &fields(&[])).unwrap(),
+        framing(&get, StatusCode::NOT_MODIFIED, &scan(&[])).unwrap(),
         Framing::Empty
     );
     // Fail closed.
@@ -102,7 +92,7 @@ fn framing_follows_rfc_9112_and_refuses_ambiguity() {
         &[("transfer-encoding", "chunked, identity")],
     ] {
         assert!(
-            framing(&get, ok, &fields(bad)).is_err(),
+            framing(&get, ok, &scan(bad)).is_err(),
             "{bad:?} must be refused"
         );
     }
