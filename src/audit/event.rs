@@ -249,18 +249,8 @@ fn json_text_array(out: &mut Vec<u8>, values: &[Text]) {
 }
 
 /// Decimal digits of `n`, without allocating.
-pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
+pub(crate) fn write_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (what `humantime::format_rfc3339_micros` writes), on the

@@ -72,15 +72,15 @@ pub fn begin_record(buf: &mut Vec<u8>) -> usize {
 /// Fill in the header of the record started at `at` (`begin_record`): the payload is
 /// everything after the header.
 pub fn finish_record(buf: &mut [u8], at: usize, seq: u64) {
-    let Some((head, payload)) = buf.get_mut(at..).map(|b| b.split_at_mut(HEADER)) else {
+    let Some(record) = buf.get_mut(at..).filter(|r| r.len() >= HEADER) else {
         return;
     };
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let seq_bytes = seq.to_le_bytes();
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&seq_bytes), payload);
-    head[0..4].copy_from_slice(&len.to_le_bytes());
-    head[4..8].copy_from_slice(&crc.to_le_bytes());
-    head[8..16].copy_from_slice(&seq_bytes);
+    let len = u32::try_from(record.len() - HEADER).unwrap_or(u32::MAX);
+    record[0..4].copy_from_slice(&len.to_le_bytes());
+    record[8..16].copy_from_slice(&seq.to_le_bytes());
+    // Seq and payload are contiguous: one CRC pass over both.
+    let crc = crc32c::crc32c(&record[8..]);
+    record[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// What decoding found at one offset.
@@ -110,10 +110,11 @@ fn decode_at(buf: &[u8], at: usize, verify: bool) -> Decoded {
     if len > MAX_RECORD {
         return Decoded::Corrupt;
     }
-    let Some(payload) = buf.get(at + HEADER..at + HEADER + len) else {
+    // Seq and payload, contiguous: what the CRC covers.
+    let Some(covered) = buf.get(at + 8..at + HEADER + len) else {
         return Decoded::Short;
     };
-    if verify && crc32c::crc32c_append(crc32c::crc32c(&seq_bytes), payload) != crc {
+    if verify && crc32c::crc32c(covered) != crc {
         return Decoded::Corrupt;
     }
     Decoded::Record {

@@ -471,3 +471,27 @@ fn background_sync_follows_the_active_segment_and_syncs_it() {
     let mut rec = Spool::open(&memory, &["s".to_owned()]).unwrap();
     assert!(!rec.writer.sync_in_background(Duration::from_millis(5)));
 }
+
+/// A record sealed in place (one CRC pass over seq and payload) is byte for byte the record
+/// `encode_record` writes (seq, then payload, appended to the CRC), and reads back.
+#[test]
+fn a_record_finished_in_place_equals_an_encoded_one() {
+    for len in [0usize, 1, 7, 8, 9, 63, 600, 4097] {
+        let body = payload(len as u64, len);
+        let mut encoded = vec![0xAA];
+        encode_record(&mut encoded, 42, &body);
+        let mut in_place = vec![0xAA];
+        let at = begin_record(&mut in_place);
+        in_place.extend_from_slice(&body);
+        finish_record(&mut in_place, at, 42);
+        assert_eq!(in_place, encoded, "payload of {len} bytes");
+        assert_eq!(
+            decode_at(&in_place, 1, true),
+            Decoded::Record {
+                seq: 42,
+                payload_at: 1 + HEADER,
+                len
+            }
+        );
+    }
+}
