@@ -121,7 +121,17 @@ cleanup() {
   local rc=$? pid
   trap - EXIT INT TERM
   for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  sleep 0.5
+  # Up to 10 s for graceful exits (Portcullis drains its audit sinks; an instrumented build,
+  # benches/pgo.sh, writes its profile at exit), then whatever is left is killed.
+  local i alive
+  for i in $(seq 100); do
+    alive=0
+    for pid in "${PIDS[@]}"; do  # a leader not yet reaped is a zombie: that counts as gone
+      [[ -r /proc/$pid/stat && $(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1) != Z ]] && alive=1
+    done
+    ((alive)) || break
+    sleep 0.1
+  done
   for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   log "stopped ${#PIDS[@]} process group(s); run dir: $RUN"

@@ -862,11 +862,11 @@ async fn handle_inner(
         };
         super::upgrade::spawn_tunnel(down, up, guard, gw.metrics.clone());
     }
-    if !response.headers().contains_key(&snap.headers.request_id) {
-        response
-            .headers_mut()
-            .insert(snap.headers.request_id.clone(), ctx.request_id.clone());
-    }
+    // The upstream's own id, if it sent one, stands (one hash and probe either way).
+    response
+        .headers_mut()
+        .entry(snap.headers.request_id.clone())
+        .or_insert_with(|| ctx.request_id.clone());
     Ok(response.map(|body| body.boxed()))
 }
 
