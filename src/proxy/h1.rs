@@ -435,11 +435,29 @@ const COMMON_NAMES: [(&[u8], HeaderName); 13] = [
 /// standard table (about 115 instructions a name).
 fn response_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     for (lower, name) in &COMMON_NAMES {
-        if lower.len() == raw.len() && raw.eq_ignore_ascii_case(lower) {
+        if lower.len() == raw.len() && token_eq_lower(raw, lower) {
             return Ok(name.clone());
         }
     }
     HeaderName::from_bytes(raw)
+}
+
+/// `raw` (a field name as parsed: token characters only) equals `lower` (lower-case letters
+/// and `-`) in any case, eight bytes at a time. `| 0x20` folds upper-case letters onto
+/// lower-case ones; the only other byte it folds onto a letter or `-` is a control character
+/// (CR onto `-`), which no token holds.
+fn token_eq_lower(raw: &[u8], lower: &[u8]) -> bool {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(w)
+    };
+    raw.len() == lower.len()
+        && raw
+            .chunks(8)
+            .zip(lower.chunks(8))
+            .all(|(r, l)| word(r) | (FOLD >> (8 * (8 - r.len()))) == word(l))
 }
 
 /// What framing (RFC 9112 §6.3) and connection reuse need from a response head's fields.

@@ -566,3 +566,42 @@ fn usual_response_names_map_to_their_constants_in_any_case() {
     assert!(response_name(b"bad name").is_err());
     assert!(response_name(b"").is_err());
 }
+
+/// The word-wise comparison agrees with `eq_ignore_ascii_case` for every name of the table
+/// against names of every length up to 24 in mixed case, and against near misses.
+#[test]
+fn token_comparison_agrees_with_ascii_case_folding() {
+    let names: Vec<Vec<u8>> = COMMON_NAMES
+        .iter()
+        .map(|(n, _)| n.to_vec())
+        .chain((0..=24).map(|len| (0..len).map(|i| b"ab-cd"[i % 5]).collect()))
+        .collect();
+    for lower in &names {
+        let mixed: Vec<u8> = lower
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if i % 2 == 0 {
+                    b.to_ascii_uppercase()
+                } else {
+                    *b
+                }
+            })
+            .collect();
+        assert!(token_eq_lower(&mixed, lower), "{mixed:?}");
+        for i in 0..lower.len() {
+            for other in [b'x', b'_', b'0', b'-', b'a'] {
+                let mut near = mixed.clone();
+                near[i] = other;
+                assert_eq!(
+                    token_eq_lower(&near, lower),
+                    near.eq_ignore_ascii_case(lower),
+                    "{near:?} against {lower:?}"
+                );
+            }
+        }
+        assert!(
+            !token_eq_lower(&mixed[..mixed.len().saturating_sub(1)], lower) || lower.is_empty()
+        );
+    }
+}
