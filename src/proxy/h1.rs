@@ -151,16 +151,16 @@ impl IdlePool {
     }
 }
 
-/// One bodyless request to `authority` over a pooled or new connection. A reused connection
-/// found closed before any response byte (the upstream closed it while it was idle) is
-/// retried once on a new connection when the method is idempotent.
 /// Where a new connection goes, and how long connecting may take.
 pub struct Dial<'a> {
     pub authority: &'a str,
     pub connect_timeout: Duration,
 }
 
-/// `now`: the caller's clock reading, for the idle connections' timeout.
+/// One bodyless request to `dial.authority` over a pooled or new connection. A reused
+/// connection found closed before any response byte (the upstream closed it while it was
+/// idle) is retried once on a new connection when the method is idempotent. `now`: the
+/// caller's clock reading, for the idle connections' timeout.
 pub async fn send(
     pool: &Arc<IdlePool>,
     now: Instant,
