@@ -27,7 +27,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::deadline;
 use super::h1::{self, H1Body, H1Error, IdlePool};
 use super::headers::Added;
 use super::limits::{LimitedBody, is_too_large};
@@ -382,15 +381,7 @@ impl Upstreams {
                 &parts.headers,
                 added,
             );
-            // A re-armed timer of this thread's (`deadline`), not one registered per request.
-            let mut timer = deadline::take(deadline);
-            let answered = tokio::select! {
-                biased;
-                answered = sent => Some(answered),
-                () = &mut timer => None,
-            };
-            deadline::give_back(timer);
-            match answered.ok_or(()) {
+            match tokio::time::timeout_at(deadline, sent).await {
                 Ok(Ok(response)) => {
                     target.failures.store(0, Ordering::Relaxed);
                     return Ok(response.map(|inner| UpstreamBody {
@@ -398,7 +389,7 @@ impl Upstreams {
                         _permit: permit,
                     }));
                 }
-                Err(()) => {
+                Err(_) => {
                     pool.failed(self, target);
                     return Err(ForwardError::Timeout(pool.name.clone()));
                 }

@@ -2,7 +2,6 @@
 //! refusal → response mapping (`respond`).
 
 pub mod cors;
-mod deadline;
 pub mod forward;
 mod h1;
 pub mod headers;
