@@ -352,7 +352,7 @@ impl Upstreams {
         let retry = pool.targets.len() > 1 && retry_safe(&parts.method);
         // The idle connections' clock: the caller's reading (the deadline less the timeout),
         // unless a permit was waited for.
-        let sent = match permit {
+        let decided_at = match permit {
             None => deadline.into_std().checked_sub(pool.request_timeout),
             Some(_) => None,
         };
@@ -370,7 +370,8 @@ impl Upstreams {
             let sent = h1::send(
                 &target.idle,
                 // A retry comes later: read the clock again.
-                sent.filter(|_| tried.is_empty())
+                decided_at
+                    .filter(|_| tried.is_empty())
                     .unwrap_or_else(Instant::now),
                 h1::Dial {
                     authority: target.authority.as_str(),

@@ -356,6 +356,10 @@ fn build_response(
     // scan of the fields per name compared their bytes six times over.
     let mut scan = Scan::default();
     let mut headers = HeaderMap::with_capacity(parsed.fields.len());
+    let value_at = |vs: usize, ve: usize| {
+        HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| H1Error::Invalid("invalid header value"))
+    };
     for &(ns, ne, vs, ve) in &parsed.fields {
         let name = response_name(head.get(ns..ne).unwrap_or_default())
             .map_err(|_| H1Error::Invalid("invalid header name"))?;
@@ -364,9 +368,7 @@ fn build_response(
         if scan.note(&name, raw_value) {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| H1Error::Invalid("invalid header value"))?;
-        headers.append(name, value);
+        headers.append(name, value_at(vs, ve)?);
     }
     // `Connection: keep-alive` (or `close`) names no field but hop-by-hop ones, which
     // `headers::sanitize_response` removes anyway, as it removes `Connection` itself: such a
@@ -378,9 +380,7 @@ fn build_response(
                 .get(ns..ne)
                 .is_some_and(|n| n.eq_ignore_ascii_case(b"connection"))
             {
-                let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                    .map_err(|_| H1Error::Invalid("invalid header value"))?;
-                headers.append(header::CONNECTION, value);
+                headers.append(header::CONNECTION, value_at(vs, ve)?);
             }
         }
     }

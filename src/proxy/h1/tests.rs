@@ -605,3 +605,30 @@ fn token_comparison_agrees_with_ascii_case_folding() {
         );
     }
 }
+
+/// An idle connection is reused only within the pool's idle timeout, by the caller's clock
+/// reading: past it, it (and any older one) is dropped and a new connection opened.
+#[tokio::test]
+async fn an_idle_connection_past_the_idle_timeout_is_dropped_not_reused() {
+    let up = raw_upstream(vec![
+        "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
+        "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb",
+    ])
+    .await;
+    let pool = IdlePool::new(8, Duration::from_secs(30));
+    assert_eq!(get(&pool, &up, Method::GET).await.unwrap().0, 200);
+    assert_eq!(pool.idle(), 1);
+    // Within the timeout by the caller's reading: handed out (and taken off the pool).
+    let fresh = pool.checkout(Instant::now() + Duration::from_secs(29));
+    assert!(fresh.is_some());
+    let (stream, buf) = fresh.unwrap();
+    pool.checkin(stream, buf);
+    // Past it: nothing to reuse, and the pool is emptied.
+    assert!(
+        pool.checkout(Instant::now() + Duration::from_secs(31))
+            .is_none()
+    );
+    assert_eq!(pool.idle(), 0);
+    assert_eq!(get(&pool, &up, Method::GET).await.unwrap().0, 200);
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2, "a new connection");
+}
