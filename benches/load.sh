@@ -70,6 +70,9 @@ MAX_WALL=${MAX_WALL:-3600}
 # on a VM a halted vCPU's wake-up is an exit to the host, paid per request at moderate rates.
 IDLE_POLL_NS=${IDLE_POLL_NS:-}
 HALTPOLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+# Where the audited variants keep their spool and file sink (default: the run dir, on disk).
+# A tmpfs directory (e.g. /dev/shm) takes the disk out of the picture, for experiments only.
+AUDIT_DIR=${AUDIT_DIR:-}
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -112,6 +115,7 @@ fi
 RUN=$(mktemp -d /tmp/portcullis-load.XXXXXX)
 chmod 755 "$RUN"
 mkdir -p "$RUN/www" "$RUN/tmp" "$RUN/spool"
+if [[ -n $AUDIT_DIR ]]; then AUDIT_DIR=$(mktemp -d "$AUDIT_DIR/portcullis-audit.XXXXXX"); else AUDIT_DIR=$RUN; fi
 head -c 65536 /dev/urandom >"$RUN/www/big.bin"
 chmod 644 "$RUN/www/big.bin"
 
@@ -135,6 +139,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   log "stopped ${#PIDS[@]} process group(s); run dir: $RUN"
+  if [[ -n ${AUDIT_DIR:-} && $AUDIT_DIR != "$RUN" ]]; then rm -rf "$AUDIT_DIR"; fi
   if [[ -n ${HALTPOLL_WAS:-} ]]; then echo "$HALTPOLL_WAS" >"$HALTPOLL" && log "guest_halt_poll_ns back to $HALTPOLL_WAS"; fi
   exit "$rc"
 }
@@ -336,11 +341,11 @@ EOF
 allow_events = "all"
 durability = "$AUDIT_DURABILITY"
 [audit.spool]
-dir = "$RUN/spool/$port"
+dir = "$AUDIT_DIR/spool/$port"
 fsync = "interval"
 [[audit.sinks]]
 type = "file"
-path = "$RUN/audit-$port.jsonl"
+path = "$AUDIT_DIR/audit-$port.jsonl"
 format = "json"
 EOF
   else

@@ -115,6 +115,18 @@ impl Counters {
     }
 }
 
+/// Offer this core to a thread waiting for it, between pieces of background audit work.
+///
+/// The sink and fsync threads share cores with the request threads, and Linux's EEVDF
+/// scheduler lets a running thread use up its slice (milliseconds) before a woken one gets the
+/// core, whatever their nice values: a request that arrived while the sink wrote a 300 KB batch
+/// or unlinked a 64 MiB segment waited that long. So background work goes in pieces far
+/// shorter than a slice, with this call between them (benches/README.md, ninth session). With
+/// nothing else runnable, `sched_yield` returns at once.
+pub(crate) fn give_way() {
+    std::thread::yield_now();
+}
+
 pub(crate) fn refresh_full(spool: &Spool, counters: &Counters) {
     let full = spool.used().saturating_add(FULL_MARGIN) > spool.max_size();
     counters.full.store(full, Ordering::Relaxed);

@@ -1,8 +1,9 @@
 //! `file` (JSON lines or any format, size-based rotation) and `stdout`.
 //!
 //! Acknowledged means written and `fdatasync`ed: the cursor never runs ahead of what a
-//! machine crash would keep. `send` only writes (one `write` per `batch_size` events; with a
-//! backlog the worker hands over up to `FILE_GROUP` batches at once); the worker calls `sync`
+//! machine crash would keep. `send` only writes (one `write` per `SLICE_EVENTS`, giving way to
+//! waiting request threads between writes; with a backlog the worker hands over up to
+//! `FILE_GROUP` batches at once); the worker calls `sync`
 //! and only then acknowledges, at most once per `sync_interval` while events flow. An
 //! `fdatasync` takes several milliseconds, and one per batch (plus a cursor file per batch) was
 //! most of the sink's time. What is written but not yet synced is acknowledged by the next sync:
@@ -35,6 +36,10 @@ pub(crate) fn sync_interval(fsync: FsyncPolicy, fsync_interval: Duration) -> Dur
     }
 }
 
+/// Events rendered and written in one go: about 40 KB of JSON, well under a scheduler slice
+/// of work even in the costlier formats (`crate::audit::give_way`).
+const SLICE_EVENTS: usize = 64;
+
 fn render_lines(format: AuditFormat, batch: &[Record], out: &mut Vec<u8>) {
     for r in batch {
         if format == AuditFormat::Json {
@@ -59,7 +64,7 @@ pub(crate) struct FileSink {
     max_size: Option<u64>,
     max_files: usize,
     format: AuditFormat,
-    /// Events per `write`.
+    /// Events per `write`: `SLICE_EVENTS` at most.
     batch_size: usize,
     buf: Vec<u8>,
     /// At most how often the worker syncs and acknowledges while events flow (`sync_interval`).
@@ -100,7 +105,7 @@ impl FileSink {
             max_size,
             max_files,
             format,
-            batch_size: batch_size.max(1),
+            batch_size: batch_size.clamp(1, SLICE_EVENTS),
             buf: Vec::with_capacity(256 * 1024),
             sync_interval,
             dir_dirty: false,
@@ -142,7 +147,10 @@ impl FileSink {
 
     /// Write `batch` (one `write` per `batch_size` events). Not durable until `sync`.
     pub fn send(&mut self, batch: &[Record]) -> Result<(), SinkError> {
-        for chunk in batch.chunks(self.batch_size) {
+        for (n, chunk) in batch.chunks(self.batch_size).enumerate() {
+            if n > 0 {
+                crate::audit::give_way();
+            }
             self.buf.clear();
             render_lines(self.format, chunk, &mut self.buf);
             let len = self.buf.len() as u64;

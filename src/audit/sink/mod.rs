@@ -426,6 +426,8 @@ impl Worker {
             if self.deliver(&batch).await {
                 return;
             }
+            // Before the next read and the sync: pieces, not one long run (`give_way`).
+            super::give_way();
             let last = batch.last().map_or(0, |r| r.seq);
             if self.sink.sync_interval().is_none() {
                 self.ack(last);

@@ -213,6 +213,72 @@ fn corrupt_record_in_an_older_segment_is_skipped_and_counted() {
     assert_eq!(rec.spool.corrupt_skipped(), 1);
 }
 
+/// A release shrinks a segment in steps before unlinking it; a crash midway leaves a shortened
+/// segment behind every cursor. After a restart the readers start past it, and the next
+/// acknowledgement removes it.
+#[test]
+fn a_release_cut_short_by_a_crash_is_finished_by_the_next_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    append_one_by_one(&mut rec.writer, 1..=100);
+    let firsts: Vec<u64> = rec.spool.lock().segments.keys().copied().collect();
+    assert!(firsts.len() >= 3, "{firsts:?}");
+    // The sink acknowledged everything before the second segment; the crash came while the
+    // first one was being shrunk: it ends in the middle of a record.
+    let cursor = firsts[1] - 1;
+    drop(rec);
+    fs::write(dir.path().join("cursors").join("s"), cursor.to_string()).unwrap();
+    let older = Spool::segment_path(dir.path(), firsts[0]);
+    let len = fs::metadata(&older).unwrap().len();
+    File::options()
+        .write(true)
+        .open(&older)
+        .unwrap()
+        .set_len(len / 2 + 7)
+        .unwrap();
+
+    let rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    assert_eq!(rec.last.as_ref().map(|r| r.seq), Some(100));
+    let mut r = rec.spool.reader("s");
+    let seqs: Vec<u64> = r
+        .read(1000, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, (cursor + 1..=100).collect::<Vec<_>>());
+    assert_eq!(rec.spool.corrupt_skipped(), 0);
+    rec.spool.ack("s", firsts[1]).unwrap();
+    assert!(!older.exists(), "the shortened segment is removed");
+    assert_eq!(rec.spool.segment_count(), firsts.len() - 1);
+}
+
+/// Releasing a segment larger than one shrink step removes it all the same.
+#[test]
+fn a_segment_larger_than_a_release_step_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SpoolOptions {
+        dir: Some(dir.path().to_path_buf()),
+        max_size: 16 * RELEASE_STEP,
+        segment_size: 2 * RELEASE_STEP,
+    };
+    let mut rec = Spool::open(&opts, &["s".to_owned()]).unwrap();
+    let big = vec![7u8; (RELEASE_STEP / 2) as usize];
+    for seq in 1..=8u64 {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, seq, &big);
+        rec.writer.append(seq, seq, &buf).unwrap();
+    }
+    let firsts: Vec<u64> = rec.spool.lock().segments.keys().copied().collect();
+    assert!(firsts.len() >= 2, "{firsts:?}");
+    let oldest = Spool::segment_path(dir.path(), firsts[0]);
+    assert!(fs::metadata(&oldest).unwrap().len() > RELEASE_STEP);
+    rec.spool.ack("s", 8).unwrap();
+    assert!(!oldest.exists());
+    assert_eq!(rec.spool.segment_count(), 1);
+    assert!(rec.spool.used() <= 2 * RELEASE_STEP + HEADER as u64);
+}
+
 /// A sink that keeps up reads the newest appends from memory, not back from the file: bytes
 /// changed on disk after the write do not reach it.
 #[test]
