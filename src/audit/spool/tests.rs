@@ -538,6 +538,45 @@ fn background_sync_follows_the_active_segment_and_syncs_it() {
     assert!(!rec.writer.sync_in_background(Duration::from_millis(5)));
 }
 
+/// With an interval far away, appending `SYNC_EARLY_BYTES` makes the background sync run
+/// anyway; less than that waits for the interval.
+#[test]
+fn the_background_sync_runs_early_after_enough_appended_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SpoolOptions {
+        dir: Some(dir.path().to_path_buf()),
+        max_size: 64 * SYNC_EARLY_BYTES,
+        segment_size: 16 * SYNC_EARLY_BYTES,
+    };
+    let mut rec = Spool::open(&opts, &["s".to_owned()]).unwrap();
+    assert!(rec.writer.sync_in_background(Duration::from_secs(3600)));
+    let dirty = |w: &SpoolWriter| {
+        w.background
+            .as_ref()
+            .is_some_and(|bg| bg.shared.dirty.load(Ordering::Acquire))
+    };
+    let chunk = vec![1u8; (SYNC_EARLY_BYTES / 4) as usize];
+    let mut append = |w: &mut SpoolWriter, seq: u64| {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, seq, &chunk);
+        w.append(seq, seq, &buf).unwrap();
+    };
+    append(&mut rec.writer, 1);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        dirty(&rec.writer),
+        "a quarter of the threshold does not sync"
+    );
+    for seq in 2..=4 {
+        append(&mut rec.writer, seq);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dirty(&rec.writer) {
+        assert!(std::time::Instant::now() < deadline, "no early sync");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// A record sealed in place (one CRC pass over seq and payload) is byte for byte the record
 /// `encode_record` writes (seq, then payload, appended to the CRC), and reads back.
 #[test]
