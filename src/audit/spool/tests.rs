@@ -556,7 +556,7 @@ fn the_background_sync_runs_early_after_enough_appended_bytes() {
             .is_some_and(|bg| bg.shared.dirty.load(Ordering::Acquire))
     };
     let chunk = vec![1u8; (SYNC_EARLY_BYTES / 4) as usize];
-    let mut append = |w: &mut SpoolWriter, seq: u64| {
+    let append = |w: &mut SpoolWriter, seq: u64| {
         let mut buf = Vec::new();
         encode_record(&mut buf, seq, &chunk);
         w.append(seq, seq, &buf).unwrap();
