@@ -40,6 +40,11 @@ pub(crate) fn sync_interval(fsync: FsyncPolicy, fsync_interval: Duration) -> Dur
 /// of work even in the costlier formats (`crate::audit::give_way`).
 const SLICE_EVENTS: usize = 64;
 
+/// Bytes written after which the worker syncs before `sync_interval` is up: a whole interval's
+/// writeback queued by one `fdatasync` held the core a request thread shared for over a
+/// millisecond (the spool's background sync does the same).
+const SYNC_EARLY_BYTES: u64 = 1 << 20;
+
 fn render_lines(format: AuditFormat, batch: &[Record], out: &mut Vec<u8>) {
     for r in batch {
         if format == AuditFormat::Json {
@@ -69,6 +74,8 @@ pub(crate) struct FileSink {
     buf: Vec<u8>,
     /// At most how often the worker syncs and acknowledges while events flow (`sync_interval`).
     sync_interval: Duration,
+    /// Bytes written since the last `sync`.
+    unsynced: u64,
     /// A rotation renamed files and created `path` since the last `sync`: the directory needs
     /// an fsync too, or a machine crash could lose the new file's entry (and its events).
     dir_dirty: bool,
@@ -108,6 +115,7 @@ impl FileSink {
             batch_size: batch_size.clamp(1, SLICE_EVENTS),
             buf: Vec::with_capacity(256 * 1024),
             sync_interval,
+            unsynced: 0,
             dir_dirty: false,
             #[cfg(test)]
             probe: Default::default(),
@@ -116,6 +124,11 @@ impl FileSink {
 
     pub fn sync_interval(&self) -> Duration {
         self.sync_interval
+    }
+
+    /// Enough was written since the last sync to sync before the interval is up.
+    pub fn sync_early(&self) -> bool {
+        self.unsynced >= SYNC_EARLY_BYTES
     }
 
     fn rotated(&self, n: usize) -> PathBuf {
@@ -162,6 +175,7 @@ impl FileSink {
             }
             self.file.write_all(&self.buf)?;
             self.size += len;
+            self.unsynced += len;
         }
         Ok(())
     }
@@ -174,6 +188,7 @@ impl FileSink {
             return Err(io::Error::other("injected sync failure").into());
         }
         self.file.sync_data()?;
+        self.unsynced = 0;
         if self.dir_dirty {
             let dir = self
                 .path

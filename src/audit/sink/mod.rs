@@ -258,6 +258,14 @@ impl Sink {
         }
     }
 
+    /// Enough was written since the last sync to sync before the interval is up.
+    fn sync_early(&self) -> bool {
+        match self {
+            Sink::File(s) => s.sync_early(),
+            Sink::Stdout(_) | Sink::Syslog(_) | Sink::Http(_) => false,
+        }
+    }
+
     /// Make what the sends wrote durable (only for sinks with a `sync_interval`).
     fn sync(&mut self) -> Result<(), SinkError> {
         match self {
@@ -465,13 +473,14 @@ impl Worker {
         )
     }
 
-    /// If due (or `force`), sync the sink and then acknowledge the highest delivered seq.
+    /// If due (or `force`, or enough is written: `Sink::sync_early`), sync the sink and then
+    /// acknowledge the highest delivered seq.
     /// On an error nothing is acknowledged; see `sync_failed`.
     fn settle(&mut self, force: bool) -> Result<(), SinkError> {
         let (Some(seq), Some(due)) = (self.unacked.seq, self.sync_due()) else {
             return Ok(());
         };
-        if !force && Instant::now() < due {
+        if !force && Instant::now() < due && !self.sink.sync_early() {
             return Ok(());
         }
         self.sink.sync()?;

@@ -32,7 +32,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let options = SpoolOptions {
             dir: Some(dir.path().join("spool")),
-            max_size: 1 << 20,
+            max_size: 8 << 20,
             // A segment per append or two: acknowledgements release segments.
             segment_size: 256,
         };
@@ -261,6 +261,22 @@ fn file_sink_syncs_once_per_interval_while_events_flow_and_once_more_when_draini
     assert_eq!(h.syncs(), 2);
     assert_eq!(h.spool.cursor(SINK), 16);
     assert_eq!(h.cursor_file(), 16);
+}
+
+/// A megabyte written is synced and acknowledged before the interval is up.
+#[test]
+fn file_sink_syncs_early_once_a_megabyte_is_written() {
+    let mut h = Harness::start(FsyncPolicy::Interval, LONG, None);
+    h.append(1);
+    h.wait_until("the first event acked", WAIT, |h| h.cursor() == 1);
+    // About 15 bytes a line: a megabyte is some 70,000 events.
+    let mut total = 1;
+    while total < 120_000 {
+        h.append(2_000);
+        total += 2_000;
+    }
+    h.wait_until("an early sync", WAIT, |h| h.syncs() >= 2 && h.cursor() > 1);
+    assert!(h.cursor() >= 60_000, "acknowledged {}", h.cursor());
 }
 
 #[test]
