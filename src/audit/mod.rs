@@ -117,15 +117,30 @@ impl Counters {
 
 /// Offer this core to a thread waiting for it, between pieces of background audit work.
 ///
-/// The sink and fsync threads share cores with the request threads, and Linux's EEVDF
-/// scheduler lets a running thread use up its slice (milliseconds) before a woken one gets the
-/// core, whatever their nice values: a request that arrived while the sink wrote a 300 KB batch
-/// or unlinked a 64 MiB segment waited that long. So background work goes in pieces far
-/// shorter than a slice, with this call between them (benches/README.md, ninth session). With
-/// nothing else runnable, `sched_yield` returns at once.
+/// The sink thread shares cores with the request threads, and Linux's EEVDF scheduler lets a
+/// running thread use up its slice (milliseconds) before a woken one gets the core, whatever
+/// their nice values: a request that arrived while the sink wrote a 300 KB batch or unlinked a
+/// 64 MiB segment waited that long. So background work goes in pieces far shorter than a
+/// slice, with this call between them (benches/README.md, ninth session). It yields at most
+/// once per `GIVE_WAY_EVERY` of the thread's time; with nothing else runnable, `sched_yield`
+/// returns at once.
 pub(crate) fn give_way() {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = Instant::now();
+    if LAST
+        .get()
+        .is_some_and(|last| now.duration_since(last) < GIVE_WAY_EVERY)
+    {
+        return;
+    }
     std::thread::yield_now();
+    LAST.set(Some(now));
 }
+
+/// How long background work runs at most before `give_way` yields.
+const GIVE_WAY_EVERY: Duration = Duration::from_micros(100);
 
 pub(crate) fn refresh_full(spool: &Spool, counters: &Counters) {
     let full = spool.used().saturating_add(FULL_MARGIN) > spool.max_size();
