@@ -107,6 +107,22 @@ proptest! {
     }
 }
 
+/// A disk spool in `dir` with these limits.
+fn disk_options(dir: &Path, max_size: u64, segment_size: u64) -> SpoolOptions {
+    SpoolOptions {
+        dir: Some(dir.to_path_buf()),
+        max_size,
+        segment_size,
+    }
+}
+
+/// Append one record with this payload.
+fn append_record(writer: &mut SpoolWriter, seq: u64, payload: &[u8]) {
+    let mut buf = Vec::new();
+    encode_record(&mut buf, seq, payload);
+    writer.append(seq, seq, &buf).unwrap();
+}
+
 fn fill(dir: &Path, n: u64) -> Vec<u8> {
     let mut rec = Spool::open(&options(dir), &["s".to_owned()]).unwrap();
     let mut buf = Vec::new();
@@ -257,17 +273,11 @@ fn a_release_cut_short_by_a_crash_is_finished_by_the_next_ack() {
 #[test]
 fn a_segment_larger_than_a_release_step_is_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = SpoolOptions {
-        dir: Some(dir.path().to_path_buf()),
-        max_size: 16 * RELEASE_STEP,
-        segment_size: 2 * RELEASE_STEP,
-    };
+    let opts = disk_options(dir.path(), 16 * RELEASE_STEP, 2 * RELEASE_STEP);
     let mut rec = Spool::open(&opts, &["s".to_owned()]).unwrap();
     let big = vec![7u8; (RELEASE_STEP / 2) as usize];
     for seq in 1..=8u64 {
-        let mut buf = Vec::new();
-        encode_record(&mut buf, seq, &big);
-        rec.writer.append(seq, seq, &buf).unwrap();
+        append_record(&mut rec.writer, seq, &big);
     }
     let firsts: Vec<u64> = rec.spool.lock().segments.keys().copied().collect();
     assert!(firsts.len() >= 2, "{firsts:?}");
@@ -543,11 +553,7 @@ fn background_sync_follows_the_active_segment_and_syncs_it() {
 #[test]
 fn the_background_sync_runs_early_after_enough_appended_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = SpoolOptions {
-        dir: Some(dir.path().to_path_buf()),
-        max_size: 64 * SYNC_EARLY_BYTES,
-        segment_size: 16 * SYNC_EARLY_BYTES,
-    };
+    let opts = disk_options(dir.path(), 64 * SYNC_EARLY_BYTES, 16 * SYNC_EARLY_BYTES);
     let mut rec = Spool::open(&opts, &["s".to_owned()]).unwrap();
     assert!(rec.writer.sync_in_background(Duration::from_secs(3600)));
     let dirty = |w: &SpoolWriter| {
@@ -556,19 +562,14 @@ fn the_background_sync_runs_early_after_enough_appended_bytes() {
             .is_some_and(|bg| bg.shared.dirty.load(Ordering::Acquire))
     };
     let chunk = vec![1u8; (SYNC_EARLY_BYTES / 4) as usize];
-    let append = |w: &mut SpoolWriter, seq: u64| {
-        let mut buf = Vec::new();
-        encode_record(&mut buf, seq, &chunk);
-        w.append(seq, seq, &buf).unwrap();
-    };
-    append(&mut rec.writer, 1);
+    append_record(&mut rec.writer, 1, &chunk);
     std::thread::sleep(Duration::from_millis(50));
     assert!(
         dirty(&rec.writer),
         "a quarter of the threshold does not sync"
     );
     for seq in 2..=4 {
-        append(&mut rec.writer, seq);
+        append_record(&mut rec.writer, seq, &chunk);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while dirty(&rec.writer) {
