@@ -1,13 +1,14 @@
 //! `file` (JSON lines or any format, size-based rotation) and `stdout`.
 //!
 //! Acknowledged means written and `fdatasync`ed: the cursor never runs ahead of what a
-//! machine crash would keep. `send` only writes (one `write` per `SLICE_EVENTS`, giving way to
-//! waiting request threads between writes; with a backlog the worker hands over up to
-//! `FILE_GROUP` batches at once); the worker calls `sync`
-//! and only then acknowledges, at most once per `sync_interval` while events flow. An
-//! `fdatasync` takes several milliseconds, and one per batch (plus a cursor file per batch) was
-//! most of the sink's time. What is written but not yet synced is acknowledged by the next sync:
-//! after the interval, when the worker goes idle, or when it drains or stops.
+//! machine crash would keep. `send` only writes (one `write` per `SLICE_EVENTS` events at most,
+//! giving way to waiting request threads between writes; with a backlog the worker hands over
+//! up to `FILE_GROUP` batches at once); the worker calls `sync` and only then acknowledges, at
+//! most once per `sync_interval` while events flow, or sooner once `SYNC_EARLY_BYTES` are
+//! written. An `fdatasync` takes several milliseconds, and one per batch (plus a cursor file
+//! per batch) was most of the sink's time. What is written but not yet synced is acknowledged
+//! by the next sync: after the interval or the early-sync threshold, when the worker goes idle,
+//! or when it drains or stops.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
