@@ -123,6 +123,17 @@ fn append_record(writer: &mut SpoolWriter, seq: u64, payload: &[u8]) {
     writer.append(seq, seq, &buf).unwrap();
 }
 
+/// The first seq of every segment, oldest first.
+fn segment_firsts(spool: &Spool) -> Vec<u64> {
+    spool.lock().segments.keys().copied().collect()
+}
+
+/// The seqs of everything the reader hands out now.
+fn read_seqs(reader: &mut SpoolReader) -> Vec<u64> {
+    let records = reader.read(usize::MAX, usize::MAX).unwrap();
+    records.iter().map(|r| r.seq).collect()
+}
+
 fn fill(dir: &Path, n: u64) -> Vec<u8> {
     let mut rec = Spool::open(&options(dir), &["s".to_owned()]).unwrap();
     let mut buf = Vec::new();
@@ -203,7 +214,7 @@ fn corrupt_record_in_an_older_segment_is_skipped_and_counted() {
     let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
     // Two segments: 1..=30 (about 2 KiB) then 31..=40.
     append_one_by_one(&mut rec.writer, 1..=40);
-    let firsts: Vec<u64> = rec.spool.lock().segments.keys().copied().collect();
+    let firsts = segment_firsts(&rec.spool);
     assert!(firsts.len() >= 2, "{firsts:?}");
     let older = Spool::segment_path(dir.path(), firsts[0]);
     let mut bytes = fs::read(&older).unwrap();
@@ -214,12 +225,7 @@ fn corrupt_record_in_an_older_segment_is_skipped_and_counted() {
     let rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
     let mut r = rec.spool.reader("s");
     r.rewind(0);
-    let seqs: Vec<u64> = r
-        .read(1000, usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|r| r.seq)
-        .collect();
+    let seqs = read_seqs(&mut r);
     assert_eq!(seqs.first(), Some(&1));
     assert!(!seqs.contains(&2), "the corrupt record is not handed out");
     assert!(
@@ -237,7 +243,7 @@ fn a_release_cut_short_by_a_crash_is_finished_by_the_next_ack() {
     let dir = tempfile::tempdir().unwrap();
     let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
     append_one_by_one(&mut rec.writer, 1..=100);
-    let firsts: Vec<u64> = rec.spool.lock().segments.keys().copied().collect();
+    let firsts = segment_firsts(&rec.spool);
     assert!(firsts.len() >= 3, "{firsts:?}");
     // The sink acknowledged everything before the second segment; the crash came while the
     // first one was being shrunk: it ends in the middle of a record.
@@ -256,12 +262,7 @@ fn a_release_cut_short_by_a_crash_is_finished_by_the_next_ack() {
     let rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
     assert_eq!(rec.last.as_ref().map(|r| r.seq), Some(100));
     let mut r = rec.spool.reader("s");
-    let seqs: Vec<u64> = r
-        .read(1000, usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|r| r.seq)
-        .collect();
+    let seqs = read_seqs(&mut r);
     assert_eq!(seqs, (cursor + 1..=100).collect::<Vec<_>>());
     assert_eq!(rec.spool.corrupt_skipped(), 0);
     rec.spool.ack("s", firsts[1]).unwrap();
@@ -279,7 +280,7 @@ fn a_segment_larger_than_a_release_step_is_removed() {
     for seq in 1..=8u64 {
         append_record(&mut rec.writer, seq, &big);
     }
-    let firsts: Vec<u64> = rec.spool.lock().segments.keys().copied().collect();
+    let firsts = segment_firsts(&rec.spool);
     assert!(firsts.len() >= 2, "{firsts:?}");
     let oldest = Spool::segment_path(dir.path(), firsts[0]);
     assert!(fs::metadata(&oldest).unwrap().len() > RELEASE_STEP);
