@@ -122,7 +122,7 @@ impl Counters {
 /// their nice values: a request that arrived while the sink wrote a 300 KB batch or unlinked a
 /// 64 MiB segment waited that long. So background work goes in pieces far shorter than a
 /// slice, with this call between them (benches/README.md, ninth session). It yields at most
-/// once per `GIVE_WAY_EVERY` of the thread's time; with nothing else runnable, `sched_yield`
+/// once every `GIVE_WAY_EVERY` (wall clock); with nothing else runnable, `sched_yield`
 /// returns at once.
 pub(crate) fn give_way() {
     thread_local! {
