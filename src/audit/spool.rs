@@ -493,7 +493,7 @@ impl Spool {
             match &self.storage {
                 Storage::Disk(dir) => {
                     let path = Self::segment_path(dir, first);
-                    if let Err(err) = shrink_in_steps(&path)
+                    if let Err(err) = shrink_in_steps(&path, |_| super::give_way())
                         && err.kind() != io::ErrorKind::NotFound
                     {
                         return Err(io_err(&path)(err));
@@ -535,18 +535,18 @@ impl Spool {
 /// Bytes a released segment shrinks by per step (`shrink_in_steps`).
 const RELEASE_STEP: u64 = 1 << 20;
 
-/// Truncate a released segment to nothing a step at a time, giving way in between
-/// (`super::give_way`): an unlink of a whole 64 MiB segment dropped its page cache and freed
+/// Truncate a released segment to nothing a step at a time, calling `between` with the length
+/// left after each step (the release gives way there: `super::give_way`): an unlink of a whole 64 MiB segment dropped its page cache and freed
 /// its blocks in one system call, about 20 ms of kernel time on the core a request thread
 /// waited for. The unlink that follows has nothing left to free. A crash midway leaves a
 /// shortened segment every cursor is already past: the next release removes it.
-fn shrink_in_steps(path: &Path) -> io::Result<()> {
+fn shrink_in_steps(path: &Path, mut between: impl FnMut(u64)) -> io::Result<()> {
     let file = OpenOptions::new().write(true).open(path)?;
     let mut len = file.metadata()?.len();
     while len > 0 {
         len = len.saturating_sub(RELEASE_STEP);
         file.set_len(len)?;
-        super::give_way();
+        between(len);
     }
     Ok(())
 }

@@ -270,6 +270,26 @@ fn a_release_cut_short_by_a_crash_is_finished_by_the_next_ack() {
     assert_eq!(rec.spool.segment_count(), firsts.len() - 1);
 }
 
+/// A released segment shrinks one step at a time: the file is that much shorter at each pause
+/// between steps, never cut to nothing at once.
+#[test]
+fn a_released_segment_shrinks_one_step_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("segment");
+    let len = 3 * RELEASE_STEP + 5;
+    File::create(&path).unwrap().set_len(len).unwrap();
+    let mut seen = Vec::new();
+    shrink_in_steps(&path, |left| {
+        seen.push((left, fs::metadata(&path).unwrap().len()));
+    })
+    .unwrap();
+    let want: Vec<(u64, u64)> = [2 * RELEASE_STEP + 5, RELEASE_STEP + 5, 5, 0]
+        .into_iter()
+        .map(|left| (left, left))
+        .collect();
+    assert_eq!(seen, want);
+}
+
 /// Releasing a segment larger than one shrink step removes it all the same.
 #[test]
 fn a_segment_larger_than_a_release_step_is_removed() {
