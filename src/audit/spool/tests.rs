@@ -622,3 +622,207 @@ fn a_record_finished_in_place_equals_an_encoded_one() {
         );
     }
 }
+
+/// The inode of a file (which file a path names, across renames).
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().ino()
+}
+
+/// Bytes of every file in the spool directory (segments and the spare).
+fn bytes_on_disk(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Every record after `after`, payloads included, read from the files by a fresh reader.
+fn read_after(spool: &Arc<Spool>, after: u64) -> Vec<Record> {
+    let mut reader = spool.reader("s");
+    reader.rewind(after);
+    reader.read(usize::MAX, usize::MAX).unwrap()
+}
+
+fn expected(seqs: std::ops::RangeInclusive<u64>) -> Vec<Record> {
+    seqs.map(|seq| Record {
+        seq,
+        payload: payload(seq, 50).into(),
+    })
+    .collect()
+}
+
+/// A released segment is kept as the spare and becomes the next segment: the same file,
+/// overwritten from its start. Its old records past the new ones are never read, and the
+/// rotation away from it cuts them off.
+#[test]
+fn a_released_segment_becomes_the_next_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    append_one_by_one(&mut rec.writer, 1..=100);
+    let firsts = segment_firsts(&rec.spool);
+    assert!(firsts.len() >= 3, "{firsts:?}");
+    let released = Spool::segment_path(dir.path(), firsts[0]);
+    let released_inode = inode(&released);
+    let released_len = fs::metadata(&released).unwrap().len();
+
+    rec.spool.ack("s", firsts[1] - 1).unwrap();
+    assert!(!released.exists());
+    let spare = dir.path().join(SPARE);
+    assert_eq!(inode(&spare), released_inode, "kept, not deleted");
+    assert_eq!(rec.spool.used(), bytes_on_disk(dir.path()) - released_len);
+
+    // Fill the active segment until the next one opens: it is the spare.
+    let mut seq = 101;
+    while segment_firsts(&rec.spool).len() < firsts.len() {
+        append_one_by_one(&mut rec.writer, seq..=seq);
+        seq += 1;
+    }
+    let newest = *segment_firsts(&rec.spool).last().unwrap();
+    assert_eq!(newest, seq - 1);
+    let reused = Spool::segment_path(dir.path(), newest);
+    assert_eq!(inode(&reused), released_inode);
+    assert!(!spare.exists());
+    assert_eq!(
+        fs::metadata(&reused).unwrap().len(),
+        released_len,
+        "overwritten from its start, old bytes still past the new record"
+    );
+    assert_eq!(
+        read_after(&rec.spool, firsts[1] - 1),
+        expected(firsts[1]..=newest)
+    );
+
+    // Rotating away from it cuts its old bytes off. Longer records than before, so that the
+    // old bytes do not end where the new ones do.
+    let mut want = expected(newest..=newest);
+    while segment_firsts(&rec.spool).last() == Some(&newest) {
+        let longer = payload(seq, 70);
+        append_record(&mut rec.writer, seq, &longer);
+        want.push(Record {
+            seq,
+            payload: longer.into(),
+        });
+        seq += 1;
+    }
+    want.pop(); // the one that opened the next segment
+    let reused_len = rec.spool.lock().segments[&newest].len;
+    assert!(reused_len < released_len, "{reused_len} < {released_len}");
+    assert_eq!(fs::metadata(&reused).unwrap().len(), reused_len);
+    let mut got = read_after(&rec.spool, newest - 1);
+    got.truncate(want.len());
+    assert_eq!(got, want);
+    assert_eq!(rec.spool.corrupt_skipped(), 0);
+}
+
+/// A crash while the active segment is a reused file: the open stops at the old records past
+/// the new ones (valid, but older), cuts them off, and the chain head is the newest record.
+#[test]
+fn the_open_cuts_the_old_records_of_a_reused_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    append_one_by_one(&mut rec.writer, 1..=100);
+    let firsts = segment_firsts(&rec.spool);
+    rec.spool.ack("s", firsts[1] - 1).unwrap();
+    let mut seq = 101;
+    while segment_firsts(&rec.spool).len() < firsts.len() {
+        append_one_by_one(&mut rec.writer, seq..=seq);
+        seq += 1;
+    }
+    // Two records into the reused file, then the process dies.
+    append_one_by_one(&mut rec.writer, seq..=seq + 1);
+    let last = seq + 1;
+    let newest = *segment_firsts(&rec.spool).last().unwrap();
+    let reused = Spool::segment_path(dir.path(), newest);
+    let written = rec.spool.lock().segments[&newest].len;
+    assert!(fs::metadata(&reused).unwrap().len() > written);
+    drop(rec);
+
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    assert_eq!(rec.last.as_ref().map(|r| r.seq), Some(last));
+    assert_eq!(
+        rec.last.as_ref().map(|r| r.payload.clone()),
+        Some(payload(last, 50).into())
+    );
+    assert_eq!(fs::metadata(&reused).unwrap().len(), written);
+    assert_eq!(
+        read_after(&rec.spool, firsts[1] - 1),
+        expected(firsts[1]..=last)
+    );
+    append_one_by_one(&mut rec.writer, last + 1..=last + 3);
+    assert_eq!(
+        read_after(&rec.spool, newest - 1),
+        expected(newest..=last + 3)
+    );
+    assert_eq!(rec.spool.corrupt_skipped(), 0);
+}
+
+/// A crash right after the spare was renamed to the next segment's name, before anything was
+/// written to it: the open finds only old records there, empties it, and the head is the
+/// previous segment's last record.
+#[test]
+fn a_crash_before_the_first_write_into_a_reused_file_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    append_one_by_one(&mut rec.writer, 1..=100);
+    let firsts = segment_firsts(&rec.spool);
+    rec.spool.ack("s", firsts[1] - 1).unwrap();
+    drop(rec);
+    let next = Spool::segment_path(dir.path(), 101);
+    fs::rename(dir.path().join(SPARE), &next).unwrap();
+
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    assert_eq!(rec.last.as_ref().map(|r| r.seq), Some(100));
+    assert_eq!(fs::metadata(&next).unwrap().len(), 0);
+    assert_eq!(
+        read_after(&rec.spool, firsts[1] - 1),
+        expected(firsts[1]..=100)
+    );
+    append_one_by_one(&mut rec.writer, 101..=103);
+    assert_eq!(read_after(&rec.spool, 100), expected(101..=103));
+    assert_eq!(rec.spool.corrupt_skipped(), 0);
+}
+
+/// What reuse keeps (the spare, a reused file's old bytes) never takes the spool's files past
+/// `max_size`, and never costs live records room: the spool is full only when its records
+/// alone would exceed it.
+#[test]
+fn reuse_keeps_the_files_within_max_size_and_costs_no_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 2000;
+    let opts = disk_options(dir.path(), max, 500);
+    let mut rec = Spool::open(&opts, &["s".to_owned()]).unwrap();
+    let mut seq = 1;
+    let mut spares = 0;
+    let fill_up = |rec: &mut Recovered, seq: &mut u64| {
+        loop {
+            let mut buf = Vec::new();
+            encode_record(&mut buf, *seq, &payload(*seq, 50));
+            let appended = rec.writer.append(*seq, *seq, &buf);
+            assert!(bytes_on_disk(dir.path()) <= max, "at seq {seq}");
+            match appended {
+                Ok(()) => *seq += 1,
+                Err(err) => {
+                    assert!(matches!(err, SpoolError::Full { .. }), "{err}");
+                    assert!(rec.spool.used() + 66 > max, "full at {}", rec.spool.used());
+                    break;
+                }
+            }
+        }
+    };
+    for _ in 0..4 {
+        fill_up(&mut rec, &mut seq);
+        // The sink acknowledges the oldest segment only: it becomes the spare while the
+        // spool is nearly full, then the spool fills up again.
+        let firsts = segment_firsts(&rec.spool);
+        rec.spool.ack("s", firsts[1] - 1).unwrap();
+        spares += u64::from(dir.path().join(SPARE).exists());
+        fill_up(&mut rec, &mut seq);
+        rec.spool.ack("s", seq - 1).unwrap();
+    }
+    assert!(spares > 0, "a spare was kept");
+    assert_eq!(read_after(&rec.spool, seq - 2).len(), 1);
+    assert_eq!(rec.spool.corrupt_skipped(), 0);
+}
