@@ -23,8 +23,9 @@
 //            mid-write); a corrupt record elsewhere is skipped to the next segment and counted.
 // INVARIANT: a cursor file is replaced atomically (write tmp, rename) and only after the
 //            receiver acknowledged every record up to it; so restart resumes without loss.
-// INVARIANT: a segment is deleted only when every sink's cursor is past its last record,
-//            and the newest segment is never deleted, so the chain head survives restarts.
+// INVARIANT: a segment is deleted (or kept as the spare) only when every sink's cursor is
+//            past its last record, and the newest segment never is, so the chain head
+//            survives restarts.
 // INVARIANT: total live bytes never exceed `max_size`: the writer checks before appending.
 //            Bytes kept for reuse (the spare, a reused segment's stale tail) come on top; the
 //            writer gives them back before the files together would exceed `max_size`.
