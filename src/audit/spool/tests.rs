@@ -654,32 +654,45 @@ fn expected(seqs: std::ops::RangeInclusive<u64>) -> Vec<Record> {
     .collect()
 }
 
+/// A spool holding records 1..=100 in several segments whose sink acknowledged the first
+/// segment, which is now the spare; and the segments' first seqs from before that.
+fn spool_with_a_spare(dir: &Path) -> (Recovered, Vec<u64>) {
+    let mut rec = Spool::open(&options(dir), &["s".to_owned()]).unwrap();
+    append_one_by_one(&mut rec.writer, 1..=100);
+    let firsts = segment_firsts(&rec.spool);
+    assert!(firsts.len() >= 3, "{firsts:?}");
+    let released = Spool::segment_path(dir, firsts[0]);
+    let released_inode = inode(&released);
+    rec.spool.ack("s", firsts[1] - 1).unwrap();
+    assert!(!released.exists());
+    assert_eq!(inode(&dir.join(SPARE)), released_inode, "kept, not deleted");
+    (rec, firsts)
+}
+
+/// Append one record after another from `seq` until there are `segments` segments; the seq
+/// after the last one appended.
+fn append_until_segments(rec: &mut Recovered, mut seq: u64, segments: usize) -> u64 {
+    while segment_firsts(&rec.spool).len() < segments {
+        append_one_by_one(&mut rec.writer, seq..=seq);
+        seq += 1;
+    }
+    seq
+}
+
 /// A released segment is kept as the spare and becomes the next segment: the same file,
 /// overwritten from its start. Its old records past the new ones are never read, and the
 /// rotation away from it cuts them off.
 #[test]
 fn a_released_segment_becomes_the_next_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
-    append_one_by_one(&mut rec.writer, 1..=100);
-    let firsts = segment_firsts(&rec.spool);
-    assert!(firsts.len() >= 3, "{firsts:?}");
-    let released = Spool::segment_path(dir.path(), firsts[0]);
-    let released_inode = inode(&released);
-    let released_len = fs::metadata(&released).unwrap().len();
-
-    rec.spool.ack("s", firsts[1] - 1).unwrap();
-    assert!(!released.exists());
+    let (mut rec, firsts) = spool_with_a_spare(dir.path());
     let spare = dir.path().join(SPARE);
-    assert_eq!(inode(&spare), released_inode, "kept, not deleted");
+    let released_inode = inode(&spare);
+    let released_len = fs::metadata(&spare).unwrap().len();
     assert_eq!(rec.spool.used(), bytes_on_disk(dir.path()) - released_len);
 
     // Fill the active segment until the next one opens: it is the spare.
-    let mut seq = 101;
-    while segment_firsts(&rec.spool).len() < firsts.len() {
-        append_one_by_one(&mut rec.writer, seq..=seq);
-        seq += 1;
-    }
+    let mut seq = append_until_segments(&mut rec, 101, firsts.len());
     let newest = *segment_firsts(&rec.spool).last().unwrap();
     assert_eq!(newest, seq - 1);
     let reused = Spool::segment_path(dir.path(), newest);
@@ -722,15 +735,8 @@ fn a_released_segment_becomes_the_next_segment() {
 #[test]
 fn the_open_cuts_the_old_records_of_a_reused_active_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
-    append_one_by_one(&mut rec.writer, 1..=100);
-    let firsts = segment_firsts(&rec.spool);
-    rec.spool.ack("s", firsts[1] - 1).unwrap();
-    let mut seq = 101;
-    while segment_firsts(&rec.spool).len() < firsts.len() {
-        append_one_by_one(&mut rec.writer, seq..=seq);
-        seq += 1;
-    }
+    let (mut rec, firsts) = spool_with_a_spare(dir.path());
+    let seq = append_until_segments(&mut rec, 101, firsts.len());
     // Two records into the reused file, then the process dies.
     append_one_by_one(&mut rec.writer, seq..=seq + 1);
     let last = seq + 1;
@@ -765,10 +771,7 @@ fn the_open_cuts_the_old_records_of_a_reused_active_segment() {
 #[test]
 fn a_crash_before_the_first_write_into_a_reused_file_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
-    append_one_by_one(&mut rec.writer, 1..=100);
-    let firsts = segment_firsts(&rec.spool);
-    rec.spool.ack("s", firsts[1] - 1).unwrap();
+    let (rec, firsts) = spool_with_a_spare(dir.path());
     drop(rec);
     let next = Spool::segment_path(dir.path(), 101);
     fs::rename(dir.path().join(SPARE), &next).unwrap();
