@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Record header: len, crc, seq.
 pub const HEADER: usize = 16;
@@ -167,6 +167,8 @@ struct Segment {
     first: u64,
     /// Bytes written and published.
     len: u64,
+    /// When the writer opened it (`None`: found at open): its first pages date from then.
+    opened: Option<Instant>,
 }
 
 /// State shared by the writer and the readers.
@@ -181,6 +183,20 @@ struct Index {
 
 /// The released segment kept for reuse (`Spool::release`, `SpoolWriter::open_segment`).
 const SPARE: &str = "spare";
+
+/// A segment is reused only if the writer opened it at most this long ago: its pages were
+/// written recently and are most likely still cached. Overwriting part of a page the kernel
+/// no longer holds reads it from disk first, on the thread that writes; a new file's pages
+/// never need that. Below about 1 MiB/s of events no segment qualifies, and none needs to.
+const REUSE_WITHIN: Duration = Duration::from_secs(60);
+
+/// The spare: its length, and when its first pages were written (`None`: unknown, found at
+/// open).
+#[derive(Debug, Clone, Copy)]
+struct Spare {
+    len: u64,
+    written_since: Option<Instant>,
+}
 
 /// The newest appends of a disk spool, as written: a sink that keeps up reads them from here,
 /// not back from the file (an open, a read and a CRC check per batch on the sink thread).
@@ -245,9 +261,11 @@ pub struct Spool {
     /// One release at a time (each sink acknowledges from its own thread): two releases of
     /// the same segment must not shrink the file the other just kept as the spare.
     releasing: Mutex<()>,
-    /// The length of the `SPARE` file, if there is one. Held across the rename that puts the
-    /// file there or takes it away, so the file and this never disagree.
-    spare: Mutex<Option<u64>>,
+    /// The `SPARE` file, if there is one. Held across the rename that puts the file there or
+    /// takes it away, so the file and this never disagree.
+    spare: Mutex<Option<Spare>>,
+    /// `REUSE_WITHIN`, in nanoseconds (tests shorten it).
+    reuse_within_ns: AtomicU64,
 }
 
 /// What `open` recovered.
@@ -283,7 +301,12 @@ impl Spool {
         let mut spare = None;
         if let Storage::Disk(dir) = &storage {
             match fs::metadata(dir.join(SPARE)) {
-                Ok(meta) => spare = Some(meta.len()),
+                Ok(meta) => {
+                    spare = Some(Spare {
+                        len: meta.len(),
+                        written_since: None,
+                    })
+                }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
                 Err(err) => return Err(io_err(&dir.join(SPARE))(err)),
             }
@@ -298,7 +321,14 @@ impl Spool {
                     continue;
                 };
                 let len = entry.metadata().map_err(io_err(dir))?.len();
-                segments.insert(first, Segment { first, len });
+                segments.insert(
+                    first,
+                    Segment {
+                        first,
+                        len,
+                        opened: None,
+                    },
+                );
             }
         }
         let spool = Spool {
@@ -315,6 +345,9 @@ impl Spool {
             corrupt_skipped: AtomicU64::new(0),
             releasing: Mutex::new(()),
             spare: Mutex::new(spare),
+            reuse_within_ns: AtomicU64::new(
+                u64::try_from(REUSE_WITHIN.as_nanos()).unwrap_or(u64::MAX),
+            ),
         };
         let last = spool.recover_tail()?;
         let head = last.as_ref().map_or(0, |r| r.seq);
@@ -357,8 +390,20 @@ impl Spool {
         dir.join(format!("{first:020}.seg"))
     }
 
-    fn spare(&self) -> MutexGuard<'_, Option<u64>> {
+    fn spare(&self) -> MutexGuard<'_, Option<Spare>> {
         self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether pages first written at `since` are recent enough to reuse (`REUSE_WITHIN`).
+    fn recent(&self, since: Option<Instant>) -> bool {
+        let within = Duration::from_nanos(self.reuse_within_ns.load(Ordering::Relaxed));
+        since.is_some_and(|since| since.elapsed() < within)
+    }
+
+    #[cfg(test)]
+    fn set_reuse_within(&self, within: Duration) {
+        let ns = u64::try_from(within.as_nanos()).unwrap_or(u64::MAX);
+        self.reuse_within_ns.store(ns, Ordering::Relaxed);
     }
 
     fn tail(&self) -> MutexGuard<'_, Tail> {
@@ -560,17 +605,26 @@ impl Spool {
         Ok(())
     }
 
-    /// Rename the released segment `first` to the spare if there is none yet. `false`: it was
-    /// not kept (a spare exists, or the file is gone), the caller removes it.
+    /// Rename the released segment `first` to the spare if there is none yet and its pages are
+    /// recent (`REUSE_WITHIN`). `false`: it was not kept (a spare exists, it is older, or the
+    /// file is gone), the caller removes it.
     fn keep_as_spare(&self, dir: &Path, path: &Path, first: u64) -> Result<bool, SpoolError> {
         let mut spare = self.spare();
         if spare.is_some() {
             return Ok(false);
         }
-        let len = self.lock().segments.get(&first).map_or(0, |s| s.len);
+        let Some(seg) = self.lock().segments.get(&first).copied() else {
+            return Ok(false);
+        };
+        if !self.recent(seg.opened) {
+            return Ok(false);
+        }
         match fs::rename(path, dir.join(SPARE)) {
             Ok(()) => {
-                *spare = Some(len);
+                *spare = Some(Spare {
+                    len: seg.len,
+                    written_since: seg.opened,
+                });
                 Ok(true)
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -712,7 +766,11 @@ impl SpoolWriter {
         }
         if self.needs_rotation(len) {
             self.retire_active()?;
-            let seg = Segment { first, len: 0 };
+            let seg = Segment {
+                first,
+                len: 0,
+                opened: Some(Instant::now()),
+            };
             self.physical = 0;
             if let Storage::Disk(dir) = &spool.storage {
                 self.file = Some(self.open_segment(dir, first)?);
@@ -802,21 +860,28 @@ impl SpoolWriter {
         Ok(())
     }
 
-    /// The file of a new segment: the spare renamed, if there is one, else a new file.
+    /// The file of a new segment: the spare renamed, if there is one, else a new file. A spare
+    /// whose pages are no longer recent (`REUSE_WITHIN`) is emptied first: it is then a new
+    /// file, with nothing to read back before a partial page is overwritten.
     fn open_segment(&mut self, dir: &Path, first: u64) -> Result<File, SpoolError> {
         let path = Spool::segment_path(dir, first);
         {
             let mut spare = self.spool.spare();
-            if let Some(spare_len) = *spare {
+            if let Some(kept) = *spare {
                 match fs::rename(dir.join(SPARE), &path) {
                     Ok(()) => {
                         *spare = None;
                         drop(spare);
-                        self.physical = spare_len;
-                        return OpenOptions::new()
+                        let file = OpenOptions::new()
                             .write(true)
                             .open(&path)
-                            .map_err(io_err(&path));
+                            .map_err(io_err(&path))?;
+                        self.physical = kept.len;
+                        if !self.spool.recent(kept.written_since) {
+                            file.set_len(0).map_err(io_err(&path))?;
+                            self.physical = 0;
+                        }
+                        return Ok(file);
                     }
                     Err(err) => {
                         // Gone or unusable: a new file does as well.
@@ -839,7 +904,7 @@ impl SpoolWriter {
         let stale = self
             .physical
             .saturating_sub(self.active.map_or(0, |seg| seg.len));
-        stale.saturating_add(self.spool.spare().unwrap_or(0))
+        stale.saturating_add(self.spool.spare().map_or(0, |spare| spare.len))
     }
 
     /// Remove the spare and cut the active file's stale tail: the spool is about to hold

@@ -829,3 +829,63 @@ fn reuse_keeps_the_files_within_max_size_and_costs_no_room() {
     assert_eq!(read_after(&rec.spool, seq - 2).len(), 1);
     assert_eq!(rec.spool.corrupt_skipped(), 0);
 }
+
+/// A segment the writer opened longer ago than `REUSE_WITHIN` is not kept as the spare: its
+/// pages may be gone from the cache, and overwriting part of one would read it back first.
+#[test]
+fn a_segment_opened_too_long_ago_is_removed_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    append_one_by_one(&mut rec.writer, 1..=100);
+    let firsts = segment_firsts(&rec.spool);
+    rec.spool.set_reuse_within(Duration::ZERO);
+    rec.spool.ack("s", firsts[1] - 1).unwrap();
+    assert!(!Spool::segment_path(dir.path(), firsts[0]).exists());
+    assert!(!dir.path().join(SPARE).exists());
+    assert_eq!(rec.spool.used(), bytes_on_disk(dir.path()));
+}
+
+/// The spare's size after the next segment took it over with one record written.
+fn reused_len_after_one_record(rec: &mut Recovered, dir: &Path, segments: usize) -> (u64, u64) {
+    let spare_inode = inode(&dir.join(SPARE));
+    let seq = append_until_segments(rec, rec.spool.head() + 1, segments);
+    let newest = seq - 1;
+    let path = Spool::segment_path(dir, newest);
+    assert_eq!(inode(&path), spare_inode, "the spare was taken over");
+    (
+        fs::metadata(&path).unwrap().len(),
+        rec.spool.lock().segments[&newest].len,
+    )
+}
+
+/// A spare kept longer than `REUSE_WITHIN` before the next segment opens is emptied first:
+/// the new segment holds its records and nothing else.
+#[test]
+fn a_spare_kept_too_long_is_emptied_before_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut rec, firsts) = spool_with_a_spare(dir.path());
+    rec.spool.set_reuse_within(Duration::ZERO);
+    let (on_disk, records) = reused_len_after_one_record(&mut rec, dir.path(), firsts.len());
+    assert_eq!(on_disk, records);
+    assert_eq!(
+        read_after(&rec.spool, firsts[1] - 1).len() as u64,
+        rec.spool.head() - firsts[1] + 1
+    );
+}
+
+/// A spare found at open has no known age: it is emptied before reuse too. A recent one is
+/// reused as it is (the old bytes past the new record).
+#[test]
+fn a_spare_found_at_open_is_emptied_before_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rec, firsts) = spool_with_a_spare(dir.path());
+    drop(rec);
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    let (on_disk, records) = reused_len_after_one_record(&mut rec, dir.path(), firsts.len());
+    assert_eq!(on_disk, records);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut rec, firsts) = spool_with_a_spare(dir.path());
+    let (on_disk, records) = reused_len_after_one_record(&mut rec, dir.path(), firsts.len());
+    assert!(on_disk > records, "{on_disk} > {records}");
+}
