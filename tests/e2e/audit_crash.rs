@@ -91,13 +91,13 @@ async fn kill_9_with_a_full_spool_then_restart_delivers_everything() {
     // The SIEM is down during the first run: its port is reserved but nothing listens.
     let hec = HttpReceiver::stopped(Protocol::Hec(HEC_TOKEN.into()), free_port());
     let mut listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let config = CONFIG
-        .replace("listen = \"127.0.0.1:0\"", "listen = \"{LISTEN}\"")
-        .replace("{UPSTREAM}", &up.addr.to_string())
-        + &format!(
+    let config = gateway_config(
+        up.addr,
+        &format!(
             "\n[audit]\ngateway = \"gw-crash\"\n[audit.spool]\ndir = \"spool\"\nfsync = \"never\"\n[[audit.sinks]]\ntype = \"splunk_hec\"\nname = \"hec\"\nurl = \"{}\"\ntoken_file = \"hec.token\"\nbatch_wait = \"10ms\"\nretry_initial = \"10ms\"\nretry_max = \"50ms\"\n",
             hec.url()
-        );
+        ),
+    );
     // The first run on one worker thread (a current-thread runtime), the second on the
     // default multi-thread one: the spool survives either.
     let mut first = spawn_with(
@@ -211,14 +211,14 @@ async fn kill_9_while_a_reused_spool_segment_is_active_loses_nothing() {
     let spool = dir.path().join("spool");
     let file = dir.path().join("audit.jsonl");
     let mut listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let config = CONFIG
-        .replace("listen = \"127.0.0.1:0\"", "listen = \"{LISTEN}\"")
-        .replace("{UPSTREAM}", &up.addr.to_string())
-        + &format!(
+    let config = gateway_config(
+        up.addr,
+        &format!(
             "\n[audit]\ngateway = \"gw-reuse\"\nfsync_interval = \"10ms\"\n[audit.spool]\ndir = \"{}\"\nsegment_size = \"4KiB\"\n[[audit.sinks]]\ntype = \"file\"\nname = \"file\"\npath = \"{}\"\nbatch_wait = \"5ms\"\n",
             spool.display(),
             file.display()
-        );
+        ),
+    );
     let mut first = spawn(dir.path(), &config, &mut listen);
     let t = token("vic", "acme");
     let mut request_ids = Vec::new();
@@ -275,6 +275,15 @@ async fn kill_9_while_a_reused_spool_segment_is_active_loses_nothing() {
     );
 }
 
+/// The e2e fixture config for a gateway in front of `upstream` (its listen address a
+/// `{LISTEN}` placeholder for `spawn`), plus `extra` TOML.
+fn gateway_config(upstream: SocketAddr, extra: &str) -> String {
+    CONFIG
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"{LISTEN}\"")
+        .replace("{UPSTREAM}", &upstream.to_string())
+        + extra
+}
+
 fn file_events(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -289,13 +298,13 @@ async fn kill_9_in_buffered_mode_with_queued_events_counts_the_loss_at_restart()
     let up = Upstream::start().await;
     let file = dir.path().join("audit.jsonl");
     let mut listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let config = CONFIG
-        .replace("listen = \"127.0.0.1:0\"", "listen = \"{LISTEN}\"")
-        .replace("{UPSTREAM}", &up.addr.to_string())
-        + &format!(
+    let config = gateway_config(
+        up.addr,
+        &format!(
             "\n[audit]\ngateway = \"gw-loss\"\ndurability = \"buffered\"\n[audit.spool]\ndir = \"spool\"\nfsync = \"never\"\n[[audit.sinks]]\ntype = \"file\"\nname = \"file\"\npath = \"{}\"\n",
             file.display()
-        );
+        ),
+    );
     // The writer stops after 5 events, as on a stuck disk; buffered requests keep being
     // answered, so their events wait in the queue when the process is killed.
     let stalled = 5;
@@ -378,9 +387,7 @@ async fn access_lines_reach_stderr_from_the_buffered_log_writer() {
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start().await;
     let mut listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let config = CONFIG
-        .replace("listen = \"127.0.0.1:0\"", "listen = \"{LISTEN}\"")
-        .replace("{UPSTREAM}", &up.addr.to_string());
+    let config = gateway_config(up.addr, "");
     let mut child = spawn_with(dir.path(), &config, &mut listen, &[("RUST_LOG", "info")]);
     let log_path = dir.path().join("gateway.log");
     let access_lines = || {
@@ -505,13 +512,13 @@ async fn sigterm_without_a_disk_spool_delivers_every_event_before_exit() {
     let up = Upstream::start().await;
     let file = dir.path().join("audit.jsonl");
     let mut listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let config = CONFIG
-        .replace("listen = \"127.0.0.1:0\"", "listen = \"{LISTEN}\"")
-        .replace("{UPSTREAM}", &up.addr.to_string())
-        + &format!(
+    let config = gateway_config(
+        up.addr,
+        &format!(
             "\n[audit]\ngateway = \"gw-term\"\n[[audit.sinks]]\ntype = \"file\"\nname = \"file\"\npath = \"{}\"\nbatch_wait = \"10s\"\n[[audit.sinks]]\ntype = \"stdout\"\nname = \"stdout\"\nbatch_wait = \"10s\"\n",
             file.display()
-        );
+        ),
+    );
     let mut child = spawn(dir.path(), &config, &mut listen);
     let n = 9;
     let request_ids = decisions(listen, n).await;
@@ -551,13 +558,13 @@ async fn sigterm_with_the_siem_down_exits_within_the_shutdown_timeout() {
     // Nothing listens on the HEC port.
     let hec = HttpReceiver::stopped(Protocol::Hec(HEC_TOKEN.into()), free_port());
     let mut listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let config = CONFIG
-        .replace("listen = \"127.0.0.1:0\"", "listen = \"{LISTEN}\"")
-        .replace("{UPSTREAM}", &up.addr.to_string())
-        + &format!(
+    let config = gateway_config(
+        up.addr,
+        &format!(
             "\n[limits]\nshutdown_timeout = \"1s\"\n[audit]\ngateway = \"gw-down\"\n[[audit.sinks]]\ntype = \"splunk_hec\"\nname = \"hec\"\nurl = \"{}\"\ntoken_file = \"hec.token\"\nbatch_wait = \"10s\"\nretry_initial = \"10ms\"\nretry_max = \"100ms\"\n",
             hec.url()
-        );
+        ),
+    );
     let mut child = spawn(dir.path(), &config, &mut listen);
     let n = 5;
     decisions(listen, n).await;
