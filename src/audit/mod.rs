@@ -142,6 +142,11 @@ pub(crate) fn give_way() {
 /// How long background work runs at most before `give_way` yields.
 const GIVE_WAY_EVERY: Duration = Duration::from_micros(100);
 
+/// Bytes written after which the spool's background sync and the file sink sync before their
+/// interval is up: one `fdatasync` of a whole interval's writeback held the core a request
+/// thread shared for over a millisecond (`give_way`). More, smaller syncs only add durability.
+pub(crate) const SYNC_EARLY_BYTES: u64 = 1 << 20;
+
 pub(crate) fn refresh_full(spool: &Spool, counters: &Counters) {
     let full = spool.used().saturating_add(FULL_MARGIN) > spool.max_size();
     counters.full.store(full, Ordering::Relaxed);

@@ -37,6 +37,7 @@
 //            (segment, offset), pushed after their write succeeded; a reader that misses it
 //            reads the file, so the tail is a cache, never the only copy.
 
+use super::SYNC_EARLY_BYTES;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -693,9 +694,6 @@ struct BackgroundSync {
     /// closed and ends.
     nudge: mpsc::Sender<()>,
 }
-
-/// Appended bytes after which the background sync runs before its interval is up.
-const SYNC_EARLY_BYTES: u64 = 1 << 20;
 
 /// What the sync thread syncs: a handle on the active segment, and whether it was written to
 /// since the last sync.

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::SinkError;
-use crate::audit::format;
 use crate::audit::spool::Record;
+use crate::audit::{SYNC_EARLY_BYTES, format};
 use crate::config::{AuditFormat, FsyncPolicy};
 
 /// How often a file sink syncs and acknowledges while events flow, from the spool's `fsync`
@@ -40,11 +40,6 @@ pub(crate) fn sync_interval(fsync: FsyncPolicy, fsync_interval: Duration) -> Dur
 /// Events rendered and written in one go: about 40 KB of JSON, well under a scheduler slice
 /// of work even in the costlier formats (`crate::audit::give_way`).
 const SLICE_EVENTS: usize = 64;
-
-/// Bytes written after which the worker syncs before `sync_interval` is up: a whole interval's
-/// writeback queued by one `fdatasync` held the core a request thread shared for over a
-/// millisecond (the spool's background sync does the same).
-const SYNC_EARLY_BYTES: u64 = 1 << 20;
 
 fn render_lines(format: AuditFormat, batch: &[Record], out: &mut Vec<u8>) {
     for r in batch {

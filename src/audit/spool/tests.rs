@@ -154,6 +154,16 @@ fn append_one_by_one(writer: &mut SpoolWriter, seqs: std::ops::RangeInclusive<u6
     }
 }
 
+/// A spool whose sink `s` acknowledged nothing yet, holding records 1..=100 one append each,
+/// in at least three segments; and their first seqs.
+fn spool_of_100(dir: &Path) -> (Recovered, Vec<u64>) {
+    let mut rec = Spool::open(&options(dir), &["s".to_owned()]).unwrap();
+    append_one_by_one(&mut rec.writer, 1..=100);
+    let firsts = segment_firsts(&rec.spool);
+    assert!(firsts.len() >= 3, "{firsts:?}");
+    (rec, firsts)
+}
+
 fn only_segment(dir: &Path) -> PathBuf {
     let segs: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
@@ -241,10 +251,7 @@ fn corrupt_record_in_an_older_segment_is_skipped_and_counted() {
 #[test]
 fn a_release_cut_short_by_a_crash_is_finished_by_the_next_ack() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
-    append_one_by_one(&mut rec.writer, 1..=100);
-    let firsts = segment_firsts(&rec.spool);
-    assert!(firsts.len() >= 3, "{firsts:?}");
+    let (rec, firsts) = spool_of_100(dir.path());
     // The sink acknowledged everything before the second segment; the crash came while the
     // first one was being shrunk: it ends in the middle of a record.
     let cursor = firsts[1] - 1;
@@ -657,10 +664,7 @@ fn expected(seqs: std::ops::RangeInclusive<u64>) -> Vec<Record> {
 /// A spool holding records 1..=100 in several segments whose sink acknowledged the first
 /// segment, which is now the spare; and the segments' first seqs from before that.
 fn spool_with_a_spare(dir: &Path) -> (Recovered, Vec<u64>) {
-    let mut rec = Spool::open(&options(dir), &["s".to_owned()]).unwrap();
-    append_one_by_one(&mut rec.writer, 1..=100);
-    let firsts = segment_firsts(&rec.spool);
-    assert!(firsts.len() >= 3, "{firsts:?}");
+    let (rec, firsts) = spool_of_100(dir);
     let released = Spool::segment_path(dir, firsts[0]);
     let released_inode = inode(&released);
     rec.spool.ack("s", firsts[1] - 1).unwrap();
@@ -835,9 +839,7 @@ fn reuse_keeps_the_files_within_max_size_and_costs_no_room() {
 #[test]
 fn a_segment_opened_too_long_ago_is_removed_not_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
-    append_one_by_one(&mut rec.writer, 1..=100);
-    let firsts = segment_firsts(&rec.spool);
+    let (rec, firsts) = spool_of_100(dir.path());
     rec.spool.set_reuse_within(Duration::ZERO);
     rec.spool.ack("s", firsts[1] - 1).unwrap();
     assert!(!Spool::segment_path(dir.path(), firsts[0]).exists());
