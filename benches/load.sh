@@ -29,8 +29,9 @@
 #      pc-file and pc-redis-audit (INSTR_VARIANTS; `nginx` runs the proxy's worker without a
 #      master) under callgrind; needs valgrind. Repeatable
 #      to ~0.1 %, where the wall-clock phases move by ±10 % from run to run on these VMs.
-#   5. kernel (not in the default PHASES): per request at peak, user and system CPU, system calls
-#      and context switches of nginx, pc-file and pc-redis-audit (KERNEL_VARIANTS); needs perf.
+#   5. kernel (not in the default PHASES): per request at peak, user and system CPU, system calls,
+#      context switches and disk reads of nginx, pc-file and pc-redis-audit (KERNEL_VARIANTS);
+#      needs perf.
 #
 # CPU layout (2 cores): core SUT_CPU runs every server-side process (upstream nginx, the proxy
 # under test, redis); core LOADGEN_CPU runs only the load generator. nginx proxies run with
@@ -598,14 +599,16 @@ fi
 # Where a request's CPU goes besides user space: per request, the hop's user and system CPU
 # (/proc), its system calls and context switches (perf stat software events on every process of
 # the hop's group), at peak (wrk -cCONNS, KERNEL_SECONDS, small body). Counts, unlike times,
-# hardly move between runs: the figure to judge a change in system calls or wake-ups by.
+# hardly move between runs: the figure to judge a change in system calls or wake-ups by. Disk
+# reads: block-layer reads the hop's processes issued themselves (a synchronous read stalls the
+# thread that needs the data; the request thread's appends must never need one).
 if [[ " $PHASES " == *" kernel "* ]]; then
   command -v perf >/dev/null || die "kernel: needs perf (apt-get install -y linux-perf)"
   {
     echo "## Kernel side per request (wrk -c$CONNS -d${KERNEL_SECONDS:-5}s, small body)"
     echo
-    echo "| variant | req/s | user µs | system µs | system calls | context switches |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| variant | req/s | user µs | system µs | system calls | context switches | disk reads / 100k |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
   } >"$RUN/kernel.md"
   for v in ${KERNEL_VARIANTS:-nginx pc-file pc-redis-audit}; do
     leader=${PID_OF[${HOP[$v]}]}
@@ -613,7 +616,8 @@ if [[ " $PHASES " == *" kernel "* ]]; then
     url="${URL[$v]}${PATH_OF[small]}"
     on_loadgen wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "$AUTH" "$url" >/dev/null 2>&1 || true
     read -r u0 s0 <<<"$(cpu_of --split "$leader")"
-    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pids" -o "$RUN/perf-$v.csv" &
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches -e block:block_rq_issue --filter 'rwbs ~ "R*"' \
+      -p "$pids" -o "$RUN/perf-$v.csv" &
     perf_pid=$!
     out=$(on_loadgen wrk -t1 -c"$CONNS" -d"${KERNEL_SECONDS:-5}s" -H "$AUTH" -s "$RUN/report.lua" "$url" 2>&1 || true)
     kill -INT "$perf_pid" 2>/dev/null || true
@@ -625,7 +629,8 @@ if [[ " $PHASES " == *" kernel "* ]]; then
       -v user="$(awk -v a="$u0" -v b="$u1" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')" \
       -v sys="$(awk -v a="$s0" -v b="$s1" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')" '
       $3 ~ /raw_syscalls:sys_enter/ { sc = $1 } $3 ~ /context-switches/ { cs = $1 }
-      END { printf "| %s | %.0f | %s | %s | %.2f | %.3f |", v, rps, user, sys, sc / n, cs / n }' "$RUN/perf-$v.csv")
+      $3 ~ /block:block_rq_issue/ { rd = $1 }
+      END { printf "| %s | %.0f | %s | %s | %.2f | %.3f | %.1f |", v, rps, user, sys, sc / n, cs / n, rd * 1e5 / n }' "$RUN/perf-$v.csv")
     log "kernel $v: $row"
     echo "$row" >>"$RUN/kernel.md"
   done

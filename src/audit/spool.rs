@@ -6,9 +6,9 @@
 //!   `[u32 len LE][u32 crc32c LE][u64 seq LE][len bytes payload]`; the CRC covers seq + payload.
 //! - `cursors/<sink>`: the last seq the sink's receiver acknowledged, as decimal text.
 //! - `reserved`: the crash-loss ticket counters (`loss.rs`), not part of the spool proper.
-//! - `spare`: at most one released segment kept for reuse (`SPARE`): the next segment is this
-//!   file renamed and overwritten from its start, so appends write into allocated, cached pages
-//!   instead of allocating (and later freeing) a new file's pages and blocks.
+//!
+//! Acknowledged segments are removed (shrunk in steps, then unlinked), never reused: see
+//! `LEFTOVER_SPARE`.
 //!
 //! Without a directory the same structure lives in memory (nothing survives a restart).
 //!
@@ -23,30 +23,23 @@
 //            mid-write); a corrupt record elsewhere is skipped to the next segment and counted.
 // INVARIANT: a cursor file is replaced atomically (write tmp, rename) and only after the
 //            receiver acknowledged every record up to it; so restart resumes without loss.
-// INVARIANT: a segment is deleted (or kept as the spare) only when every sink's cursor is
-//            past its last record, and the newest segment never is, so the chain head
-//            survives restarts.
+// INVARIANT: a segment is deleted only when every sink's cursor is past its last record,
+//            and the newest segment is never deleted, so the chain head survives restarts.
 // INVARIANT: total live bytes never exceed `max_size`: the writer checks before appending.
-//            Bytes kept for reuse (the spare, a reused segment's stale tail) come on top; the
-//            writer gives them back before the files together would exceed `max_size`.
-// INVARIANT: only the active segment can hold bytes past its last record (the stale tail of a
-//            reused file): a rotation cuts the old active segment to its records first, and
-//            the open scan stops at the first record that is torn, corrupt, older than the
-//            segment's name or not newer than the record before it, and cuts the file there.
 // INVARIANT: the in-memory tail of a disk spool holds only bytes the file holds at the same
 //            (segment, offset), pushed after their write succeeded; a reader that misses it
 //            reads the file, so the tail is a cache, never the only copy.
 
-use super::SYNC_EARLY_BYTES;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::SYNC_EARLY_BYTES;
 
 /// Record header: len, crc, seq.
 pub const HEADER: usize = 16;
@@ -168,8 +161,6 @@ struct Segment {
     first: u64,
     /// Bytes written and published.
     len: u64,
-    /// When the writer opened it (`None`: found at open): its first pages date from then.
-    opened: Option<Instant>,
 }
 
 /// State shared by the writer and the readers.
@@ -180,23 +171,6 @@ struct Index {
     head: u64,
     cursors: HashMap<String, u64>,
     total: u64,
-}
-
-/// The released segment kept for reuse (`Spool::release`, `SpoolWriter::open_segment`).
-const SPARE: &str = "spare";
-
-/// A segment is reused only if the writer opened it at most this long ago: its pages were
-/// written recently and are most likely still cached. Overwriting part of a page the kernel
-/// no longer holds reads it from disk first, on the thread that writes; a new file's pages
-/// never need that. Below about 1 MiB/s of events no segment qualifies, and none needs to.
-const REUSE_WITHIN: Duration = Duration::from_secs(60);
-
-/// The spare: its length, and when its first pages were written (`None`: unknown, found at
-/// open).
-#[derive(Debug, Clone, Copy)]
-struct Spare {
-    len: u64,
-    written_since: Option<Instant>,
 }
 
 /// The newest appends of a disk spool, as written: a sink that keeps up reads them from here,
@@ -259,14 +233,6 @@ pub struct Spool {
     segment_size: u64,
     /// Records skipped because their CRC or length was wrong.
     corrupt_skipped: AtomicU64,
-    /// One release at a time (each sink acknowledges from its own thread): two releases of
-    /// the same segment must not shrink the file the other just kept as the spare.
-    releasing: Mutex<()>,
-    /// The `SPARE` file, if there is one. Held across the rename that puts the file there or
-    /// takes it away, so the file and this never disagree.
-    spare: Mutex<Option<Spare>>,
-    /// `REUSE_WITHIN`, in nanoseconds (tests shorten it).
-    reuse_within_ns: AtomicU64,
 }
 
 /// What `open` recovered.
@@ -299,21 +265,18 @@ impl Spool {
             None => Storage::Memory(Mutex::new(HashMap::new())),
         };
         let mut segments = BTreeMap::new();
-        let mut spare = None;
         if let Storage::Disk(dir) = &storage {
-            match fs::metadata(dir.join(SPARE)) {
-                Ok(meta) => {
-                    spare = Some(Spare {
-                        len: meta.len(),
-                        written_since: None,
-                    })
-                }
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                Err(err) => return Err(io_err(&dir.join(SPARE))(err)),
-            }
             for entry in fs::read_dir(dir).map_err(io_err(dir))? {
                 let entry = entry.map_err(io_err(dir))?;
                 let name = entry.file_name();
+                if name == LEFTOVER_SPARE {
+                    // Builds of 2026-12-07 kept an acknowledged segment here for reuse: its
+                    // records are all delivered, and overwriting it read dropped pages back
+                    // from disk on the request thread. Remove it.
+                    let path = entry.path();
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                    continue;
+                }
                 let Some(first) = name
                     .to_str()
                     .and_then(|n| n.strip_suffix(".seg"))
@@ -322,14 +285,7 @@ impl Spool {
                     continue;
                 };
                 let len = entry.metadata().map_err(io_err(dir))?.len();
-                segments.insert(
-                    first,
-                    Segment {
-                        first,
-                        len,
-                        opened: None,
-                    },
-                );
+                segments.insert(first, Segment { first, len });
             }
         }
         let spool = Spool {
@@ -344,11 +300,6 @@ impl Spool {
             max_size: options.max_size,
             segment_size: options.segment_size.max(HEADER as u64 + 1),
             corrupt_skipped: AtomicU64::new(0),
-            releasing: Mutex::new(()),
-            spare: Mutex::new(spare),
-            reuse_within_ns: AtomicU64::new(
-                u64::try_from(REUSE_WITHIN.as_nanos()).unwrap_or(u64::MAX),
-            ),
         };
         let last = spool.recover_tail()?;
         let head = last.as_ref().map_or(0, |r| r.seq);
@@ -367,7 +318,6 @@ impl Spool {
         let writer = SpoolWriter {
             spool: spool.clone(),
             active,
-            physical: active.map_or(0, |seg| seg.len),
             file: None,
             dirty: false,
             background: None,
@@ -389,22 +339,6 @@ impl Spool {
 
     fn segment_path(dir: &Path, first: u64) -> PathBuf {
         dir.join(format!("{first:020}.seg"))
-    }
-
-    fn spare(&self) -> MutexGuard<'_, Option<Spare>> {
-        self.spare.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether pages first written at `since` are recent enough to reuse (`REUSE_WITHIN`).
-    fn recent(&self, since: Option<Instant>) -> bool {
-        let within = Duration::from_nanos(self.reuse_within_ns.load(Ordering::Relaxed));
-        since.is_some_and(|since| since.elapsed() < within)
-    }
-
-    #[cfg(test)]
-    fn set_reuse_within(&self, within: Duration) {
-        let ns = u64::try_from(within.as_nanos()).unwrap_or(u64::MAX);
-        self.reuse_within_ns.store(ns, Ordering::Relaxed);
     }
 
     fn tail(&self) -> MutexGuard<'_, Tail> {
@@ -444,24 +378,18 @@ impl Spool {
             let len = self.lock().segments.get(first).map_or(0, |s| s.len);
             let buf = self.read_segment(*first, 0, len)?;
             let mut at = 0;
-            let mut last: Option<(u64, usize, usize)> = None;
+            let mut last = None;
             while let Decoded::Record {
                 seq,
                 payload_at,
                 len,
             } = decode_at(&buf, at, true)
             {
-                // A reused file holds whole records of its earlier life past the new ones:
-                // older than this segment, or than the record before.
-                if seq < *first || last.is_some_and(|(before, _, _)| seq <= before) {
-                    break;
-                }
                 last = Some((seq, payload_at, len));
                 at = payload_at + len;
             }
             if n == 0 && at < buf.len() {
-                // The newest segment ends in a torn or corrupt record (a crash mid-append) or
-                // in what a reused file held before.
+                // The newest segment ends in a torn or corrupt record: a crash mid-append.
                 let path = Self::segment_path(dir, *first);
                 let file = OpenOptions::new()
                     .write(true)
@@ -563,7 +491,6 @@ impl Spool {
     /// Delete segments every cursor is past. With no sinks at all nothing will ever read the
     /// spool, so everything but the newest segment (the chain head) goes.
     pub fn release(&self) -> Result<(), SpoolError> {
-        let _one_at_a_time = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
         let removable: Vec<u64> = {
             let index = self.lock();
             let min = index.cursors.values().copied().min().unwrap_or(index.head);
@@ -575,14 +502,11 @@ impl Spool {
                 .map(|w| w[0])
                 .collect()
         };
-        // Newest first: the segment kept as the spare is the one most likely still cached.
-        for first in removable.into_iter().rev() {
+        for first in removable {
             match &self.storage {
                 Storage::Disk(dir) => {
                     let path = Self::segment_path(dir, first);
-                    if self.keep_as_spare(dir, &path, first)? {
-                        // Its bytes leave the live total below; the spare is counted apart.
-                    } else if let Err(err) = shrink_in_steps(&path, |_| super::give_way())
+                    if let Err(err) = shrink_in_steps(&path, |_| super::give_way())
                         && err.kind() != io::ErrorKind::NotFound
                     {
                         return Err(io_err(&path)(err));
@@ -604,33 +528,6 @@ impl Spool {
             }
         }
         Ok(())
-    }
-
-    /// Rename the released segment `first` to the spare if there is none yet and its pages are
-    /// recent (`REUSE_WITHIN`). `false`: it was not kept (a spare exists, it is older, or the
-    /// file is gone), the caller removes it.
-    fn keep_as_spare(&self, dir: &Path, path: &Path, first: u64) -> Result<bool, SpoolError> {
-        let mut spare = self.spare();
-        if spare.is_some() {
-            return Ok(false);
-        }
-        let Some(seg) = self.lock().segments.get(&first).copied() else {
-            return Ok(false);
-        };
-        if !self.recent(seg.opened) {
-            return Ok(false);
-        }
-        match fs::rename(path, dir.join(SPARE)) {
-            Ok(()) => {
-                *spare = Some(Spare {
-                    len: seg.len,
-                    written_since: seg.opened,
-                });
-                Ok(true)
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(err) => Err(io_err(path)(err)),
-        }
     }
 
     /// Whether any sink reads this spool.
@@ -671,9 +568,6 @@ fn shrink_in_steps(path: &Path, mut between: impl FnMut(u64)) -> io::Result<()> 
 pub struct SpoolWriter {
     spool: Arc<Spool>,
     active: Option<Segment>,
-    /// The active segment's file length: past `active.len` when the file is a reused spare
-    /// whose old bytes are not overwritten yet.
-    physical: u64,
     file: Option<File>,
     dirty: bool,
     /// `fsync = "interval"` on its own thread (`sync_in_background`).
@@ -694,6 +588,9 @@ struct BackgroundSync {
     /// closed and ends.
     nudge: mpsc::Sender<()>,
 }
+
+/// The released segment earlier builds kept for reuse (`Spool::open` removes it).
+const LEFTOVER_SPARE: &str = "spare";
 
 /// What the sync thread syncs: a handle on the active segment, and whether it was written to
 /// since the last sync.
@@ -753,9 +650,7 @@ impl SpoolWriter {
     /// then publish them to readers.
     pub fn append(&mut self, first: u64, last: u64, records: &[u8]) -> Result<(), SpoolError> {
         let len = records.len() as u64;
-        // Its own handle: the writer's methods below borrow it mutably while a path is held.
-        let spool = Arc::clone(&self.spool);
-        let used = spool.used();
+        let used = self.spool.used();
         if used.saturating_add(len) > self.spool.max_size {
             return Err(SpoolError::Full {
                 used,
@@ -763,16 +658,18 @@ impl SpoolWriter {
             });
         }
         if self.needs_rotation(len) {
-            self.retire_active()?;
-            let seg = Segment {
-                first,
-                len: 0,
-                opened: Some(Instant::now()),
-            };
-            self.physical = 0;
-            if let Storage::Disk(dir) = &spool.storage {
-                self.file = Some(self.open_segment(dir, first)?);
-                // Make the new file's directory entry durable.
+            self.sync()?;
+            self.file = None;
+            let seg = Segment { first, len: 0 };
+            if let Storage::Disk(dir) = &self.spool.storage {
+                let path = Spool::segment_path(dir, first);
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                // Make the new file's directory entry durable with the next fsync of the dir.
+                self.file = Some(file);
                 if let Ok(d) = File::open(dir) {
                     let _ = d.sync_all();
                 }
@@ -784,30 +681,24 @@ impl SpoolWriter {
         let Some(mut seg) = self.active else {
             return Ok(());
         };
-        match &spool.storage {
+        match &self.spool.storage {
             Storage::Disk(dir) => {
-                if self.spare_bytes().saturating_add(used + len) > self.spool.max_size {
-                    self.give_back_spare_bytes(dir, seg)?;
-                }
                 if self.file.is_none() {
                     let path = Spool::segment_path(dir, seg.first);
                     self.file = Some(
                         OpenOptions::new()
-                            .write(true)
+                            .append(true)
                             .open(&path)
                             .map_err(io_err(&path))?,
                     );
                     self.publish_file();
                 }
-                // Positioned, not appended: a reused file is written from its start.
-                if let Some(file) = &self.file
-                    && let Err(err) = file.write_all_at(records, seg.len)
+                if let Some(file) = &mut self.file
+                    && let Err(err) = file.write_all(records)
                 {
                     // Cut a partial write back so readers and the next open see whole records.
                     let path = Spool::segment_path(dir, seg.first);
-                    if file.set_len(seg.len).is_ok() {
-                        self.physical = seg.len;
-                    }
+                    let _ = file.set_len(seg.len);
                     return Err(io_err(&path)(err));
                 }
                 self.spool.tail().push(seg.first, seg.len, records);
@@ -821,7 +712,6 @@ impl SpoolWriter {
             }
         }
         seg.len += len;
-        self.physical = self.physical.max(seg.len);
         self.active = Some(seg);
         self.dirty = true;
         if let Some(bg) = &self.background {
@@ -837,96 +727,6 @@ impl SpoolWriter {
         }
         index.total += len;
         index.head = last;
-        Ok(())
-    }
-
-    /// Close the active segment before a new one opens: cut a reused file's stale tail (only
-    /// the active segment may have one) and sync it.
-    fn retire_active(&mut self) -> Result<(), SpoolError> {
-        if let (Some(file), Some(seg), Storage::Disk(dir)) =
-            (&self.file, self.active, &self.spool.storage)
-            && self.physical > seg.len
-        {
-            let path = Spool::segment_path(dir, seg.first);
-            file.set_len(seg.len).map_err(io_err(&path))?;
-            self.physical = seg.len;
-            // The cut must be durable before the next segment's name is.
-            self.dirty = true;
-        }
-        self.sync()?;
-        self.file = None;
-        Ok(())
-    }
-
-    /// The file of a new segment: the spare renamed, if there is one, else a new file. A spare
-    /// whose pages are no longer recent (`REUSE_WITHIN`) is emptied first: it is then a new
-    /// file, with nothing to read back before a partial page is overwritten.
-    fn open_segment(&mut self, dir: &Path, first: u64) -> Result<File, SpoolError> {
-        let path = Spool::segment_path(dir, first);
-        {
-            let mut spare = self.spool.spare();
-            if let Some(kept) = *spare {
-                match fs::rename(dir.join(SPARE), &path) {
-                    Ok(()) => {
-                        *spare = None;
-                        drop(spare);
-                        let file = OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .map_err(io_err(&path))?;
-                        self.physical = kept.len;
-                        if !self.spool.recent(kept.written_since) {
-                            file.set_len(0).map_err(io_err(&path))?;
-                            self.physical = 0;
-                        }
-                        return Ok(file);
-                    }
-                    Err(err) => {
-                        // Gone or unusable: a new file does as well.
-                        *spare = None;
-                        tracing::warn!(error = %err, "Cannot reuse the audit spool's spare segment.");
-                    }
-                }
-            }
-        }
-        OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_err(&path))
-    }
-
-    /// Bytes on disk beyond the live records: the spare and the active file's stale tail.
-    fn spare_bytes(&self) -> u64 {
-        let stale = self
-            .physical
-            .saturating_sub(self.active.map_or(0, |seg| seg.len));
-        stale.saturating_add(self.spool.spare().map_or(0, |spare| spare.len))
-    }
-
-    /// Remove the spare and cut the active file's stale tail: the spool is about to hold
-    /// `max_size` of live records, and reuse must not take it past that on disk.
-    fn give_back_spare_bytes(&mut self, dir: &Path, seg: Segment) -> Result<(), SpoolError> {
-        {
-            let mut spare = self.spool.spare();
-            if spare.is_some() {
-                let path = dir.join(SPARE);
-                match fs::remove_file(&path) {
-                    Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                        return Err(io_err(&path)(err));
-                    }
-                    _ => *spare = None,
-                }
-            }
-        }
-        if self.physical > seg.len
-            && let Some(file) = &self.file
-        {
-            let path = Spool::segment_path(dir, seg.first);
-            file.set_len(seg.len).map_err(io_err(&path))?;
-            self.physical = seg.len;
-        }
         Ok(())
     }
 

@@ -154,16 +154,6 @@ fn append_one_by_one(writer: &mut SpoolWriter, seqs: std::ops::RangeInclusive<u6
     }
 }
 
-/// A spool whose sink `s` acknowledged nothing yet, holding records 1..=100 one append each,
-/// in at least three segments; and their first seqs.
-fn spool_of_100(dir: &Path) -> (Recovered, Vec<u64>) {
-    let mut rec = Spool::open(&options(dir), &["s".to_owned()]).unwrap();
-    append_one_by_one(&mut rec.writer, 1..=100);
-    let firsts = segment_firsts(&rec.spool);
-    assert!(firsts.len() >= 3, "{firsts:?}");
-    (rec, firsts)
-}
-
 fn only_segment(dir: &Path) -> PathBuf {
     let segs: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
@@ -191,6 +181,25 @@ fn torn_tail_is_truncated_at_open() {
     let mut r = rec.spool.reader("s");
     r.rewind(0);
     assert_eq!(r.read(100, usize::MAX).unwrap().len(), 5);
+}
+
+/// A released segment an earlier build kept for reuse holds only delivered records: the open
+/// removes it, and the spool recovers and continues from its real segments.
+#[test]
+fn a_spare_left_by_an_earlier_build_is_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 5);
+    let spare = dir.path().join(LEFTOVER_SPARE);
+    let mut old = Vec::new();
+    encode_record(&mut old, 1, &payload(1, 50));
+    fs::write(&spare, &old).unwrap();
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    assert!(!spare.exists(), "the leftover spare is removed");
+    assert_eq!(rec.last.as_ref().unwrap().seq, 5);
+    append_record(&mut rec.writer, 6, &payload(6, 50));
+    let mut r = rec.spool.reader("s");
+    r.rewind(0);
+    assert_eq!(read_seqs(&mut r), (1..=6).collect::<Vec<_>>());
 }
 
 #[test]
@@ -251,7 +260,10 @@ fn corrupt_record_in_an_older_segment_is_skipped_and_counted() {
 #[test]
 fn a_release_cut_short_by_a_crash_is_finished_by_the_next_ack() {
     let dir = tempfile::tempdir().unwrap();
-    let (rec, firsts) = spool_of_100(dir.path());
+    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
+    append_one_by_one(&mut rec.writer, 1..=100);
+    let firsts = segment_firsts(&rec.spool);
+    assert!(firsts.len() >= 3, "{firsts:?}");
     // The sink acknowledged everything before the second segment; the crash came while the
     // first one was being shrunk: it ends in the middle of a record.
     let cursor = firsts[1] - 1;
@@ -628,266 +640,4 @@ fn a_record_finished_in_place_equals_an_encoded_one() {
             }
         );
     }
-}
-
-/// The inode of a file (which file a path names, across renames).
-fn inode(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata(path).unwrap().ino()
-}
-
-/// Bytes of every file in the spool directory (segments and the spare).
-fn bytes_on_disk(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
-}
-
-/// Every record after `after`, payloads included, read from the files by a fresh reader.
-fn read_after(spool: &Arc<Spool>, after: u64) -> Vec<Record> {
-    let mut reader = spool.reader("s");
-    reader.rewind(after);
-    reader.read(usize::MAX, usize::MAX).unwrap()
-}
-
-fn expected(seqs: std::ops::RangeInclusive<u64>) -> Vec<Record> {
-    seqs.map(|seq| Record {
-        seq,
-        payload: payload(seq, 50).into(),
-    })
-    .collect()
-}
-
-/// A spool holding records 1..=100 in several segments whose sink acknowledged the first
-/// segment, which is now the spare; and the segments' first seqs from before that.
-fn spool_with_a_spare(dir: &Path) -> (Recovered, Vec<u64>) {
-    let (rec, firsts) = spool_of_100(dir);
-    let released = Spool::segment_path(dir, firsts[0]);
-    let released_inode = inode(&released);
-    rec.spool.ack("s", firsts[1] - 1).unwrap();
-    assert!(!released.exists());
-    assert_eq!(inode(&dir.join(SPARE)), released_inode, "kept, not deleted");
-    (rec, firsts)
-}
-
-/// Append one record after another from `seq` until there are `segments` segments; the seq
-/// after the last one appended.
-fn append_until_segments(rec: &mut Recovered, mut seq: u64, segments: usize) -> u64 {
-    while segment_firsts(&rec.spool).len() < segments {
-        append_one_by_one(&mut rec.writer, seq..=seq);
-        seq += 1;
-    }
-    seq
-}
-
-/// A released segment is kept as the spare and becomes the next segment: the same file,
-/// overwritten from its start. Its old records past the new ones are never read, and the
-/// rotation away from it cuts them off.
-#[test]
-fn a_released_segment_becomes_the_next_segment() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut rec, firsts) = spool_with_a_spare(dir.path());
-    let spare = dir.path().join(SPARE);
-    let released_inode = inode(&spare);
-    let released_len = fs::metadata(&spare).unwrap().len();
-    assert_eq!(rec.spool.used(), bytes_on_disk(dir.path()) - released_len);
-
-    // Fill the active segment until the next one opens: it is the spare.
-    let mut seq = append_until_segments(&mut rec, 101, firsts.len());
-    let newest = *segment_firsts(&rec.spool).last().unwrap();
-    assert_eq!(newest, seq - 1);
-    let reused = Spool::segment_path(dir.path(), newest);
-    assert_eq!(inode(&reused), released_inode);
-    assert!(!spare.exists());
-    assert_eq!(
-        fs::metadata(&reused).unwrap().len(),
-        released_len,
-        "overwritten from its start, old bytes still past the new record"
-    );
-    assert_eq!(
-        read_after(&rec.spool, firsts[1] - 1),
-        expected(firsts[1]..=newest)
-    );
-
-    // Rotating away from it cuts its old bytes off. Longer records than before, so that the
-    // old bytes do not end where the new ones do.
-    let mut want = expected(newest..=newest);
-    while segment_firsts(&rec.spool).last() == Some(&newest) {
-        let longer = payload(seq, 70);
-        append_record(&mut rec.writer, seq, &longer);
-        want.push(Record {
-            seq,
-            payload: longer.into(),
-        });
-        seq += 1;
-    }
-    want.pop(); // the one that opened the next segment
-    let reused_len = rec.spool.lock().segments[&newest].len;
-    assert!(reused_len < released_len, "{reused_len} < {released_len}");
-    assert_eq!(fs::metadata(&reused).unwrap().len(), reused_len);
-    let mut got = read_after(&rec.spool, newest - 1);
-    got.truncate(want.len());
-    assert_eq!(got, want);
-    assert_eq!(rec.spool.corrupt_skipped(), 0);
-}
-
-/// A crash while the active segment is a reused file: the open stops at the old records past
-/// the new ones (valid, but older), cuts them off, and the chain head is the newest record.
-#[test]
-fn the_open_cuts_the_old_records_of_a_reused_active_segment() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut rec, firsts) = spool_with_a_spare(dir.path());
-    let seq = append_until_segments(&mut rec, 101, firsts.len());
-    // Two records into the reused file, then the process dies.
-    append_one_by_one(&mut rec.writer, seq..=seq + 1);
-    let last = seq + 1;
-    let newest = *segment_firsts(&rec.spool).last().unwrap();
-    let reused = Spool::segment_path(dir.path(), newest);
-    let written = rec.spool.lock().segments[&newest].len;
-    assert!(fs::metadata(&reused).unwrap().len() > written);
-    drop(rec);
-
-    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
-    assert_eq!(rec.last.as_ref().map(|r| r.seq), Some(last));
-    assert_eq!(
-        rec.last.as_ref().map(|r| r.payload.clone()),
-        Some(payload(last, 50).into())
-    );
-    assert_eq!(fs::metadata(&reused).unwrap().len(), written);
-    assert_eq!(
-        read_after(&rec.spool, firsts[1] - 1),
-        expected(firsts[1]..=last)
-    );
-    append_one_by_one(&mut rec.writer, last + 1..=last + 3);
-    assert_eq!(
-        read_after(&rec.spool, newest - 1),
-        expected(newest..=last + 3)
-    );
-    assert_eq!(rec.spool.corrupt_skipped(), 0);
-}
-
-/// A crash right after the spare was renamed to the next segment's name, before anything was
-/// written to it: the open finds only old records there, empties it, and the head is the
-/// previous segment's last record.
-#[test]
-fn a_crash_before_the_first_write_into_a_reused_file_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (rec, firsts) = spool_with_a_spare(dir.path());
-    drop(rec);
-    let next = Spool::segment_path(dir.path(), 101);
-    fs::rename(dir.path().join(SPARE), &next).unwrap();
-
-    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
-    assert_eq!(rec.last.as_ref().map(|r| r.seq), Some(100));
-    assert_eq!(fs::metadata(&next).unwrap().len(), 0);
-    assert_eq!(
-        read_after(&rec.spool, firsts[1] - 1),
-        expected(firsts[1]..=100)
-    );
-    append_one_by_one(&mut rec.writer, 101..=103);
-    assert_eq!(read_after(&rec.spool, 100), expected(101..=103));
-    assert_eq!(rec.spool.corrupt_skipped(), 0);
-}
-
-/// What reuse keeps (the spare, a reused file's old bytes) never takes the spool's files past
-/// `max_size`, and never costs live records room: the spool is full only when its records
-/// alone would exceed it.
-#[test]
-fn reuse_keeps_the_files_within_max_size_and_costs_no_room() {
-    let dir = tempfile::tempdir().unwrap();
-    let max = 2000;
-    let opts = disk_options(dir.path(), max, 500);
-    let mut rec = Spool::open(&opts, &["s".to_owned()]).unwrap();
-    let mut seq = 1;
-    let mut spares = 0;
-    let fill_up = |rec: &mut Recovered, seq: &mut u64| {
-        loop {
-            let mut buf = Vec::new();
-            encode_record(&mut buf, *seq, &payload(*seq, 50));
-            let appended = rec.writer.append(*seq, *seq, &buf);
-            assert!(bytes_on_disk(dir.path()) <= max, "at seq {seq}");
-            match appended {
-                Ok(()) => *seq += 1,
-                Err(err) => {
-                    assert!(matches!(err, SpoolError::Full { .. }), "{err}");
-                    assert!(rec.spool.used() + 66 > max, "full at {}", rec.spool.used());
-                    break;
-                }
-            }
-        }
-    };
-    for _ in 0..4 {
-        fill_up(&mut rec, &mut seq);
-        // The sink acknowledges the oldest segment only: it becomes the spare while the
-        // spool is nearly full, then the spool fills up again.
-        let firsts = segment_firsts(&rec.spool);
-        rec.spool.ack("s", firsts[1] - 1).unwrap();
-        spares += u64::from(dir.path().join(SPARE).exists());
-        fill_up(&mut rec, &mut seq);
-        rec.spool.ack("s", seq - 1).unwrap();
-    }
-    assert!(spares > 0, "a spare was kept");
-    assert_eq!(read_after(&rec.spool, seq - 2).len(), 1);
-    assert_eq!(rec.spool.corrupt_skipped(), 0);
-}
-
-/// A segment the writer opened longer ago than `REUSE_WITHIN` is not kept as the spare: its
-/// pages may be gone from the cache, and overwriting part of one would read it back first.
-#[test]
-fn a_segment_opened_too_long_ago_is_removed_not_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let (rec, firsts) = spool_of_100(dir.path());
-    rec.spool.set_reuse_within(Duration::ZERO);
-    rec.spool.ack("s", firsts[1] - 1).unwrap();
-    assert!(!Spool::segment_path(dir.path(), firsts[0]).exists());
-    assert!(!dir.path().join(SPARE).exists());
-    assert_eq!(rec.spool.used(), bytes_on_disk(dir.path()));
-}
-
-/// The spare's size after the next segment took it over with one record written.
-fn reused_len_after_one_record(rec: &mut Recovered, dir: &Path, segments: usize) -> (u64, u64) {
-    let spare_inode = inode(&dir.join(SPARE));
-    let seq = append_until_segments(rec, rec.spool.head() + 1, segments);
-    let newest = seq - 1;
-    let path = Spool::segment_path(dir, newest);
-    assert_eq!(inode(&path), spare_inode, "the spare was taken over");
-    (
-        fs::metadata(&path).unwrap().len(),
-        rec.spool.lock().segments[&newest].len,
-    )
-}
-
-/// A spare kept longer than `REUSE_WITHIN` before the next segment opens is emptied first:
-/// the new segment holds its records and nothing else.
-#[test]
-fn a_spare_kept_too_long_is_emptied_before_reuse() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut rec, firsts) = spool_with_a_spare(dir.path());
-    rec.spool.set_reuse_within(Duration::ZERO);
-    let (on_disk, records) = reused_len_after_one_record(&mut rec, dir.path(), firsts.len());
-    assert_eq!(on_disk, records);
-    assert_eq!(
-        read_after(&rec.spool, firsts[1] - 1).len() as u64,
-        rec.spool.head() - firsts[1] + 1
-    );
-}
-
-/// A spare found at open has no known age: it is emptied before reuse too. A recent one is
-/// reused as it is (the old bytes past the new record).
-#[test]
-fn a_spare_found_at_open_is_emptied_before_reuse() {
-    let dir = tempfile::tempdir().unwrap();
-    let (rec, firsts) = spool_with_a_spare(dir.path());
-    drop(rec);
-    let mut rec = Spool::open(&options(dir.path()), &["s".to_owned()]).unwrap();
-    let (on_disk, records) = reused_len_after_one_record(&mut rec, dir.path(), firsts.len());
-    assert_eq!(on_disk, records);
-
-    let dir = tempfile::tempdir().unwrap();
-    let (mut rec, firsts) = spool_with_a_spare(dir.path());
-    let (on_disk, records) = reused_len_after_one_record(&mut rec, dir.path(), firsts.len());
-    assert!(on_disk > records, "{on_disk} > {records}");
 }
