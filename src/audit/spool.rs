@@ -177,8 +177,9 @@ struct Index {
 /// not back from the file (an open, a read and a CRC check per batch on the sink thread).
 #[derive(Default)]
 struct Tail {
-    /// (segment, offset in it, the bytes written there), in append order.
-    chunks: VecDeque<(u64, u64, bytes::Bytes)>,
+    /// (segment, offset in it, the bytes written there, the memory they hold), in append order.
+    chunks: VecDeque<(u64, u64, bytes::Bytes, usize)>,
+    /// Memory the chunks hold: their buffers' capacities, not only their lengths.
     bytes: usize,
 }
 
@@ -187,16 +188,18 @@ struct Tail {
 const TAIL_BYTES: usize = 4 << 20;
 
 impl Tail {
-    fn push(&mut self, segment: u64, offset: u64, records: &[u8]) {
-        if records.len() > TAIL_BYTES {
+    /// Keep the writer's batch buffer itself (no copy of the records).
+    fn push(&mut self, segment: u64, offset: u64, records: Vec<u8>) {
+        let held = records.capacity();
+        if held > TAIL_BYTES {
             return;
         }
-        self.bytes += records.len();
+        self.bytes += held;
         self.chunks
-            .push_back((segment, offset, bytes::Bytes::copy_from_slice(records)));
+            .push_back((segment, offset, bytes::Bytes::from(records), held));
         while self.bytes > TAIL_BYTES {
             match self.chunks.pop_front() {
-                Some((_, _, data)) => self.bytes -= data.len(),
+                Some((_, _, _, held)) => self.bytes -= held,
                 None => break,
             }
         }
@@ -207,9 +210,9 @@ impl Tail {
     fn get(&self, segment: u64, offset: u64, to: u64) -> Option<bytes::Bytes> {
         let i = self
             .chunks
-            .partition_point(|&(s, o, _)| (s, o) <= (segment, offset))
+            .partition_point(|&(s, o, _, _)| (s, o) <= (segment, offset))
             .checked_sub(1)?;
-        let (_, start, data) = self.chunks.get(i).filter(|c| c.0 == segment)?;
+        let (_, start, data, _) = self.chunks.get(i).filter(|c| c.0 == segment)?;
         let from = usize::try_from(offset.checked_sub(*start)?).ok()?;
         let end = usize::try_from(to.saturating_sub(*start))
             .ok()?
@@ -218,8 +221,8 @@ impl Tail {
     }
 
     fn forget(&mut self, segment: u64) {
-        self.chunks.retain(|(s, _, _)| *s != segment);
-        self.bytes = self.chunks.iter().map(|(_, _, d)| d.len()).sum();
+        self.chunks.retain(|(s, _, _, _)| *s != segment);
+        self.bytes = self.chunks.iter().map(|(_, _, _, held)| held).sum();
     }
 }
 
@@ -647,8 +650,8 @@ impl SpoolWriter {
     }
 
     /// Append encoded records (`encode_record`) whose seqs are `first..=last`, with one write,
-    /// then publish them to readers.
-    pub fn append(&mut self, first: u64, last: u64, records: &[u8]) -> Result<(), SpoolError> {
+    /// then publish them to readers: a disk spool's tail keeps `records` as they are.
+    pub fn append(&mut self, first: u64, last: u64, records: Vec<u8>) -> Result<(), SpoolError> {
         let len = records.len() as u64;
         let used = self.spool.used();
         if used.saturating_add(len) > self.spool.max_size {
@@ -694,7 +697,7 @@ impl SpoolWriter {
                     self.publish_file();
                 }
                 if let Some(file) = &mut self.file
-                    && let Err(err) = file.write_all(records)
+                    && let Err(err) = file.write_all(&records)
                 {
                     // Cut a partial write back so readers and the next open see whole records.
                     let path = Spool::segment_path(dir, seg.first);
@@ -708,7 +711,7 @@ impl SpoolWriter {
                     .unwrap_or_else(|p| p.into_inner())
                     .entry(seg.first)
                     .or_default()
-                    .extend_from_slice(records);
+                    .extend_from_slice(&records);
             }
         }
         seg.len += len;

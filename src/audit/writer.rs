@@ -426,7 +426,10 @@ pub(crate) struct Core {
     since_checkpoint: u64,
     /// When the loss reservation may shrink next (`Tickets::settle`).
     settle_at: Option<Instant>,
+    /// The next batch's buffer: empty after a batch went to the spool, which keeps it.
     records: Vec<u8>,
+    /// The longest record of the last batch: sizes the next batch's buffer.
+    record_len: usize,
     saved_prev: String,
 }
 
@@ -477,7 +480,8 @@ impl Writer {
             closed: false,
             since_checkpoint: 0,
             settle_at: None,
-            records: Vec::with_capacity(1 << 20),
+            records: Vec::new(),
+            record_len: 1024,
             saved_prev: String::new(),
         }));
         if parts.fsync != FsyncPolicy::Always && parts.stall_after.is_none() {
@@ -693,6 +697,9 @@ impl Core {
         saved_prev: &mut String,
     ) -> Committed {
         records.clear();
+        // The spool keeps the buffer as its in-memory tail (memory counted by capacity): sized
+        // for this batch, grown only by a record longer than the last batch's longest.
+        records.reserve(self.jobs.len() * self.record_len);
         saved_prev.clear();
         saved_prev.push_str(self.chain.prev());
         let first = self.next_seq;
@@ -700,6 +707,7 @@ impl Core {
         let mut sync = false;
         let mut tickets = 0u64;
         let mut covers = 0u64;
+        let mut longest = 0;
         for p in self.jobs.iter_mut() {
             sync |= p.sync;
             tickets += u64::from(p.ticket);
@@ -712,6 +720,7 @@ impl Core {
                 continue;
             }
             finish_record(records, at, seq);
+            longest = longest.max(records.len() - at);
             covers += p.covers;
             seq += 1;
         }
@@ -723,7 +732,8 @@ impl Core {
         let result = if seq == first {
             Ok(())
         } else {
-            self.spool.append(first, last, records)
+            self.record_len = longest;
+            self.spool.append(first, last, std::mem::take(records))
         };
         let result = result.and_then(|()| if sync { self.spool.sync() } else { Ok(()) });
         let complete_all = |queue: &Queue, batch: Completions| {

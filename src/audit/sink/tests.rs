@@ -100,7 +100,7 @@ impl Harness {
             encode_record(&mut buf, seq, format!("{{\"seq\":{seq}}}").as_bytes());
         }
         self.next += n;
-        self.writer.append(first, self.next - 1, &buf).unwrap();
+        self.writer.append(first, self.next - 1, buf).unwrap();
         self.head.send_replace(self.next - 1);
     }
 

@@ -68,7 +68,7 @@ proptest! {
                         });
                         next += 1;
                     }
-                    rec.writer.append(first, next - 1, &buf).unwrap();
+                    rec.writer.append(first, next - 1, buf.clone()).unwrap();
                 }
                 Op::Read { sink, max } => {
                     let got = readers[sink].read(max, usize::MAX).unwrap();
@@ -120,7 +120,7 @@ fn disk_options(dir: &Path, max_size: u64, segment_size: u64) -> SpoolOptions {
 fn append_record(writer: &mut SpoolWriter, seq: u64, payload: &[u8]) {
     let mut buf = Vec::new();
     encode_record(&mut buf, seq, payload);
-    writer.append(seq, seq, &buf).unwrap();
+    writer.append(seq, seq, buf.clone()).unwrap();
 }
 
 /// The first seq of every segment, oldest first.
@@ -140,7 +140,7 @@ fn fill(dir: &Path, n: u64) -> Vec<u8> {
     for seq in 1..=n {
         encode_record(&mut buf, seq, &payload(seq, 50));
     }
-    rec.writer.append(1, n, &buf).unwrap();
+    rec.writer.append(1, n, buf.clone()).unwrap();
     rec.writer.sync().unwrap();
     buf
 }
@@ -150,7 +150,7 @@ fn append_one_by_one(writer: &mut SpoolWriter, seqs: std::ops::RangeInclusive<u6
     for seq in seqs {
         let mut buf = Vec::new();
         encode_record(&mut buf, seq, &payload(seq, 50));
-        writer.append(seq, seq, &buf).unwrap();
+        writer.append(seq, seq, buf.clone()).unwrap();
     }
 }
 
@@ -215,7 +215,7 @@ fn bad_crc_in_the_tail_is_cut_and_the_writer_continues() {
     assert_eq!(rec.last.as_ref().unwrap().seq, 2, "record 3 failed its CRC");
     let mut buf = Vec::new();
     encode_record(&mut buf, 3, b"again");
-    rec.writer.append(3, 3, &buf).unwrap();
+    rec.writer.append(3, 3, buf.clone()).unwrap();
     let mut r = rec.spool.reader("s");
     r.rewind(0);
     let seqs: Vec<u64> = r
@@ -339,7 +339,7 @@ fn a_reader_that_keeps_up_reads_the_appends_from_memory() {
     for seq in 1..=3 {
         encode_record(&mut buf, seq, &payload(seq, 50));
     }
-    rec.writer.append(1, 3, &buf).unwrap();
+    rec.writer.append(1, 3, buf.clone()).unwrap();
     let seg = only_segment(dir.path());
     let mut bytes = fs::read(&seg).unwrap();
     let last = bytes.len() - 1;
@@ -377,7 +377,7 @@ fn a_reader_behind_the_tail_reads_the_file() {
             encode_record(&mut buf, seq, &payload(seq, len));
         }
         rec.writer
-            .append(first, first + per_batch - 1, &buf)
+            .append(first, first + per_batch - 1, buf.clone())
             .unwrap();
     }
     {
@@ -420,12 +420,28 @@ fn a_reader_behind_the_tail_reads_the_file() {
     assert_eq!(from_second, want);
 }
 
+/// The tail keeps the writer's buffers themselves: what bounds its memory is their capacity,
+/// however few bytes they carry.
+#[test]
+fn the_tail_counts_the_memory_its_buffers_hold_not_their_lengths() {
+    let mut tail = Tail::default();
+    for offset in 0..3u64 {
+        let mut buf = Vec::with_capacity(TAIL_BYTES / 2);
+        buf.push(b'x');
+        tail.push(1, offset, buf);
+    }
+    assert_eq!(tail.chunks.len(), 2, "the oldest third of the memory went");
+    assert!(tail.bytes <= TAIL_BYTES, "{} held", tail.bytes);
+    assert_eq!(tail.get(1, 0, 100), None);
+    assert_eq!(tail.get(1, 2, 100).as_deref(), Some(&b"x"[..]));
+}
+
 #[test]
 fn the_tail_finds_the_chunk_holding_an_offset_and_stops_at_its_end() {
     let mut tail = Tail::default();
-    tail.push(1, 0, b"aaaa");
-    tail.push(1, 4, b"bbbbbb");
-    tail.push(11, 0, b"cc");
+    tail.push(1, 0, b"aaaa".to_vec());
+    tail.push(1, 4, b"bbbbbb".to_vec());
+    tail.push(11, 0, b"cc".to_vec());
     let get = |t: &Tail, s, o, to| t.get(s, o, to).map(|b| b.to_vec());
     assert_eq!(get(&tail, 1, 0, 100), Some(b"aaaa".to_vec()));
     assert_eq!(get(&tail, 1, 4, 100), Some(b"bbbbbb".to_vec()));
@@ -486,7 +502,7 @@ fn full_spool_refuses_and_acks_free_space() {
     let err = loop {
         let mut buf = Vec::new();
         encode_record(&mut buf, seq, &payload(seq, 84));
-        match rec.writer.append(seq, seq, &buf) {
+        match rec.writer.append(seq, seq, buf.clone()) {
             Ok(()) => seq += 1,
             Err(e) => break e,
         }
@@ -502,7 +518,7 @@ fn full_spool_refuses_and_acks_free_space() {
     );
     let mut buf = Vec::new();
     encode_record(&mut buf, seq, b"fits again");
-    rec.writer.append(seq, seq, &buf).unwrap();
+    rec.writer.append(seq, seq, buf.clone()).unwrap();
 }
 
 #[test]
@@ -517,7 +533,7 @@ fn memory_spool_works_without_a_directory() {
     for seq in 1..=50u64 {
         let mut buf = Vec::new();
         encode_record(&mut buf, seq, &payload(seq, 40));
-        rec.writer.append(seq, seq, &buf).unwrap();
+        rec.writer.append(seq, seq, buf.clone()).unwrap();
         seqs.insert(seq, ());
     }
     let mut r = rec.spool.reader("s");
@@ -538,7 +554,7 @@ fn without_sinks_the_spool_keeps_only_its_head_segment() {
     for seq in 1..=500u64 {
         let mut buf = Vec::new();
         encode_record(&mut buf, seq, &payload(seq, 40));
-        rec.writer.append(seq, seq, &buf).unwrap();
+        rec.writer.append(seq, seq, buf.clone()).unwrap();
         rec.spool.release().unwrap();
     }
     assert_eq!(rec.spool.segment_count(), 1);
@@ -556,7 +572,7 @@ fn background_sync_follows_the_active_segment_and_syncs_it() {
     for seq in 1..=100u64 {
         let mut buf = Vec::new();
         encode_record(&mut buf, seq, &payload(seq, 50));
-        rec.writer.append(seq, seq, &buf).unwrap();
+        rec.writer.append(seq, seq, buf.clone()).unwrap();
         let active = rec.writer.active.map(|s| s.first);
         let synced = rec.writer.background.as_ref().and_then(|bg| {
             let file = bg.shared.file.lock().unwrap();
