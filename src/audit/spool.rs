@@ -556,11 +556,14 @@ const RELEASE_STEP: u64 = 1 << 20;
 /// its blocks in one system call, about 20 ms of kernel time on the core a request thread
 /// waited for. The unlink that follows has nothing left to free. A crash midway leaves a
 /// shortened segment every cursor is already past: the next release removes it.
+///
+/// Each cut lands on a multiple of `RELEASE_STEP` (so on a page boundary): a cut inside a page
+/// zeroes that page's tail, and if the kernel had dropped the page it is read from disk first.
 fn shrink_in_steps(path: &Path, mut between: impl FnMut(u64)) -> io::Result<()> {
     let file = OpenOptions::new().write(true).open(path)?;
     let mut len = file.metadata()?.len();
     while len > 0 {
-        len = len.saturating_sub(RELEASE_STEP);
+        len = (len - 1) / RELEASE_STEP * RELEASE_STEP;
         file.set_len(len)?;
         between(len);
     }
