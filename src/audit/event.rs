@@ -6,6 +6,7 @@
 //! `,"hash":"..."}` in place of the closing brace, so a verifier can recompute it from the
 //! line alone, without re-serializing (and so without depending on field order or escaping).
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -253,12 +254,34 @@ pub(crate) fn write_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+thread_local! {
+    /// The whole second `rfc3339_micros` formatted last, and its `YYYY-MM-DDTHH:MM:SS.`:
+    /// events come many to a second, and the calendar arithmetic was most of their time field.
+    static LAST_SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (what `humantime::format_rfc3339_micros` writes), on the
 /// stack. Times before 1970 print as the epoch (a clock that far off is not an audit time).
 pub fn rfc3339_micros(time: SystemTime) -> [u8; 27] {
     let d = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
-    let micros = d.subsec_micros();
+    let (cached, mut prefix) = LAST_SECOND.get();
+    if cached != secs {
+        prefix = seconds_prefix(secs);
+        LAST_SECOND.set((secs, prefix));
+    }
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    out[..20].copy_from_slice(&prefix);
+    let mut micros = d.subsec_micros();
+    for digit in out[20..26].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of `secs` since the epoch.
+fn seconds_prefix(secs: u64) -> [u8; 20] {
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
     // Howard Hinnant's civil_from_days.
@@ -271,7 +294,7 @@ pub fn rfc3339_micros(time: SystemTime) -> [u8; 27] {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut out = *b"0000-00-00T00:00:00.";
     let mut put = |at: usize, width: usize, mut v: u64| {
         for i in (at..at + width).rev() {
             out[i] = b'0' + (v % 10) as u8;
@@ -284,7 +307,6 @@ pub fn rfc3339_micros(time: SystemTime) -> [u8; 27] {
     put(11, 2, rem / 3600);
     put(14, 2, rem / 60 % 60);
     put(17, 2, rem % 60);
-    put(20, 6, u64::from(micros));
     out
 }
 
@@ -561,8 +583,12 @@ fn digest_into<'b>(key: Option<&[u8]>, bytes: &[u8], buf: &'b mut [u8; HASH_MAX]
     };
     let n = prefix.len() + 64;
     buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
-    // 64 bytes of room for 32 bytes: cannot fail.
-    let _ = hex::encode_to_slice(sum, &mut buf[prefix.len()..n]);
+    // Lowercase hex, as `hex::encode` writes it, in half its instructions.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in buf[prefix.len()..n].chunks_exact_mut(2).zip(sum) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
     std::str::from_utf8(&buf[..n]).unwrap_or_default()
 }
 
@@ -632,13 +658,38 @@ mod tests {
                 humantime::format_rfc3339_micros(time).to_string()
             );
         }
-        for edge in [0, 951_782_400_000_000, 4_107_542_399_999_999] {
+        // Within one second (the cached prefix), into the next, and back again.
+        let second = 1_796_600_000_000_000;
+        for edge in [
+            0,
+            951_782_400_000_000,
+            4_107_542_399_999_999,
+            second,
+            second + 1,
+            second + 999_999,
+            second + 1_000_000,
+            second + 7,
+        ] {
             let time = UNIX_EPOCH + Duration::from_micros(edge);
             assert_eq!(
                 std::str::from_utf8(&rfc3339_micros(time)).unwrap(),
                 humantime::format_rfc3339_micros(time).to_string()
             );
         }
+    }
+
+    #[test]
+    fn digests_are_lowercase_hex_of_sha256_and_hmac() {
+        assert_eq!(
+            digest(None, b"abc"),
+            format!("sha256:{}", hex::encode(Sha256::digest(b"abc")))
+        );
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
+        mac.update(b"abc");
+        assert_eq!(
+            digest(Some(b"key"), b"abc"),
+            format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+        );
     }
 
     #[test]
