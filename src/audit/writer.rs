@@ -698,8 +698,9 @@ impl Core {
     ) -> Committed {
         records.clear();
         // The spool keeps the buffer as its in-memory tail (memory counted by capacity): sized
-        // for this batch, grown only by a record longer than the last batch's longest.
-        records.reserve(self.jobs.len() * self.record_len);
+        // for this batch, grown only by a record longer than the last batch's longest (a large
+        // role change does not make every later batch reserve that much per event: 1 MiB at most).
+        records.reserve(self.jobs.len().saturating_mul(self.record_len).min(1 << 20));
         saved_prev.clear();
         saved_prev.push_str(self.chain.prev());
         let first = self.next_seq;
