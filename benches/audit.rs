@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -34,10 +35,10 @@ fn decision(i: u64) -> Decision {
     Decision {
         decision: if i.is_multiple_of(2) { "allow" } else { "deny" },
         reason: (!i.is_multiple_of(2)).then_some("missing_permission"),
-        required: vec!["campaigns.view".into()],
+        required: Arc::from(["campaigns.view".to_owned()]),
         tenant: Some("acme".into()),
         subject: Some(format!("user-{}", i % 1000).into()),
-        roles: vec!["viewer".into()],
+        roles: Arc::from(["viewer".to_owned()]),
         method: "GET".into(),
         path: format!("/api/campaigns/{i}").into(),
         route: Some("/api/campaigns/{id}".into()),
@@ -343,12 +344,14 @@ fn count(spec: &str) {
 struct RequestFields {
     tenant: String,
     subject: String,
-    roles: Vec<String>,
+    /// Shared with the cached principal, as `PrincipalGrants` holds them.
+    roles: Arc<[String]>,
     method: http::Method,
     path: String,
     route: String,
     upstream: String,
-    required: Vec<&'static str>,
+    /// Shared with the route entry.
+    required: Arc<[String]>,
     ip: std::net::IpAddr,
     user_agent: Option<String>,
     request_id: http::HeaderValue,
@@ -359,12 +362,12 @@ impl RequestFields {
         RequestFields {
             tenant: "acme".into(),
             subject: "user-42".into(),
-            roles: vec!["viewer".into()],
+            roles: Arc::from(["viewer".to_owned()]),
             method: http::Method::GET,
             path: "/api/campaigns/42".into(),
             route: "/api/campaigns/{id}".into(),
             upstream: "api".into(),
-            required: vec!["campaigns.view"],
+            required: Arc::from(["campaigns.view".to_owned()]),
             ip: "203.0.113.9".parse().unwrap(),
             user_agent: Some("curl/8.5.0".into()),
             request_id: http::HeaderValue::from_static("0193b7a2-5c1e-7d3f-9a41-6e2b8c0d4f17"),
@@ -388,7 +391,7 @@ impl RequestFields {
                 Some(b.upstream.clone()),
                 b.user_agent.clone(),
             ],
-            b.roles.clone(),
+            b.roles.to_vec(),
             [
                 b.method.to_string(),
                 b.path.clone(),
@@ -404,10 +407,10 @@ impl RequestFields {
         Decision {
             decision: "allow",
             reason: None,
-            required: b.required.iter().map(|s| Text::new(s)).collect(),
+            required: b.required.clone(),
             tenant: Some(Text::new(&b.tenant)),
             subject: Some(Text::new(&b.subject)),
-            roles: b.roles.iter().map(Text::from).collect(),
+            roles: b.roles.clone(),
             method: Text::new(b.method.as_str()),
             path: Text::new(&b.path),
             route: Some(Text::new(&b.route)),

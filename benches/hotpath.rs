@@ -201,10 +201,10 @@ fn decision() -> Decision {
     Decision {
         decision: "allow",
         reason: None,
-        required: vec!["campaigns.view".into()],
+        required: Arc::from(["campaigns.view".to_owned()]),
         tenant: Some("acme".into()),
         subject: Some("user-42".into()),
-        roles: vec!["viewer".into(), "editor".into()],
+        roles: Arc::from(["viewer".to_owned(), "editor".to_owned()]),
         method: "GET".into(),
         path: "/api/campaigns/42".into(),
         route: Some("/api/campaigns/{id}".into()),

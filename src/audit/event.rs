@@ -238,7 +238,7 @@ pub fn ip_text(ip: std::net::IpAddr) -> Text {
 }
 
 /// `["a","b"]`.
-fn json_text_array(out: &mut Vec<u8>, values: &[Text]) {
+fn json_text_array(out: &mut Vec<u8>, values: &[String]) {
     out.push(b'[');
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
@@ -359,12 +359,14 @@ pub struct Decision {
     pub decision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
-    pub required: Vec<Text>,
+    /// Shared with the route (`config::RouteEntry::required`).
+    pub required: Arc<[String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<Text>,
-    pub roles: Vec<Text>,
+    /// Shared with the cached principal (`PrincipalGrants::role_names_shared`).
+    pub roles: Arc<[String]>,
     pub method: Text,
     pub path: Text,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -766,10 +768,10 @@ mod tests {
             cases.push(Decision {
                 decision: "allow",
                 reason: (i % 2 == 0).then_some("missing_permission"),
-                required: odd.iter().take(i % 4).map(Text::from).collect(),
+                required: odd.iter().take(i % 4).cloned().collect(),
                 tenant: some(2),
                 subject: some(3),
-                roles: vec![t(); i % 3],
+                roles: vec![s.clone(); i % 3].into(),
                 method: t(),
                 path: format!("/p/{s}{}", "x".repeat(i)).into(),
                 route: some(5),

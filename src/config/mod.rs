@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod diagnostic;
@@ -639,6 +640,9 @@ pub struct RouteEntry {
     pub websocket: bool,
     /// `websocket_max_lifetime` on the route; `[limits]`' when absent.
     pub websocket_max_lifetime: Option<Duration>,
+    /// The required permissions' names, in the order written, as every audit event of the
+    /// route carries them (shared, not built per event).
+    pub required: Arc<[String]>,
 }
 
 /// Names of the identity headers the gateway sets upstream (lower-case).

@@ -2777,6 +2777,12 @@ impl Ctx<'_> {
                     .push(self.src.error(file, None, "routes", message, None));
                 continue;
             };
+            let name = |id: &crate::policy::PermId| policy.permission_name(*id).to_owned();
+            let required: Arc<[String]> = match &requirement {
+                Requirement::Public => Arc::default(),
+                Requirement::Permission(id) => Arc::from([name(id)]),
+                Requirement::AnyOf(ids) | Requirement::AllOf(ids) => ids.iter().map(name).collect(),
+            };
             out.push(RouteEntry {
                 path,
                 methods,
@@ -2793,6 +2799,7 @@ impl Ctx<'_> {
                 deny_status,
                 websocket,
                 websocket_max_lifetime,
+                required,
             });
         }
         out

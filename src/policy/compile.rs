@@ -3,6 +3,7 @@
 //! permission universe, so `decide` only tests bits.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use super::bitset::BitSet;
 use super::permission::{self, Pattern, PatternError};
@@ -746,9 +747,10 @@ impl Policy {
             scope_free_own: BitSet::new(n),
             deny,
             scopes: subject.scopes.clone().into_boxed_slice(),
-            role_names: Vec::new(),
+            role_names: Arc::default(),
             source: subject.clone(),
         };
+        let mut role_names: Vec<String> = Vec::new();
         for (index, name) in subject.roles.iter().enumerate() {
             let role = self.builtin(name).or_else(|| {
                 tenant
@@ -780,10 +782,11 @@ impl Policy {
                 p.scope_free_full.union_with(&role.full);
                 p.scope_free_own.union_with(&role.own);
             }
-            if !p.role_names.contains(&role.name) {
-                p.role_names.push(role.name.clone());
+            if !role_names.contains(&role.name) {
+                role_names.push(role.name.clone());
             }
         }
+        p.role_names = role_names.into();
         let grants = match_patterns(&subject.grant, self.sep, &self.universe, |index, e| {
             let mut err = pattern_error(
                 Location::Subject {

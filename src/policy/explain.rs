@@ -266,7 +266,7 @@ fn principal_trace(
         .collect();
     PrincipalTrace {
         assigned,
-        roles: principal.role_names.clone(),
+        roles: principal.role_names.to_vec(),
         grant: source.grant.clone(),
         deny: source.deny.clone(),
         scopes: principal.scopes.to_vec(),

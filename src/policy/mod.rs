@@ -72,6 +72,7 @@ pub use permission::{Pattern, PatternError};
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use bitset::BitSet;
 use compile::CompiledRole;
@@ -275,7 +276,8 @@ pub struct PrincipalGrants {
     scope_free_own: BitSet,
     deny: BitSet,
     scopes: Box<[String]>,
-    role_names: Vec<String>,
+    /// Shared with every audit event of the principal (`role_names_shared`): no copy per event.
+    role_names: Arc<[String]>,
     /// The assignment as the store holds it (role names before alias resolution, override
     /// patterns), kept for explain traces and access reviews; `decide` reads the bitsets only.
     source: SubjectData,
@@ -295,6 +297,11 @@ impl PrincipalGrants {
     /// Effective role names after alias resolution, each once (for `x-authz-roles`, audit).
     pub fn role_names(&self) -> &[String] {
         &self.role_names
+    }
+
+    /// The same names, for an audit event to hold without copying them.
+    pub fn role_names_shared(&self) -> Arc<[String]> {
+        self.role_names.clone()
     }
 }
 

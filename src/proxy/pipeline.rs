@@ -561,16 +561,13 @@ fn record_decision(
     let event = Decision {
         decision,
         reason,
-        // Built here, not per request: most allow events are not audited.
-        required: entry
-            .map(|e| required_names(&gw.snapshot, e))
-            .unwrap_or_default(),
+        required: entry.map(|e| e.required.clone()).unwrap_or_default(),
         tenant: ctx.principal.as_ref().map(|p| Text::new(&p.tenant)),
         subject: ctx.principal.as_ref().map(|p| Text::new(&p.subject)),
         roles: ctx
             .resolved
             .as_ref()
-            .map(|r| r.principal.role_names().iter().map(Text::from).collect())
+            .map(|r| r.principal.role_names_shared())
             .unwrap_or_default(),
         method: Text::new(ctx.method.as_str()),
         path: ctx.path.clone(),
@@ -868,17 +865,6 @@ async fn handle_inner(
         .entry(snap.headers.request_id.clone())
         .or_insert_with(|| ctx.request_id.clone());
     Ok(response.map(|body| body.boxed()))
-}
-
-fn required_names(snap: &Snapshot, entry: &RouteEntry) -> Vec<Text> {
-    let name = |id: &policy::PermId| Text::new(snap.policy.permission_name(*id));
-    match &entry.rule.requirement {
-        policy::Requirement::Public => Vec::new(),
-        policy::Requirement::Permission(id) => vec![name(id)],
-        policy::Requirement::AnyOf(ids) | policy::Requirement::AllOf(ids) => {
-            ids.iter().map(name).collect()
-        }
-    }
 }
 
 /// The response enforce mode gives a denied evaluation (`None` for an allow).

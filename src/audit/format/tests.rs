@@ -1,4 +1,6 @@
 use super::*;
+use std::sync::Arc;
+
 use crate::audit::event::{
     AccessReview, AuditEvent, Chain, Decision, EventBody, GENESIS, RoleChange,
 };
@@ -10,10 +12,10 @@ fn sealed(decision: &'static str, path: &str) -> Vec<u8> {
         EventBody::Decision(Decision {
             decision,
             reason: Some("missing_permission"),
-            required: vec!["campaigns.view".into()],
+            required: Arc::from(["campaigns.view".to_owned()]),
             tenant: Some("acme".into()),
             subject: Some("u123".into()),
-            roles: vec!["viewer".into()],
+            roles: Arc::from(["viewer".to_owned()]),
             method: "GET".into(),
             path: path.into(),
             route: Some("/api/campaigns/{id}".into()),
