@@ -130,6 +130,11 @@ fn base_config_loads_with_defaults() {
     let id = s.policy.permission_id("items.view").unwrap();
     assert_eq!(entry.rule.requirement, Requirement::Permission(id));
     assert_eq!(entry.upstream, 0);
+    assert_eq!(
+        &*entry.required,
+        ["items.view"],
+        "audit `required`, built at load"
+    );
 }
 
 #[test]
@@ -180,6 +185,25 @@ fn full_example_loads() {
     assert!(invoices.rule.mfa);
     assert_eq!(invoices.upstream, 1);
     assert!(matches!(invoices.rule.requirement, Requirement::AnyOf(_)));
+    // Audit `required`: the requirement's names, in the order written; none for a public route.
+    for entry in &s.route_entries {
+        let ids: Vec<_> = match &entry.rule.requirement {
+            Requirement::Public => Vec::new(),
+            Requirement::Permission(id) => vec![*id],
+            Requirement::AnyOf(ids) | Requirement::AllOf(ids) => ids.to_vec(),
+        };
+        let names: Vec<&str> = ids.iter().map(|id| s.policy.permission_name(*id)).collect();
+        assert_eq!(
+            entry
+                .required
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            names
+        );
+    }
+    assert!(s.route_entries[3].required.is_empty());
+    assert_eq!(brand.required.len(), 2);
     assert!(s.policy.has_role("billing_admin"));
     assert!(s.policy.has_role("member"));
     let StoreSettings::File(data) = &s.grants.store else {
