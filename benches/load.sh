@@ -4,6 +4,11 @@
 #   direct          wrk -> upstream nginx                                  (the limit)
 #   nginx           wrk -> nginx proxy_pass (upstream keepalive) -> upstream
 #   authreq         wrk -> nginx + auth_request (subrequest to an nginx authz endpoint) -> upstream
+#   authreq-jwt     as authreq, but the authz endpoint does what Portcullis does with the file
+#                   store: verifies the HS256 JWT (signature, alg, exp) and checks the route's
+#                   permission against the caller's roles, in njs (nginx's JavaScript module,
+#                   Debian libnginx-mod-http-js) inside the upstream nginx. Not in the default
+#                   VARIANTS: add it to VARIANTS (and HALF_VARIANTS, KERNEL_VARIANTS) to run it.
 #   pc-file         wrk -> portcullis (JWT HS256, file store, allow events not audited) -> upstream
 #   pc-redis-audit  wrk -> portcullis (JWT HS256, Redis store warm, every event to a disk spool
 #                          + file sink) -> upstream
@@ -30,8 +35,8 @@
 #      master) under callgrind; needs valgrind. Repeatable
 #      to ~0.1 %, where the wall-clock phases move by ±10 % from run to run on these VMs.
 #   5. kernel (not in the default PHASES): per request at peak, user and system CPU, system calls,
-#      context switches and disk reads of nginx, pc-file and pc-redis-audit (KERNEL_VARIANTS);
-#      needs perf.
+#      context switches and disk reads of nginx, pc-file and pc-redis-audit (KERNEL_VARIANTS),
+#      small body (KERNEL_BODY=big: the 64 KiB one); needs perf.
 #
 # CPU layout (2 cores): core SUT_CPU runs every server-side process (upstream nginx, the proxy
 # under test, redis); core LOADGEN_CPU runs only the load generator. nginx proxies run with
@@ -58,7 +63,7 @@ FIXED_RPS=${FIXED_RPS:-10000}
 AUDIT_DURABILITY=${AUDIT_DURABILITY:-spooled}   # [audit] durability of pc-redis-audit: spooled | buffered
 FIXED_CLIENTS=${FIXED_CLIENTS:-20}
 PHASES=${PHASES:-"peak audit half"}
-HALF_VARIANTS=${HALF_VARIANTS:-"direct nginx pc-redis-audit"}  # any of direct nginx authreq pc-file pc-redis-audit pc-redis-noaudit
+HALF_VARIANTS=${HALF_VARIANTS:-"direct nginx pc-redis-audit"}  # any of direct nginx authreq authreq-jwt pc-file pc-redis-audit pc-redis-noaudit
 HALF_TOOLS=${HALF_TOOLS:-"uniform poisson h2load"}  # arrivals at 50 % of peak: uniform | poisson (benches/pace) | h2load
 PACE_CONNS=${PACE_CONNS:-32}
 NICE=${NICE:-auto}            # auto: -20 (process and autogroup) when root, else 0
@@ -74,6 +79,9 @@ HALTPOLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
 # Where the audited variants keep their spool and file sink (default: the run dir, on disk).
 # A tmpfs directory (e.g. /dev/shm) takes the disk out of the picture, for experiments only.
 AUDIT_DIR=${AUDIT_DIR:-}
+# CACHE_SIM=1: the instructions phase also simulates the first-level caches (callgrind
+# --cache-sim=yes) and reports their misses per request; about twice as slow under valgrind.
+CACHE_SIM=${CACHE_SIM:+--cache-sim=yes}
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -100,6 +108,11 @@ command -v wrk >/dev/null || need_pkgs+=(wrk)
 command -v h2load >/dev/null || need_pkgs+=(nghttp2-client)
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v redis-cli >/dev/null || need_pkgs+=(redis-tools)
+# njs for authreq-jwt's authz endpoint, only when that variant runs.
+NJS_MODULE=/usr/lib/nginx/modules/ngx_http_js_module.so
+WANT_NJS=""
+[[ " $VARIANTS $HALF_VARIANTS ${KERNEL_VARIANTS:-} " == *" authreq-jwt "* ]] && WANT_NJS=1
+[[ -n $WANT_NJS && ! -f $NJS_MODULE ]] && need_pkgs+=(libnginx-mod-http-js)
 if ((${#need_pkgs[@]})); then
   [[ $(id -u) == 0 ]] || die "missing: ${need_pkgs[*]} (apt-get install -y ${need_pkgs[*]})"
   log "installing ${need_pkgs[*]}"
@@ -203,12 +216,69 @@ PY
 }
 
 UP=$(free_port); AUTHZ=$(free_port); NX=$(free_port); AR=$(free_port)
+AUTHZ_JWT=$(free_port); ARJ=$(free_port)
 PC_FILE=$(free_port); PC_REDIS=$(free_port); PC_NOAUDIT=$(free_port); PC_BASE=$(free_port); REDIS=$(free_port)
 USER_LINE=""
 [[ $(id -u) == 0 ]] && USER_LINE="user nobody nogroup;"
 
+# The HS256 key of every JWT variant (Portcullis's `secret_env`, authreq-jwt's endpoint).
+export PORTCULLIS_BENCH_SECRET=bench-secret-0123456789abcdef0123456789
+
 # ----------------------------------------------------------- nginx ----
+NJS_LOAD=""; NJS_HTTP=""
+if [[ -n $WANT_NJS ]]; then
+  NJS_LOAD="load_module $NJS_MODULE;"
+  NJS_HTTP="js_import authz from $RUN/authz.js;
+  server {
+    listen 127.0.0.1:$AUTHZ_JWT backlog=4096;
+    location / { js_content authz.check; }
+  }"
+  # authreq-jwt's authz endpoint: the checks Portcullis makes with the file store (pc-file),
+  # written as a user of auth_request would write them.
+  cat >"$RUN/authz.js" <<EOF
+const crypto = require('crypto');
+const SECRET = '$PORTCULLIS_BENCH_SECRET';
+// The same route map, roles and grants as pc-file.toml.
+const ROUTES = [[/^\\/small\\//, 'items.view'], [/^\\/big\\//, 'blobs.view']];
+const PERMISSIONS = { reader: ['*.view'] };
+const GRANTS = { acme: { bench: ['reader'] } };
+
+function b64json(s) {
+  return JSON.parse(Buffer.from(s, 'base64url').toString());
+}
+
+function grants(roles, permission) {
+  return roles.some((role) => (PERMISSIONS[role] || []).some((p) =>
+    p === permission || (p.startsWith('*.') && permission.endsWith(p.slice(1)))));
+}
+
+function check(r) {
+  const method = r.headersIn['X-Original-Method'];
+  if (method !== 'GET' && method !== 'HEAD') { r.return(403); return; }
+  const uri = (r.headersIn['X-Original-URI'] || '').split('?')[0];
+  const route = ROUTES.find((e) => e[0].test(uri));
+  if (!route) { r.return(403); return; }
+  const auth = r.headersIn['Authorization'] || '';
+  if (!auth.startsWith('Bearer ')) { r.return(401); return; }
+  const parts = auth.slice(7).split('.');
+  if (parts.length !== 3) { r.return(401); return; }
+  const mac = crypto.createHmac('sha256', SECRET).update(parts[0] + '.' + parts[1]).digest('base64url');
+  if (mac !== parts[2]) { r.return(401); return; }
+  let header, claims;
+  try { header = b64json(parts[0]); claims = b64json(parts[1]); } catch (e) { r.return(401); return; }
+  if (header.alg !== 'HS256' || typeof claims.exp !== 'number' || claims.exp * 1000 <= Date.now()) {
+    r.return(401); return;
+  }
+  const roles = (GRANTS[claims.tenant] || {})[claims.sub] || [];
+  r.return(grants(roles, route[1]) ? 204 : 403);
+}
+
+export default { check };
+EOF
+fi
+
 cat >"$RUN/upstream.conf" <<EOF
+$NJS_LOAD
 worker_processes 1;
 daemon off;
 pid $RUN/upstream.pid;
@@ -241,6 +311,7 @@ http {
     listen 127.0.0.1:$AUTHZ backlog=4096;
     location / { if (\$bench_allow) { return 204; } return 403; }
   }
+  $NJS_HTTP
 }
 EOF
 
@@ -261,6 +332,7 @@ http {
   uwsgi_temp_path $RUN/tmp/pu; scgi_temp_path $RUN/tmp/ps;
   upstream app { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 1000000; }
   upstream authz { server 127.0.0.1:$AUTHZ; keepalive 256; keepalive_requests 1000000; }
+  upstream authz_jwt { server 127.0.0.1:$AUTHZ_JWT; keepalive 256; keepalive_requests 1000000; }
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   proxy_set_header Host \$host;
@@ -284,11 +356,24 @@ http {
       proxy_set_header X-Original-URI \$request_uri;
     }
   }
+  server {
+    listen 127.0.0.1:$ARJ backlog=4096;
+    location / { auth_request /_authz; proxy_pass http://app; }
+    location = /_authz {
+      internal;
+      proxy_pass http://authz_jwt;
+      proxy_pass_request_body off;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-Method \$request_method;
+      proxy_set_header X-Original-URI \$request_uri;
+    }
+  }
 }
 EOF
 
 # ------------------------------------------------------ portcullis ----
-export PORTCULLIS_BENCH_SECRET=bench-secret-0123456789abcdef0123456789
 gw_conf() {  # port store audit -> toml
   local port=$1 store=$2 audit=$3
   cat <<EOF
@@ -365,6 +450,9 @@ done
 TOKEN=$("$BIN" token --config "$RUN/pc-file.toml" --sub bench --tenant acme --ttl 4h)
 sed -i "s|@TOKEN@|$TOKEN|" "$RUN/upstream.conf"
 AUTH="Authorization: Bearer $TOKEN"
+# The same claims under another key's signature: every authorizing variant must refuse it.
+FORGED="Authorization: Bearer $(PORTCULLIS_BENCH_SECRET=not-the-bench-secret-0123456789abcdef \
+  "$BIN" token --config "$RUN/pc-file.toml" --sub bench --tenant acme --ttl 4h)"
 
 # ----------------------------------------------------------- start ----
 nginx -t -q -p "$RUN/" -e "$RUN/nginx_t.log" -c "$RUN/upstream.conf" || die "upstream.conf invalid"
@@ -383,18 +471,19 @@ start_bg pc-redis-noaudit "$SUT_CPU" "$BIN" run --config "$RUN/pc-redis-noaudit.
 
 declare -A URL=(
   [direct]="http://127.0.0.1:$UP" [nginx]="http://127.0.0.1:$NX" [authreq]="http://127.0.0.1:$AR"
+  [authreq-jwt]="http://127.0.0.1:$ARJ"
   [pc-file]="http://127.0.0.1:$PC_FILE" [pc-redis-audit]="http://127.0.0.1:$PC_REDIS"
   [pc-redis-noaudit]="http://127.0.0.1:$PC_NOAUDIT" [pc-base]="http://127.0.0.1:$PC_BASE"
 )
 # process group whose CPU is "the hop" of a variant (direct: the upstream itself)
 declare -A HOP=(
-  [direct]=upstream [nginx]=proxy [authreq]=proxy [pc-file]=pc-file
+  [direct]=upstream [nginx]=proxy [authreq]=proxy [authreq-jwt]=proxy [pc-file]=pc-file
   [pc-redis-audit]=pc-redis-audit [pc-redis-noaudit]=pc-redis-noaudit [pc-base]=pc-base
 )
 declare -A PATH_OF=([small]=/small/items/42 [big]=/big/blob/7)
 
 # ---------------------------------------------------------- sanity ----
-for v in direct nginx authreq $PC_VARIANTS; do
+for v in direct nginx authreq ${WANT_NJS:+authreq-jwt} $PC_VARIANTS; do
   wait_code "${URL[$v]}/small/items/42" 200 -H "$AUTH" || die "$v: no 200 (see $RUN/*.log)"
   size=$(curl -s -o /dev/null -w '%{size_download}' -H "$AUTH" "${URL[$v]}/big/blob/7")
   [[ $size == 65536 ]] || die "$v big: got $size bytes"
@@ -403,6 +492,8 @@ for v in direct nginx authreq $PC_VARIANTS; do
     [[ $code == 401 || $code == 403 ]] || die "$v: no credentials answered $code"
     code=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE -H "$AUTH" "${URL[$v]}/small/items/42")
     [[ $code == 403 || $code == 404 || $code == 405 ]] || die "$v: DELETE answered $code"
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "$FORGED" "${URL[$v]}/small/items/42")
+    [[ $code == 401 || $code == 403 ]] || die "$v: a token with a wrong signature answered $code"
   fi
 done
 log "sanity ok; run dir $RUN"
@@ -554,8 +645,13 @@ if [[ " $PHASES " == *" instructions "* ]]; then
   {
     echo "## User-space instructions per request (callgrind, wrk -c16 -d${INSTR_SECONDS:-8}s, small body)"
     echo
-    echo "| variant | requests | Ir / request | without SHA-256 (portable here, SHA-NI on the hardware) |"
-    echo "|---|---:|---:|---:|"
+    if [[ -n $CACHE_SIM ]]; then
+      echo "| variant | requests | Ir / request | without SHA-256 (portable here, SHA-NI on the hardware) | I1 misses / request | D1 misses / request |"
+      echo "|---|---:|---:|---:|---:|---:|"
+    else
+      echo "| variant | requests | Ir / request | without SHA-256 (portable here, SHA-NI on the hardware) |"
+      echo "|---|---:|---:|---:|"
+    fi
   } >"$RUN/instructions.md"
   for v in ${INSTR_VARIANTS:-pc-file pc-redis-audit}; do
     port=$(free_port)
@@ -563,13 +659,13 @@ if [[ " $PHASES " == *" instructions "* ]]; then
       # The proxy's own worker in the foreground (no master), on its own port and pid file.
       sed -e "s/127.0.0.1:$NX /127.0.0.1:$port /" -e "s#$RUN/proxy.pid#$RUN/proxy-callgrind.pid#" \
         -e "s/127.0.0.1:$AR /127.0.0.1:$(free_port) /" "$RUN/proxy.conf" >"$RUN/proxy-callgrind.conf"
-      start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind \
+      start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind $CACHE_SIM \
         --callgrind-out-file="$RUN/callgrind-$v.out" nginx -p "$RUN/" -e "$RUN/proxy-callgrind_error.log" \
         -c "$RUN/proxy-callgrind.conf" -g "master_process off;"
     else
       sed "s/${PORT_OF[$v]}/$port/g" "$RUN/$v.toml" >"$RUN/$v-callgrind.toml"
       bin=$BIN; [[ $v == pc-base ]] && bin=$BASE_BIN
-      start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind \
+      start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind $CACHE_SIM \
         --callgrind-out-file="$RUN/callgrind-$v.out" "$bin" run --config "$RUN/$v-callgrind.toml"
     fi
     url="http://127.0.0.1:$port${PATH_OF[small]}"
@@ -590,7 +686,15 @@ if [[ " $PHASES " == *" instructions "* ]]; then
     sha=$(awk '/sha2::sha256|\/sha2-[0-9.]+\/src\/sha256/ { gsub(",", "", $1); s += $1 } END { print s + 0 }' "$RUN/callgrind-$v.txt")
     kill -TERM "${PID_OF[callgrind-$v]}" 2>/dev/null || true
     log "instructions $v: $n requests, $((ir / n)) Ir/request ($((sha / n)) of them portable SHA-256)"
-    echo "| $v | $n | $((ir / n)) | $(((ir - sha) / n)) |" >>"$RUN/instructions.md"
+    if [[ -n $CACHE_SIM ]]; then
+      # The simulated first-level caches' misses (valgrind's model of this CPU's L1): code
+      # layout shows in I1, repeatable like Ir.
+      read -r i1 d1 <<<"$(awk '/^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
+        /^summary:/ { print $col["I1mr"], $col["D1mr"] + $col["D1mw"]; exit }' "$dump")"
+      echo "| $v | $n | $((ir / n)) | $(((ir - sha) / n)) | $((i1 / n)) | $((d1 / n)) |" >>"$RUN/instructions.md"
+    else
+      echo "| $v | $n | $((ir / n)) | $(((ir - sha) / n)) |" >>"$RUN/instructions.md"
+    fi
   done
   echo >>"$RUN/instructions.md"
 fi
@@ -605,7 +709,7 @@ fi
 if [[ " $PHASES " == *" kernel "* ]]; then
   command -v perf >/dev/null || die "kernel: needs perf (apt-get install -y linux-perf)"
   {
-    echo "## Kernel side per request (wrk -c$CONNS -d${KERNEL_SECONDS:-5}s, small body)"
+    echo "## Kernel side per request (wrk -c$CONNS -d${KERNEL_SECONDS:-5}s, ${KERNEL_BODY:-small} body)"
     echo
     echo "| variant | req/s | user µs | system µs | system calls | context switches | disk reads / 100k |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
@@ -613,7 +717,7 @@ if [[ " $PHASES " == *" kernel "* ]]; then
   for v in ${KERNEL_VARIANTS:-nginx pc-file pc-redis-audit}; do
     leader=${PID_OF[${HOP[$v]}]}
     pids=$(ps -eo pid=,pgid= | awk -v g="$leader" '$2 == g { printf "%s%s", sep, $1; sep = "," }')
-    url="${URL[$v]}${PATH_OF[small]}"
+    url="${URL[$v]}${PATH_OF[${KERNEL_BODY:-small}]}"
     on_loadgen wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "$AUTH" "$url" >/dev/null 2>&1 || true
     read -r u0 s0 <<<"$(cpu_of --split "$leader")"
     perf stat -x, -e raw_syscalls:sys_enter,context-switches -e block:block_rq_issue --filter 'rwbs ~ "R*"' \
@@ -657,21 +761,24 @@ def table(phase, bodies, variants):
                       f"{med(rs,'p99_us'):,.0f} | {med(rs,'hop_cpu_us_per_req'):.1f} | {len(rs)} |")
     print()
 bodies = [b for b in ("small", "big") if any(k[1] == b for k in g)]
-pv = [v for v in ("direct", "nginx", "authreq", "pc-file", "pc-redis-audit", "pc-base") if any(k[2] == v and k[0] == "peak" for k in g)]
+pv = [v for v in ("direct", "nginx", "authreq", "authreq-jwt", "pc-file", "pc-redis-audit", "pc-base") if any(k[2] == v and k[0] == "peak" for k in g)]
 if pv:
     print("## Peak (wrk closed loop; medians over rounds)\n")
     table("peak", bodies, pv)
-    print("| body | portcullis variant | ÷ nginx | ÷ nginx+auth_request | ÷ direct |")
-    print("|---|---|---:|---:|---:|")
+    jwt = "authreq-jwt" in pv
+    print("| body | portcullis variant | ÷ nginx | ÷ nginx+auth_request |"
+          + (" ÷ nginx+auth_request (JWT) |" if jwt else "") + " ÷ direct |")
+    print("|---|---|---:|---:|" + ("---:|" if jwt else "") + "---:|")
     for b in bodies:
-        base = {v: med(g[("peak", b, v)], "rps") for v in ("direct", "nginx", "authreq") if g.get(("peak", b, v))}
+        base = {v: med(g[("peak", b, v)], "rps") for v in ("direct", "nginx", "authreq", "authreq-jwt") if g.get(("peak", b, v))}
         for v in ("pc-file", "pc-redis-audit", "pc-base"):
             rs = g.get(("peak", b, v))
             if not rs:
                 continue
             x = med(rs, "rps")
             cell = lambda k: f"{x / base[k]:.2f}×" if base.get(k) else "-"
-            print(f"| {b} | {v} | {cell('nginx')} | {cell('authreq')} | {cell('direct')} |")
+            print(f"| {b} | {v} | {cell('nginx')} | {cell('authreq')} |"
+                  + (f" {cell('authreq-jwt')} |" if jwt else "") + f" {cell('direct')} |")
     print()
     for b in bodies:
         new, old = g.get(("peak", b, "pc-redis-audit")), g.get(("peak", b, "pc-base"))
@@ -692,7 +799,7 @@ for phase, how in HOW.items():
         continue
     rate = next(r["rate"] for r in rows if r["phase"] == phase)
     print(f"## Latency at 50 % of pc-redis-audit's peak ({rate} req/s, {how}, small body)\n")
-    hv = ["direct", "nginx", "authreq", "pc-file", "pc-redis-noaudit", "pc-redis-audit", "pc-base"]
+    hv = ["direct", "nginx", "authreq", "authreq-jwt", "pc-file", "pc-redis-noaudit", "pc-redis-audit", "pc-base"]
     table(phase, ["small"], hv)
     d = g.get((phase, "small", "direct"))
     for v in hv[1:]:
