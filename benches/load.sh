@@ -182,7 +182,15 @@ on_loadgen() {
   setsid -w bash -c 'echo "$1" >/proc/self/autogroup 2>/dev/null; n=$1; c=$2; shift 2; exec nice -n "$n" taskset -c "$c" "$@"' \
     _ "$NICE" "$LOADGEN_CPU" "$@"
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { free_ports 1; }
+# n distinct free ports: all bound at once, so that none is handed out twice (one at a time,
+# the kernel may return a port again before the first user binds it).
+free_ports() {
+  python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
 wait_code() {  # url code [curl args] -> waits up to 30 s
   local url=$1 want=$2 i code
   shift 2
@@ -215,9 +223,7 @@ print(f"{user / hz:.3f} {system / hz:.3f}" if split else f"{(user + system) / hz
 PY
 }
 
-UP=$(free_port); AUTHZ=$(free_port); NX=$(free_port); AR=$(free_port)
-AUTHZ_JWT=$(free_port); ARJ=$(free_port)
-PC_FILE=$(free_port); PC_REDIS=$(free_port); PC_NOAUDIT=$(free_port); PC_BASE=$(free_port); REDIS=$(free_port)
+read -r UP AUTHZ NX AR AUTHZ_JWT ARJ PC_FILE PC_REDIS PC_NOAUDIT PC_BASE REDIS <<<"$(free_ports 11)"
 USER_LINE=""
 [[ $(id -u) == 0 ]] && USER_LINE="user nobody nogroup;"
 
