@@ -664,7 +664,8 @@ if [[ " $PHASES " == *" instructions "* ]]; then
     if [[ $v == nginx ]]; then
       # The proxy's own worker in the foreground (no master), on its own port and pid file.
       sed -e "s/127.0.0.1:$NX /127.0.0.1:$port /" -e "s#$RUN/proxy.pid#$RUN/proxy-callgrind.pid#" \
-        -e "s/127.0.0.1:$AR /127.0.0.1:$(free_port) /" "$RUN/proxy.conf" >"$RUN/proxy-callgrind.conf"
+        -e "s/127.0.0.1:$AR /127.0.0.1:$(free_port) /" -e "s/127.0.0.1:$ARJ /127.0.0.1:$(free_port) /" \
+        "$RUN/proxy.conf" >"$RUN/proxy-callgrind.conf"
       start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind $CACHE_SIM \
         --callgrind-out-file="$RUN/callgrind-$v.out" nginx -p "$RUN/" -e "$RUN/proxy-callgrind_error.log" \
         -c "$RUN/proxy-callgrind.conf" -g "master_process off;"
