@@ -321,6 +321,26 @@ http {
 }
 EOF
 
+# An nginx server on port $1 that asks the upstream group $2 before it proxies (auth_request).
+auth_request_server() {
+  cat <<EOF
+  server {
+    listen 127.0.0.1:$1 backlog=4096;
+    location / { auth_request /_authz; proxy_pass http://app; }
+    location = /_authz {
+      internal;
+      proxy_pass http://$2;
+      proxy_pass_request_body off;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-Method \$request_method;
+      proxy_set_header X-Original-URI \$request_uri;
+    }
+  }
+EOF
+}
+
 cat >"$RUN/proxy.conf" <<EOF
 worker_processes $WORKERS;
 daemon off;
@@ -348,34 +368,8 @@ http {
     listen 127.0.0.1:$NX backlog=4096;
     location / { proxy_pass http://app; }
   }
-  server {
-    listen 127.0.0.1:$AR backlog=4096;
-    location / { auth_request /_authz; proxy_pass http://app; }
-    location = /_authz {
-      internal;
-      proxy_pass http://authz;
-      proxy_pass_request_body off;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-Method \$request_method;
-      proxy_set_header X-Original-URI \$request_uri;
-    }
-  }
-  server {
-    listen 127.0.0.1:$ARJ backlog=4096;
-    location / { auth_request /_authz; proxy_pass http://app; }
-    location = /_authz {
-      internal;
-      proxy_pass http://authz_jwt;
-      proxy_pass_request_body off;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-Method \$request_method;
-      proxy_set_header X-Original-URI \$request_uri;
-    }
-  }
+$(auth_request_server "$AR" authz)
+$(auth_request_server "$ARJ" authz_jwt)
 }
 EOF
 
