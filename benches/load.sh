@@ -751,15 +751,21 @@ g = defaultdict(list)
 for r in rows:
     g[(r["phase"], r["body"], r["variant"])].append(r)
 med = lambda rs, k: statistics.median(float(r[k]) for r in rs)
+# Medians, and the rounds' range of what the phase varies (req/s at peak, p99 at a fixed
+# rate): on these VMs the range says how far a ratio of medians can be trusted.
+spread = lambda rs, k: f"{min(float(r[k]) for r in rs):,.0f}–{max(float(r[k]) for r in rs):,.0f}"
 def table(phase, bodies, variants):
-    print("| body | variant | req/s | p50 µs | p99 µs | hop CPU µs/req | runs |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    varied = "rps" if phase == "peak" else "p99_us"
+    print("| body | variant | req/s | p50 µs | p99 µs | hop CPU µs/req | runs | "
+          + ("req/s" if varied == "rps" else "p99 µs") + " range |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for b in bodies:
         for v in variants:
             rs = g.get((phase, b, v))
             if rs:
                 print(f"| {b} | {v} | {med(rs,'rps'):,.0f} | {med(rs,'p50_us'):,.0f} | "
-                      f"{med(rs,'p99_us'):,.0f} | {med(rs,'hop_cpu_us_per_req'):.1f} | {len(rs)} |")
+                      f"{med(rs,'p99_us'):,.0f} | {med(rs,'hop_cpu_us_per_req'):.1f} | {len(rs)} | "
+                      f"{spread(rs, varied)} |")
     print()
 bodies = [b for b in ("small", "big") if any(k[1] == b for k in g)]
 pv = [v for v in ("direct", "nginx", "authreq", "authreq-jwt", "pc-file", "pc-redis-audit", "pc-base") if any(k[2] == v and k[0] == "peak" for k in g)]
