@@ -81,7 +81,7 @@ HALTPOLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
 AUDIT_DIR=${AUDIT_DIR:-}
 # CACHE_SIM=1: the instructions phase also simulates the first-level caches (callgrind
 # --cache-sim=yes) and reports their misses per request; about twice as slow under valgrind.
-CACHE_SIM=${CACHE_SIM:+--cache-sim=yes}
+if [[ ${CACHE_SIM:-0} == 1 ]]; then CACHE_SIM=--cache-sim=yes; else CACHE_SIM=""; fi
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -358,7 +358,7 @@ http {
   uwsgi_temp_path $RUN/tmp/pu; scgi_temp_path $RUN/tmp/ps;
   upstream app { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 1000000; }
   upstream authz { server 127.0.0.1:$AUTHZ; keepalive 256; keepalive_requests 1000000; }
-  upstream authz_jwt { server 127.0.0.1:$AUTHZ_JWT; keepalive 256; keepalive_requests 1000000; }
+$([[ -z $WANT_NJS ]] || echo "  upstream authz_jwt { server 127.0.0.1:$AUTHZ_JWT; keepalive 256; keepalive_requests 1000000; }")
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   proxy_set_header Host \$host;
@@ -369,7 +369,7 @@ http {
     location / { proxy_pass http://app; }
   }
 $(auth_request_server "$AR" authz)
-$(auth_request_server "$ARJ" authz_jwt)
+$([[ -z $WANT_NJS ]] || auth_request_server "$ARJ" authz_jwt)
 }
 EOF
 
