@@ -9,6 +9,10 @@
 #                   permission against the caller's roles, in njs (nginx's JavaScript module,
 #                   Debian libnginx-mod-http-js) inside the upstream nginx. Not in the default
 #                   VARIANTS: add it to VARIANTS (and HALF_VARIANTS, KERNEL_VARIANTS) to run it.
+#   floor           wrk -> benches/floor -> upstream: a forwarder that only moves bytes (one upstream
+#                   connection per client, four system calls per request, no authorization, no
+#                   headers added): what any HTTP/1.1 proxy costs at least here. Not in the default
+#                   VARIANTS.
 #   pc-file         wrk -> portcullis (JWT HS256, file store, allow events not audited) -> upstream
 #   pc-redis-audit  wrk -> portcullis (JWT HS256, Redis store warm, every event to a disk spool
 #                          + file sink) -> upstream
@@ -63,7 +67,7 @@ FIXED_RPS=${FIXED_RPS:-10000}
 AUDIT_DURABILITY=${AUDIT_DURABILITY:-spooled}   # [audit] durability of pc-redis-audit: spooled | buffered
 FIXED_CLIENTS=${FIXED_CLIENTS:-20}
 PHASES=${PHASES:-"peak audit half"}
-HALF_VARIANTS=${HALF_VARIANTS:-"direct nginx pc-redis-audit"}  # any of direct nginx authreq authreq-jwt pc-file pc-redis-audit pc-redis-noaudit
+HALF_VARIANTS=${HALF_VARIANTS:-"direct nginx pc-redis-audit"}  # any of direct nginx floor authreq authreq-jwt pc-file pc-redis-audit pc-redis-noaudit
 HALF_TOOLS=${HALF_TOOLS:-"uniform poisson h2load"}  # arrivals at 50 % of peak: uniform | poisson (benches/pace) | h2load
 PACE_CONNS=${PACE_CONNS:-32}
 NICE=${NICE:-auto}            # auto: -20 (process and autogroup) when root, else 0
@@ -99,6 +103,14 @@ if [[ " $PHASES " == *" half "* && " $HALF_TOOLS " =~ \ (uniform|poisson)\  ]]; 
   (cd "$HERE/pace" && CARGO_TARGET_DIR="$HERE/pace/target" cargo build --release --quiet) \
     || die "benches/pace did not build"
   PACE="$HERE/pace/target/release/pace"
+fi
+
+FLOOR=""
+if [[ " $VARIANTS $HALF_VARIANTS ${KERNEL_VARIANTS:-} ${INSTR_VARIANTS:-} " == *" floor "* ]]; then
+  log "building benches/floor (release)"
+  (cd "$HERE/floor" && CARGO_TARGET_DIR="$HERE/floor/target" cargo build --release --quiet) \
+    || die "benches/floor did not build"
+  FLOOR="$HERE/floor/target/release/floor"
 fi
 
 # ------------------------------------------------------------ tools ----
@@ -223,7 +235,7 @@ print(f"{user / hz:.3f} {system / hz:.3f}" if split else f"{(user + system) / hz
 PY
 }
 
-read -r UP AUTHZ NX AR AUTHZ_JWT ARJ PC_FILE PC_REDIS PC_NOAUDIT PC_BASE REDIS <<<"$(free_ports 11)"
+read -r UP AUTHZ NX AR AUTHZ_JWT ARJ FL PC_FILE PC_REDIS PC_NOAUDIT PC_BASE REDIS <<<"$(free_ports 12)"
 USER_LINE=""
 [[ $(id -u) == 0 ]] && USER_LINE="user nobody nogroup;"
 
@@ -468,6 +480,7 @@ start_bg pc-file "$SUT_CPU" "$BIN" run --config "$RUN/pc-file.toml"
 start_bg pc-redis-audit "$SUT_CPU" "$BIN" run --config "$RUN/pc-redis-audit.toml"
 start_bg pc-redis-noaudit "$SUT_CPU" "$BIN" run --config "$RUN/pc-redis-noaudit.toml"
 [[ -n $BASE_BIN ]] && start_bg pc-base "$SUT_CPU" "$BASE_BIN" run --config "$RUN/pc-base.toml"
+[[ -n $FLOOR ]] && start_bg floor "$SUT_CPU" "$FLOOR" "127.0.0.1:$FL" "127.0.0.1:$UP"
 
 declare -A URL=(
   [direct]="http://127.0.0.1:$UP" [nginx]="http://127.0.0.1:$NX" [authreq]="http://127.0.0.1:$AR"
@@ -477,17 +490,17 @@ declare -A URL=(
 )
 # process group whose CPU is "the hop" of a variant (direct: the upstream itself)
 declare -A HOP=(
-  [direct]=upstream [nginx]=proxy [authreq]=proxy [authreq-jwt]=proxy [pc-file]=pc-file
+  [direct]=upstream [nginx]=proxy [authreq]=proxy [authreq-jwt]=proxy [floor]=floor [pc-file]=pc-file
   [pc-redis-audit]=pc-redis-audit [pc-redis-noaudit]=pc-redis-noaudit [pc-base]=pc-base
 )
 declare -A PATH_OF=([small]=/small/items/42 [big]=/big/blob/7)
 
 # ---------------------------------------------------------- sanity ----
-for v in direct nginx authreq ${WANT_NJS:+authreq-jwt} $PC_VARIANTS; do
+for v in direct nginx ${FLOOR:+floor} authreq ${WANT_NJS:+authreq-jwt} $PC_VARIANTS; do
   wait_code "${URL[$v]}/small/items/42" 200 -H "$AUTH" || die "$v: no 200 (see $RUN/*.log)"
   size=$(curl -s -o /dev/null -w '%{size_download}' -H "$AUTH" "${URL[$v]}/big/blob/7")
   [[ $size == 65536 ]] || die "$v big: got $size bytes"
-  if [[ $v != direct && $v != nginx ]]; then
+  if [[ $v != direct && $v != nginx && $v != floor ]]; then
     code=$(curl -s -o /dev/null -w '%{http_code}' "${URL[$v]}/small/items/42")
     [[ $code == 401 || $code == 403 ]] || die "$v: no credentials answered $code"
     code=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE -H "$AUTH" "${URL[$v]}/small/items/42")
@@ -663,6 +676,9 @@ if [[ " $PHASES " == *" instructions "* ]]; then
       start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind $CACHE_SIM \
         --callgrind-out-file="$RUN/callgrind-$v.out" nginx -p "$RUN/" -e "$RUN/proxy-callgrind_error.log" \
         -c "$RUN/proxy-callgrind.conf" -g "master_process off;"
+    elif [[ $v == floor ]]; then
+      start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind $CACHE_SIM \
+        --callgrind-out-file="$RUN/callgrind-$v.out" "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$UP"
     else
       sed "s/${PORT_OF[$v]}/$port/g" "$RUN/$v.toml" >"$RUN/$v-callgrind.toml"
       bin=$BIN; [[ $v == pc-base ]] && bin=$BASE_BIN
@@ -768,17 +784,17 @@ def table(phase, bodies, variants):
                       f"{spread(rs, varied)} |")
     print()
 bodies = [b for b in ("small", "big") if any(k[1] == b for k in g)]
-pv = [v for v in ("direct", "nginx", "authreq", "authreq-jwt", "pc-file", "pc-redis-audit", "pc-base") if any(k[2] == v and k[0] == "peak" for k in g)]
+pv = [v for v in ("direct", "nginx", "floor", "authreq", "authreq-jwt", "pc-file", "pc-redis-audit", "pc-base") if any(k[2] == v and k[0] == "peak" for k in g)]
 if pv:
     print("## Peak (wrk closed loop; medians over rounds)\n")
     table("peak", bodies, pv)
     jwt = "authreq-jwt" in pv
-    print("| body | portcullis variant | ÷ nginx | ÷ nginx+auth_request |"
+    print("| body | variant | ÷ nginx | ÷ nginx+auth_request |"
           + (" ÷ nginx+auth_request (JWT) |" if jwt else "") + " ÷ direct |")
     print("|---|---|---:|---:|" + ("---:|" if jwt else "") + "---:|")
     for b in bodies:
         base = {v: med(g[("peak", b, v)], "rps") for v in ("direct", "nginx", "authreq", "authreq-jwt") if g.get(("peak", b, v))}
-        for v in ("pc-file", "pc-redis-audit", "pc-base"):
+        for v in ("floor", "pc-file", "pc-redis-audit", "pc-base"):
             rs = g.get(("peak", b, v))
             if not rs:
                 continue
@@ -806,7 +822,7 @@ for phase, how in HOW.items():
         continue
     rate = next(r["rate"] for r in rows if r["phase"] == phase)
     print(f"## Latency at 50 % of pc-redis-audit's peak ({rate} req/s, {how}, small body)\n")
-    hv = ["direct", "nginx", "authreq", "authreq-jwt", "pc-file", "pc-redis-noaudit", "pc-redis-audit", "pc-base"]
+    hv = ["direct", "nginx", "floor", "authreq", "authreq-jwt", "pc-file", "pc-redis-noaudit", "pc-redis-audit", "pc-base"]
     table(phase, ["small"], hv)
     d = g.get((phase, "small", "direct"))
     for v in hv[1:]:
