@@ -484,7 +484,7 @@ start_bg pc-redis-noaudit "$SUT_CPU" "$BIN" run --config "$RUN/pc-redis-noaudit.
 
 declare -A URL=(
   [direct]="http://127.0.0.1:$UP" [nginx]="http://127.0.0.1:$NX" [authreq]="http://127.0.0.1:$AR"
-  [authreq-jwt]="http://127.0.0.1:$ARJ"
+  [authreq-jwt]="http://127.0.0.1:$ARJ" [floor]="http://127.0.0.1:$FL"
   [pc-file]="http://127.0.0.1:$PC_FILE" [pc-redis-audit]="http://127.0.0.1:$PC_REDIS"
   [pc-redis-noaudit]="http://127.0.0.1:$PC_NOAUDIT" [pc-base]="http://127.0.0.1:$PC_BASE"
 )
