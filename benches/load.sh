@@ -13,6 +13,11 @@
 #                   connection per client, four system calls per request, no authorization, no
 #                   headers added): what any HTTP/1.1 proxy costs at least here. Not in the default
 #                   VARIANTS.
+#   floor-pipe      as floor, but every client's requests go over FLOOR_PIPELINE (default 2)
+#                   upstream connections with HTTP/1.1 pipelining: one upstream write per event-loop
+#                   turn for all the requests that came in (what no production proxy does: an
+#                   experiment on what fewer TCP segments per request would buy). Not in the
+#                   default VARIANTS.
 #   pc-file         wrk -> portcullis (JWT HS256, file store, allow events not audited) -> upstream
 #   pc-redis-audit  wrk -> portcullis (JWT HS256, Redis store warm, every event to a disk spool
 #                          + file sink) -> upstream
@@ -67,7 +72,7 @@ FIXED_RPS=${FIXED_RPS:-10000}
 AUDIT_DURABILITY=${AUDIT_DURABILITY:-spooled}   # [audit] durability of pc-redis-audit: spooled | buffered
 FIXED_CLIENTS=${FIXED_CLIENTS:-20}
 PHASES=${PHASES:-"peak audit half"}
-HALF_VARIANTS=${HALF_VARIANTS:-"direct nginx pc-redis-audit"}  # any of direct nginx floor authreq authreq-jwt pc-file pc-redis-audit pc-redis-noaudit
+HALF_VARIANTS=${HALF_VARIANTS:-"direct nginx pc-redis-audit"}  # any of direct nginx floor floor-pipe authreq authreq-jwt pc-file pc-redis-audit pc-redis-noaudit
 HALF_TOOLS=${HALF_TOOLS:-"uniform poisson h2load"}  # arrivals at 50 % of peak: uniform | poisson (benches/pace) | h2load
 PACE_CONNS=${PACE_CONNS:-32}
 NICE=${NICE:-auto}            # auto: -20 (process and autogroup) when root, else 0
@@ -106,7 +111,7 @@ if [[ " $PHASES " == *" half "* && " $HALF_TOOLS " =~ \ (uniform|poisson)\  ]]; 
 fi
 
 FLOOR=""
-if [[ " $VARIANTS $HALF_VARIANTS ${KERNEL_VARIANTS:-} ${INSTR_VARIANTS:-} " == *" floor "* ]]; then
+if [[ " $VARIANTS $HALF_VARIANTS ${KERNEL_VARIANTS:-} ${INSTR_VARIANTS:-} " =~ \ floor(-pipe)?\  ]]; then
   log "building benches/floor (release)"
   (cd "$HERE/floor" && CARGO_TARGET_DIR="$HERE/floor/target" cargo build --release --quiet) \
     || die "benches/floor did not build"
@@ -235,7 +240,7 @@ print(f"{user / hz:.3f} {system / hz:.3f}" if split else f"{(user + system) / hz
 PY
 }
 
-read -r UP AUTHZ NX AR AUTHZ_JWT ARJ FL PC_FILE PC_REDIS PC_NOAUDIT PC_BASE REDIS <<<"$(free_ports 12)"
+read -r UP AUTHZ NX AR AUTHZ_JWT ARJ FL FLP PC_FILE PC_REDIS PC_NOAUDIT PC_BASE REDIS <<<"$(free_ports 13)"
 USER_LINE=""
 [[ $(id -u) == 0 ]] && USER_LINE="user nobody nogroup;"
 
@@ -480,27 +485,30 @@ start_bg pc-file "$SUT_CPU" "$BIN" run --config "$RUN/pc-file.toml"
 start_bg pc-redis-audit "$SUT_CPU" "$BIN" run --config "$RUN/pc-redis-audit.toml"
 start_bg pc-redis-noaudit "$SUT_CPU" "$BIN" run --config "$RUN/pc-redis-noaudit.toml"
 [[ -n $BASE_BIN ]] && start_bg pc-base "$SUT_CPU" "$BASE_BIN" run --config "$RUN/pc-base.toml"
-[[ -n $FLOOR ]] && start_bg floor "$SUT_CPU" "$FLOOR" "127.0.0.1:$FL" "127.0.0.1:$UP"
+if [[ -n $FLOOR ]]; then
+  start_bg floor "$SUT_CPU" "$FLOOR" "127.0.0.1:$FL" "127.0.0.1:$UP"
+  start_bg floor-pipe "$SUT_CPU" "$FLOOR" "127.0.0.1:$FLP" "127.0.0.1:$UP" --pipeline "${FLOOR_PIPELINE:-2}"
+fi
 
 declare -A URL=(
   [direct]="http://127.0.0.1:$UP" [nginx]="http://127.0.0.1:$NX" [authreq]="http://127.0.0.1:$AR"
-  [authreq-jwt]="http://127.0.0.1:$ARJ" [floor]="http://127.0.0.1:$FL"
+  [authreq-jwt]="http://127.0.0.1:$ARJ" [floor]="http://127.0.0.1:$FL" [floor-pipe]="http://127.0.0.1:$FLP"
   [pc-file]="http://127.0.0.1:$PC_FILE" [pc-redis-audit]="http://127.0.0.1:$PC_REDIS"
   [pc-redis-noaudit]="http://127.0.0.1:$PC_NOAUDIT" [pc-base]="http://127.0.0.1:$PC_BASE"
 )
 # process group whose CPU is "the hop" of a variant (direct: the upstream itself)
 declare -A HOP=(
-  [direct]=upstream [nginx]=proxy [authreq]=proxy [authreq-jwt]=proxy [floor]=floor [pc-file]=pc-file
+  [direct]=upstream [nginx]=proxy [authreq]=proxy [authreq-jwt]=proxy [floor]=floor [floor-pipe]=floor-pipe [pc-file]=pc-file
   [pc-redis-audit]=pc-redis-audit [pc-redis-noaudit]=pc-redis-noaudit [pc-base]=pc-base
 )
 declare -A PATH_OF=([small]=/small/items/42 [big]=/big/blob/7)
 
 # ---------------------------------------------------------- sanity ----
-for v in direct nginx ${FLOOR:+floor} authreq ${WANT_NJS:+authreq-jwt} $PC_VARIANTS; do
+for v in direct nginx ${FLOOR:+floor floor-pipe} authreq ${WANT_NJS:+authreq-jwt} $PC_VARIANTS; do
   wait_code "${URL[$v]}/small/items/42" 200 -H "$AUTH" || die "$v: no 200 (see $RUN/*.log)"
   size=$(curl -s -o /dev/null -w '%{size_download}' -H "$AUTH" "${URL[$v]}/big/blob/7")
   [[ $size == 65536 ]] || die "$v big: got $size bytes"
-  if [[ $v != direct && $v != nginx && $v != floor ]]; then
+  if [[ $v != direct && $v != nginx && $v != floor* ]]; then
     code=$(curl -s -o /dev/null -w '%{http_code}' "${URL[$v]}/small/items/42")
     [[ $code == 401 || $code == 403 ]] || die "$v: no credentials answered $code"
     code=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE -H "$AUTH" "${URL[$v]}/small/items/42")
@@ -676,9 +684,11 @@ if [[ " $PHASES " == *" instructions "* ]]; then
       start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind $CACHE_SIM \
         --callgrind-out-file="$RUN/callgrind-$v.out" nginx -p "$RUN/" -e "$RUN/proxy-callgrind_error.log" \
         -c "$RUN/proxy-callgrind.conf" -g "master_process off;"
-    elif [[ $v == floor ]]; then
+    elif [[ $v == floor* ]]; then
+      pipe=()
+      [[ $v == floor-pipe ]] && pipe=(--pipeline "${FLOOR_PIPELINE:-2}")
       start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind $CACHE_SIM \
-        --callgrind-out-file="$RUN/callgrind-$v.out" "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$UP"
+        --callgrind-out-file="$RUN/callgrind-$v.out" "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$UP" "${pipe[@]}"
     else
       sed "s/${PORT_OF[$v]}/$port/g" "$RUN/$v.toml" >"$RUN/$v-callgrind.toml"
       bin=$BIN; [[ $v == pc-base ]] && bin=$BASE_BIN
@@ -784,7 +794,7 @@ def table(phase, bodies, variants):
                       f"{spread(rs, varied)} |")
     print()
 bodies = [b for b in ("small", "big") if any(k[1] == b for k in g)]
-pv = [v for v in ("direct", "nginx", "floor", "authreq", "authreq-jwt", "pc-file", "pc-redis-audit", "pc-base") if any(k[2] == v and k[0] == "peak" for k in g)]
+pv = [v for v in ("direct", "nginx", "floor", "floor-pipe", "authreq", "authreq-jwt", "pc-file", "pc-redis-audit", "pc-base") if any(k[2] == v and k[0] == "peak" for k in g)]
 if pv:
     print("## Peak (wrk closed loop; medians over rounds)\n")
     table("peak", bodies, pv)
@@ -794,7 +804,7 @@ if pv:
     print("|---|---|---:|---:|" + ("---:|" if jwt else "") + "---:|")
     for b in bodies:
         base = {v: med(g[("peak", b, v)], "rps") for v in ("direct", "nginx", "authreq", "authreq-jwt") if g.get(("peak", b, v))}
-        for v in ("floor", "pc-file", "pc-redis-audit", "pc-base"):
+        for v in ("floor", "floor-pipe", "pc-file", "pc-redis-audit", "pc-base"):
             rs = g.get(("peak", b, v))
             if not rs:
                 continue
@@ -822,7 +832,7 @@ for phase, how in HOW.items():
         continue
     rate = next(r["rate"] for r in rows if r["phase"] == phase)
     print(f"## Latency at 50 % of pc-redis-audit's peak ({rate} req/s, {how}, small body)\n")
-    hv = ["direct", "nginx", "floor", "authreq", "authreq-jwt", "pc-file", "pc-redis-noaudit", "pc-redis-audit", "pc-base"]
+    hv = ["direct", "nginx", "floor", "floor-pipe", "authreq", "authreq-jwt", "pc-file", "pc-redis-noaudit", "pc-redis-audit", "pc-base"]
     table(phase, ["small"], hv)
     d = g.get((phase, "small", "direct"))
     for v in hv[1:]:

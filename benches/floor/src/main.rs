@@ -11,7 +11,11 @@
 //! adds no headers, and does not handle chunked bodies, `HEAD`, 1xx, 204 or 304 responses:
 //! enough for the benchmark's GETs, and no more.
 //!
-//! Usage: `floor LISTEN_ADDR UPSTREAM_ADDR` (e.g. `floor 127.0.0.1:8081 127.0.0.1:8080`).
+//! Usage: `floor LISTEN_ADDR UPSTREAM_ADDR [--pipeline N]` (e.g. `floor 127.0.0.1:8081
+//! 127.0.0.1:8080`); `--pipeline N` multiplexes the clients over N pipelined upstream
+//! connections instead (`pipelined.rs`).
+
+mod pipelined;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -207,14 +211,34 @@ fn run(listen: SocketAddr, upstream: SocketAddr) -> Result<(), String> {
     }
 }
 
+const USAGE: &str =
+    "usage: floor LISTEN_ADDR UPSTREAM_ADDR [--pipeline N] (e.g. 127.0.0.1:8081 127.0.0.1:8080)";
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let addrs: Vec<SocketAddr> = args.iter().filter_map(|a| a.parse().ok()).collect();
-    let ([listen, upstream], 2) = (&addrs[..], args.len()) else {
-        eprintln!("usage: floor LISTEN_ADDR UPSTREAM_ADDR (e.g. 127.0.0.1:8081 127.0.0.1:8080)");
-        return ExitCode::from(2);
+    let usage = || {
+        eprintln!("{USAGE}");
+        ExitCode::from(2)
     };
-    match run(*listen, *upstream) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(Ok(listen)), Some(Ok(upstream))) = (
+        args.first().map(|a| a.parse::<SocketAddr>()),
+        args.get(1).map(|a| a.parse::<SocketAddr>()),
+    ) else {
+        return usage();
+    };
+    let pipeline = match &args[2..] {
+        [] => None,
+        [flag, n] if flag == "--pipeline" => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => return usage(),
+        },
+        _ => return usage(),
+    };
+    let result = match pipeline {
+        Some(n) => pipelined::run(listen, upstream, n),
+        None => run(listen, upstream),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("floor: {e}");
