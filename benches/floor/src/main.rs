@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-const LISTENER: Token = Token(usize::MAX);
+pub(crate) const LISTENER: Token = Token(usize::MAX);
 const BUFFER: usize = 64 * 1024;
 
 /// Which way the current message flows.
@@ -151,20 +151,34 @@ fn open_pair(
     Ok(pair)
 }
 
-fn run(listen: SocketAddr, upstream: SocketAddr) -> Result<(), String> {
-    let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+/// The epoll instance and the listening socket (token `LISTENER`) of either mode.
+pub(crate) fn bind(listen: SocketAddr) -> Result<(Poll, TcpListener), String> {
+    let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
     let mut listener = TcpListener::bind(listen).map_err(|e| format!("bind {listen}: {e}"))?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(|e| format!("register: {e}"))?;
+    Ok((poll, listener))
+}
+
+/// `epoll_wait` without a timeout; an interrupted wait returns with no events.
+pub(crate) fn wait(poll: &mut Poll, events: &mut Events) -> Result<(), String> {
+    match poll.poll(events, None) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::Interrupted => {
+            events.clear();
+            Ok(())
+        }
+        Err(e) => Err(format!("epoll_wait: {e}")),
+    }
+}
+
+fn run(listen: SocketAddr, upstream: SocketAddr) -> Result<(), String> {
+    let (mut poll, listener) = bind(listen)?;
     let mut pairs: Vec<Option<Pair>> = Vec::new();
     let mut events = Events::with_capacity(1024);
     loop {
-        match poll.poll(&mut events, None) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("epoll_wait: {e}")),
-        }
+        wait(&mut poll, &mut events)?;
         for event in events.iter() {
             if event.token() == LISTENER {
                 loop {

@@ -11,12 +11,11 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Registry, Token};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Registry, Token};
 
-use crate::message_length;
+use crate::{LISTENER, bind, message_length, wait};
 
-const LISTENER: Token = Token(usize::MAX);
 const READ_CHUNK: usize = 64 * 1024;
 
 struct Client {
@@ -127,12 +126,8 @@ fn reconnect(
 }
 
 pub fn run(listen: SocketAddr, upstream: SocketAddr, connections: usize) -> Result<(), String> {
-    let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
-    let mut listener = TcpListener::bind(listen).map_err(|e| format!("bind {listen}: {e}"))?;
+    let (mut poll, listener) = bind(listen)?;
     let both = Interest::READABLE | Interest::WRITABLE;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .map_err(|e| format!("register: {e}"))?;
     let mut upstreams = Vec::new();
     for u in 0..connections.max(1) {
         let stream = connect(poll.registry(), upstream, u)?;
@@ -153,11 +148,7 @@ pub fn run(listen: SocketAddr, upstream: SocketAddr, connections: usize) -> Resu
     let mut dirty_clients: Vec<usize> = Vec::new();
     let mut events = Events::with_capacity(1024);
     loop {
-        match poll.poll(&mut events, None) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("epoll_wait: {e}")),
-        }
+        wait(&mut poll, &mut events)?;
         for event in events.iter() {
             let token = event.token();
             if token == LISTENER {
@@ -282,5 +273,26 @@ pub fn run(listen: SocketAddr, upstream: SocketAddr, connections: usize) -> Resu
                 let _ = poll.registry().deregister(&mut client.stream);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sees_connection_close_in_the_head_only() {
+        assert!(announces_close(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(announces_close(
+            b"HTTP/1.1 200 OK\r\nconnection:Close\r\n\r\n"
+        ));
+        assert!(!announces_close(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n"
+        ));
+        assert!(!announces_close(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\nConnection: close"
+        ));
     }
 }
