@@ -11,8 +11,8 @@
 #                   VARIANTS: add it to VARIANTS (and HALF_VARIANTS, KERNEL_VARIANTS) to run it.
 #   floor           wrk -> benches/floor -> upstream: a forwarder that only moves bytes (one upstream
 #                   connection per client, four system calls per request, no authorization, no
-#                   headers added): what any HTTP/1.1 proxy costs at least here. Not in the default
-#                   VARIANTS.
+#                   headers added): the least a proxy that forwards each request with its own reads
+#                   and writes costs here. Not in the default VARIANTS.
 #   floor-pipe      as floor, but every client's requests go over FLOOR_PIPELINE (default 2)
 #                   upstream connections with HTTP/1.1 pipelining: one upstream write per event-loop
 #                   turn for all the requests that came in (what no production proxy does: an

@@ -1,5 +1,6 @@
 //! `floor`: the cheapest HTTP/1.1 keep-alive forwarder we could write, as a lower bound for
-//! what any proxy costs on this machine's loopback TCP (benches/load.sh, variant `floor`).
+//! what a proxy that forwards each request with its own reads and writes (nginx, Portcullis)
+//! costs on this machine's loopback TCP (benches/load.sh, variant `floor`).
 //!
 //! One thread, one epoll (mio), and per client connection one upstream connection of its own,
 //! opened when the client connects. A request costs four system calls besides the shared
