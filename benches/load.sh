@@ -88,6 +88,11 @@ HALTPOLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
 # Where the audited variants keep their spool and file sink (default: the run dir, on disk).
 # A tmpfs directory (e.g. /dev/shm) takes the disk out of the picture, for experiments only.
 AUDIT_DIR=${AUDIT_DIR:-}
+# UPSTREAM_SCHED=batch runs the upstream nginx (and the authz endpoints in it) as SCHED_BATCH:
+# its wake-ups then no longer preempt the proxy it shares the core with, which they do once per
+# few requests otherwise (a cost of this rig's one-core layout, paid by every proxy variant).
+# For experiments only; the default leaves it SCHED_OTHER.
+UPSTREAM_SCHED=${UPSTREAM_SCHED:-}
 # CACHE_SIM=1: the instructions phase also simulates the first-level caches (callgrind
 # --cache-sim=yes) and reports their misses per request; about twice as slow under valgrind.
 if [[ ${CACHE_SIM:-0} == 1 ]]; then CACHE_SIM=--cache-sim=yes; else CACHE_SIM=""; fi
@@ -474,7 +479,11 @@ FORGED="Authorization: Bearer $(PORTCULLIS_BENCH_SECRET=not-the-bench-secret-012
 # ----------------------------------------------------------- start ----
 nginx -t -q -p "$RUN/" -e "$RUN/nginx_t.log" -c "$RUN/upstream.conf" || die "upstream.conf invalid"
 nginx -t -q -p "$RUN/" -e "$RUN/nginx_t.log" -c "$RUN/proxy.conf" || die "proxy.conf invalid"
-start_bg upstream "$SUT_CPU" nginx -p "$RUN/" -e "$RUN/upstream_error.log" -c "$RUN/upstream.conf"
+if [[ ${UPSTREAM_SCHED:-} == batch ]]; then
+  start_bg upstream "$SUT_CPU" chrt --batch 0 nginx -p "$RUN/" -e "$RUN/upstream_error.log" -c "$RUN/upstream.conf"
+else
+  start_bg upstream "$SUT_CPU" nginx -p "$RUN/" -e "$RUN/upstream_error.log" -c "$RUN/upstream.conf"
+fi
 start_bg proxy "$SUT_CPU" nginx -p "$RUN/" -e "$RUN/proxy_error.log" -c "$RUN/proxy.conf"
 start_bg redis "$SUT_CPU" redis-server --bind 127.0.0.1 --port "$REDIS" --save "" --appendonly no \
   --dir "$RUN" --protected-mode yes
@@ -524,7 +533,7 @@ log "sanity ok; run dir $RUN"
   echo "nginx: $(nginx -v 2>&1 | sed 's/.*: //'); wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}'); redis: $(redis-server --version | awk '{print $3}')"
   [[ -n $BASE_BIN ]] && echo "pc-base: $BASE_BIN"
   echo "portcullis: $BIN ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
-  echo "layout: server side on cpu $SUT_CPU, load generator on cpu $LOADGEN_CPU; workers $WORKERS; nice $NICE"
+  echo "layout: server side on cpu $SUT_CPU, load generator on cpu $LOADGEN_CPU; workers $WORKERS; nice $NICE${UPSTREAM_SCHED:+; upstream SCHED_$UPSTREAM_SCHED}"
   echo "peak: wrk -t1 -c$CONNS -d${DURATION}s (+${WARMUP}s warm-up), $ROUNDS interleaved rounds"
   echo "load before start: $(cut -d' ' -f1-3 /proc/loadavg)"
   if [[ -r $HALTPOLL ]]; then echo "guest_halt_poll_ns: $(cat "$HALTPOLL")"; fi
