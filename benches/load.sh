@@ -93,6 +93,7 @@ AUDIT_DIR=${AUDIT_DIR:-}
 # few requests otherwise (a cost of this rig's one-core layout, paid by every proxy variant).
 # For experiments only; the default leaves it SCHED_OTHER.
 UPSTREAM_SCHED=${UPSTREAM_SCHED:-}
+[[ -z $UPSTREAM_SCHED || $UPSTREAM_SCHED == batch ]] || { echo "UPSTREAM_SCHED: empty or batch, not $UPSTREAM_SCHED" >&2; exit 2; }
 # CACHE_SIM=1: the instructions phase also simulates the first-level caches (callgrind
 # --cache-sim=yes) and reports their misses per request; about twice as slow under valgrind.
 if [[ ${CACHE_SIM:-0} == 1 ]]; then CACHE_SIM=--cache-sim=yes; else CACHE_SIM=""; fi
@@ -479,11 +480,9 @@ FORGED="Authorization: Bearer $(PORTCULLIS_BENCH_SECRET=not-the-bench-secret-012
 # ----------------------------------------------------------- start ----
 nginx -t -q -p "$RUN/" -e "$RUN/nginx_t.log" -c "$RUN/upstream.conf" || die "upstream.conf invalid"
 nginx -t -q -p "$RUN/" -e "$RUN/nginx_t.log" -c "$RUN/proxy.conf" || die "proxy.conf invalid"
-if [[ ${UPSTREAM_SCHED:-} == batch ]]; then
-  start_bg upstream "$SUT_CPU" chrt --batch 0 nginx -p "$RUN/" -e "$RUN/upstream_error.log" -c "$RUN/upstream.conf"
-else
-  start_bg upstream "$SUT_CPU" nginx -p "$RUN/" -e "$RUN/upstream_error.log" -c "$RUN/upstream.conf"
-fi
+UPSTREAM_CHRT=()
+[[ $UPSTREAM_SCHED == batch ]] && UPSTREAM_CHRT=(chrt --batch 0)
+start_bg upstream "$SUT_CPU" "${UPSTREAM_CHRT[@]}" nginx -p "$RUN/" -e "$RUN/upstream_error.log" -c "$RUN/upstream.conf"
 start_bg proxy "$SUT_CPU" nginx -p "$RUN/" -e "$RUN/proxy_error.log" -c "$RUN/proxy.conf"
 start_bg redis "$SUT_CPU" redis-server --bind 127.0.0.1 --port "$REDIS" --save "" --appendonly no \
   --dir "$RUN" --protected-mode yes
@@ -533,7 +532,7 @@ log "sanity ok; run dir $RUN"
   echo "nginx: $(nginx -v 2>&1 | sed 's/.*: //'); wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}'); redis: $(redis-server --version | awk '{print $3}')"
   [[ -n $BASE_BIN ]] && echo "pc-base: $BASE_BIN"
   echo "portcullis: $BIN ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
-  echo "layout: server side on cpu $SUT_CPU, load generator on cpu $LOADGEN_CPU; workers $WORKERS; nice $NICE${UPSTREAM_SCHED:+; upstream SCHED_$UPSTREAM_SCHED}"
+  echo "layout: server side on cpu $SUT_CPU, load generator on cpu $LOADGEN_CPU; workers $WORKERS; nice $NICE${UPSTREAM_SCHED:+; upstream SCHED_BATCH}"
   echo "peak: wrk -t1 -c$CONNS -d${DURATION}s (+${WARMUP}s warm-up), $ROUNDS interleaved rounds"
   echo "load before start: $(cut -d' ' -f1-3 /proc/loadavg)"
   if [[ -r $HALTPOLL ]]; then echo "guest_halt_poll_ns: $(cat "$HALTPOLL")"; fi
@@ -675,13 +674,8 @@ if [[ " $PHASES " == *" instructions "* ]]; then
   {
     echo "## User-space instructions per request (callgrind, wrk -c16 -d${INSTR_SECONDS:-8}s, small body)"
     echo
-    if [[ -n $CACHE_SIM ]]; then
-      echo "| variant | requests | Ir / request | without SHA-256 (portable here, SHA-NI on the hardware) | I1 misses / request | D1 misses / request |"
-      echo "|---|---:|---:|---:|---:|---:|"
-    else
-      echo "| variant | requests | Ir / request | without SHA-256 (portable here, SHA-NI on the hardware) |"
-      echo "|---|---:|---:|---:|"
-    fi
+    echo "| variant | requests | Ir / request | without SHA-256 (portable here, SHA-NI on the hardware) |${CACHE_SIM:+ I1 misses / request | D1 misses / request |}"
+    echo "|---|---:|---:|---:|${CACHE_SIM:+---:|---:|}"
   } >"$RUN/instructions.md"
   for v in ${INSTR_VARIANTS:-pc-file pc-redis-audit}; do
     port=$(free_port)
@@ -727,10 +721,11 @@ if [[ " $PHASES " == *" instructions "* ]]; then
       # layout shows in I1, repeatable like Ir.
       read -r i1 d1 <<<"$(awk '/^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
         /^summary:/ { print $col["I1mr"], $col["D1mr"] + $col["D1mw"]; exit }' "$dump")"
-      echo "| $v | $n | $((ir / n)) | $(((ir - sha) / n)) | $((i1 / n)) | $((d1 / n)) |" >>"$RUN/instructions.md"
+      misses=" $((i1 / n)) | $((d1 / n)) |"
     else
-      echo "| $v | $n | $((ir / n)) | $(((ir - sha) / n)) |" >>"$RUN/instructions.md"
+      misses=""
     fi
+    echo "| $v | $n | $((ir / n)) | $(((ir - sha) / n)) |$misses" >>"$RUN/instructions.md"
   done
   echo >>"$RUN/instructions.md"
 fi
