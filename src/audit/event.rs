@@ -60,20 +60,20 @@ impl AuditEvent {
     /// Append the event as one JSON object, with `prev`, without `hash`. Field order is the
     /// canonical one: id, seq, time, type, the body's fields, gateway, schema_version, prev.
     pub fn write_json(&self, prev: &str, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        self.write_json_after(prev, is_clean(prev.as_bytes()), out)
+        self.write_json_after(prev.as_bytes(), is_clean(prev.as_bytes()), out)
     }
 
     /// `write_json` with `prev_clean`: whether `prev` has nothing to escape (the chain knows
     /// its own hashes are hex).
     fn write_json_after(
         &self,
-        prev: &str,
+        prev: &[u8],
         prev_clean: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), serde_json::Error> {
         out.extend_from_slice(b"{\"id\":\"");
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        out.extend_from_slice(self.id.hyphenated().encode_lower(&mut id).as_bytes());
+        write_uuid(out, &mut id, &self.id);
         out.extend_from_slice(b"\",\"seq\":");
         write_u64(out, self.seq);
         out.extend_from_slice(b",\"time\":\"");
@@ -101,9 +101,9 @@ impl AuditEvent {
         write_u64(out, u64::from(self.schema_version));
         out.extend_from_slice(b",\"prev\":\"");
         if prev_clean {
-            out.extend_from_slice(prev.as_bytes());
+            out.extend_from_slice(prev);
         } else {
-            json_contents(out, prev.as_bytes());
+            json_contents(out, prev);
         }
         out.extend_from_slice(b"\"}");
         Ok(())
@@ -559,7 +559,8 @@ pub struct Loss {
 
 /// The chain state: previous hash and optional HMAC key.
 pub struct Chain {
-    prev: String,
+    /// UTF-8: a `str` given to `new`/`restore`, or a hash this chain wrote.
+    prev: Vec<u8>,
     /// `prev` has nothing JSON escapes (always, once it is a hash this chain computed).
     prev_clean: bool,
     /// The HMAC with its key already absorbed (two compressions), cloned per event.
@@ -573,19 +574,20 @@ impl Chain {
     pub fn new(prev: String, key: Option<Vec<u8>>) -> Chain {
         Chain {
             prev_clean: is_clean(prev.as_bytes()),
-            prev,
+            prev: prev.into_bytes(),
             mac: key.as_deref().map(keyed),
         }
     }
 
     pub fn prev(&self) -> &str {
-        &self.prev
+        // Never empty by failure: see the field's invariant.
+        std::str::from_utf8(&self.prev).unwrap_or_default()
     }
 
     /// Go back to `prev` (a batch that was sealed but could not be written).
     pub fn restore(&mut self, prev: &str) {
         self.prev.clear();
-        self.prev.push_str(prev);
+        self.prev.extend_from_slice(prev.as_bytes());
         self.prev_clean = is_clean(prev.as_bytes());
     }
 
@@ -607,10 +609,10 @@ impl Chain {
         // INVARIANT: write_json ends the object with `}`.
         out.pop();
         out.extend_from_slice(b",\"hash\":\"");
-        out.extend_from_slice(hash.as_bytes());
+        out.extend_from_slice(hash);
         out.extend_from_slice(b"\"}");
         self.prev.clear();
-        self.prev.push_str(hash);
+        self.prev.extend_from_slice(hash);
         // A prefix and hex digits.
         self.prev_clean = true;
         Ok(())
@@ -623,12 +625,13 @@ fn keyed(key: &[u8]) -> Hmac<Sha256> {
     Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| Hmac::<Sha256>::new(&Default::default()))
 }
 
-/// `digest`, written into `buf` (no allocation).
+/// `digest`, written into `buf` (no allocation): ASCII, so it goes into the chain and the
+/// line without a UTF-8 check.
 fn digest_into<'b>(
     mac: Option<&Hmac<Sha256>>,
     bytes: &[u8],
     buf: &'b mut [u8; HASH_MAX],
-) -> &'b str {
+) -> &'b [u8] {
     let (prefix, sum): (&str, [u8; 32]) = match mac {
         None => ("sha256:", Sha256::digest(bytes).into()),
         Some(mac) => {
@@ -643,7 +646,24 @@ fn digest_into<'b>(
     for (pair, byte) in buf[prefix.len()..n].chunks_exact_mut(2).zip(sum) {
         pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
-    std::str::from_utf8(&buf[..n]).unwrap_or_default()
+    &buf[..n]
+}
+
+/// The id as `Uuid`'s lowercase hyphenated text, through the hex table.
+fn write_uuid(out: &mut Vec<u8>, text: &mut [u8; uuid::fmt::Hyphenated::LENGTH], id: &uuid::Uuid) {
+    text.fill(b'-');
+    let mut at = 0;
+    for (i, &byte) in id.as_bytes().iter().enumerate() {
+        // 8-4-4-4-12 digits.
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        if let Some(pair) = text.get_mut(at..at + 2) {
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+        }
+        at += 2;
+    }
+    out.extend_from_slice(text);
 }
 
 /// Every byte's two lowercase hex digits.
@@ -661,7 +681,8 @@ static HEX_PAIRS: [[u8; 2]; 256] = {
 /// `sha256:<hex>` or, with a key, `hmac-sha256:<hex>` of `bytes`.
 pub fn digest(key: Option<&[u8]>, bytes: &[u8]) -> String {
     let mut buf = [0u8; HASH_MAX];
-    digest_into(key.map(keyed).as_ref(), bytes, &mut buf).to_owned()
+    // A prefix and hex digits: ASCII.
+    String::from_utf8_lossy(digest_into(key.map(keyed).as_ref(), bytes, &mut buf)).into_owned()
 }
 
 /// Split a sealed line into (hashed bytes, stated hash): the line must end with
@@ -931,6 +952,17 @@ mod tests {
             prev = stated.to_owned();
         }
         assert_eq!(chain.prev(), prev);
+    }
+
+    #[test]
+    fn uuid_text_is_hyphenated_lowercase() {
+        for _ in 0..1000 {
+            let id = uuid::Uuid::from_u128(fastrand::u128(..));
+            let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let mut out = b"x".to_vec();
+            write_uuid(&mut out, &mut text, &id);
+            assert_eq!(out, format!("x{id}").into_bytes());
+        }
     }
 
     #[test]
