@@ -7,7 +7,8 @@
 //! - `pipeline/spooled-64`: 64 concurrent requests each awaiting their own append (group
 //!   commit), on one current-thread runtime.
 //! - `encode/*`: per-event costs: the baseline `serde_json` of the decision alone, sealing
-//!   (serialize + hash), each rendering, and the request path's `record` (enqueue).
+//!   (serialize + hash; `seal-hmac` with an `[audit] hmac_key`), each rendering, and the
+//!   request path's `record` (enqueue).
 //! - `request/record-buffered`: the request path's cost in `buffered` mode, ns per event:
 //!   `AuditLog::record` plus one poll of its (already resolved) future, as a request task
 //!   would await it; the event body is built outside the timed region (it is the proxy's
@@ -195,6 +196,17 @@ fn encode(c: &mut Criterion) {
             let event = AuditEvent::new("gw".into(), EventBody::Decision(decision(7)));
             out.clear();
             chain.seal(&event, &mut out).unwrap();
+            black_box(out.len())
+        })
+    });
+    // The chain as an auditor would run it: every event signed with `[audit] hmac_key`.
+    let mut keyed = Chain::new(GENESIS.into(), Some(b"bench-audit-hmac-key".to_vec()));
+    group.bench_function("seal-hmac", |b| {
+        let mut out = Vec::with_capacity(1024);
+        b.iter(|| {
+            let event = AuditEvent::new("gw".into(), EventBody::Decision(decision(7)));
+            out.clear();
+            keyed.seal(&event, &mut out).unwrap();
             black_box(out.len())
         })
     });
