@@ -72,8 +72,7 @@ impl AuditEvent {
         out: &mut Vec<u8>,
     ) -> Result<(), serde_json::Error> {
         out.extend_from_slice(b"{\"id\":\"");
-        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        write_uuid(out, &mut id, &self.id);
+        write_uuid(out, &self.id);
         out.extend_from_slice(b"\",\"seq\":");
         write_u64(out, self.seq);
         out.extend_from_slice(b",\"time\":\"");
@@ -167,7 +166,7 @@ fn is_clean(bytes: &[u8]) -> bool {
 /// `json_contents` of bytes with something to escape.
 #[cold]
 fn json_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.reserve(bytes.len() + 2);
+    out.reserve(bytes.len());
     let mut rest = bytes;
     while let Some(at) = first_escape(rest) {
         let (Some(clean), Some(&b), Some(tail)) =
@@ -575,7 +574,7 @@ impl Chain {
         Chain {
             prev_clean: is_clean(prev.as_bytes()),
             prev: prev.into_bytes(),
-            mac: key.as_deref().map(keyed),
+            mac: key.as_deref().and_then(keyed),
         }
     }
 
@@ -619,10 +618,11 @@ impl Chain {
     }
 }
 
-/// An HMAC-SHA256 with `key` absorbed.
-fn keyed(key: &[u8]) -> Hmac<Sha256> {
-    // HMAC takes keys of any length: `new_from_slice` cannot fail for it.
-    Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| Hmac::<Sha256>::new(&Default::default()))
+/// An HMAC-SHA256 with `key` absorbed. HMAC takes keys of any length, so this is never
+/// `None`; if it were, events would be sealed `sha256:`, which `audit verify` with a key
+/// reports, rather than under some other key.
+fn keyed(key: &[u8]) -> Option<Hmac<Sha256>> {
+    Hmac::<Sha256>::new_from_slice(key).ok()
 }
 
 /// `digest`, written into `buf` (no allocation): ASCII, so it goes into the chain and the
@@ -650,8 +650,8 @@ fn digest_into<'b>(
 }
 
 /// The id as `Uuid`'s lowercase hyphenated text, through the hex table.
-fn write_uuid(out: &mut Vec<u8>, text: &mut [u8; uuid::fmt::Hyphenated::LENGTH], id: &uuid::Uuid) {
-    text.fill(b'-');
+fn write_uuid(out: &mut Vec<u8>, id: &uuid::Uuid) {
+    let mut text = [b'-'; uuid::fmt::Hyphenated::LENGTH];
     let mut at = 0;
     for (i, &byte) in id.as_bytes().iter().enumerate() {
         // 8-4-4-4-12 digits.
@@ -663,7 +663,7 @@ fn write_uuid(out: &mut Vec<u8>, text: &mut [u8; uuid::fmt::Hyphenated::LENGTH],
         }
         at += 2;
     }
-    out.extend_from_slice(text);
+    out.extend_from_slice(&text);
 }
 
 /// Every byte's two lowercase hex digits.
@@ -682,7 +682,7 @@ static HEX_PAIRS: [[u8; 2]; 256] = {
 pub fn digest(key: Option<&[u8]>, bytes: &[u8]) -> String {
     let mut buf = [0u8; HASH_MAX];
     // A prefix and hex digits: ASCII.
-    String::from_utf8_lossy(digest_into(key.map(keyed).as_ref(), bytes, &mut buf)).into_owned()
+    String::from_utf8_lossy(digest_into(key.and_then(keyed).as_ref(), bytes, &mut buf)).into_owned()
 }
 
 /// Split a sealed line into (hashed bytes, stated hash): the line must end with
@@ -958,9 +958,8 @@ mod tests {
     fn uuid_text_is_hyphenated_lowercase() {
         for _ in 0..1000 {
             let id = uuid::Uuid::from_u128(fastrand::u128(..));
-            let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
             let mut out = b"x".to_vec();
-            write_uuid(&mut out, &mut text, &id);
+            write_uuid(&mut out, &id);
             assert_eq!(out, format!("x{id}").into_bytes());
         }
     }
