@@ -130,9 +130,8 @@ fn is_clean(bytes: &[u8]) -> bool {
     let word = |chunk: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
     let block_escapes = |chunk: &[u8]| {
         <&[u8; 16]>::try_from(chunk).map_or(true, |block| {
-            block.iter().fold(false, |found, &b| {
-                found | (b < 0x20) | (b == b'"') | (b == b'\\')
-            })
+            // `|`, not `any`: no early exit, so the block is one vector compare.
+            block.iter().fold(false, |found, &b| found | escapes(b))
         })
     };
     let len = bytes.len();
@@ -161,6 +160,11 @@ fn is_clean(bytes: &[u8]) -> bool {
             && !needs_escape_in(word(bytes.get(len - 8..).unwrap_or_default()));
     }
     !bytes.chunks_exact(16).any(block_escapes) && !bytes.get(len - 16..).is_none_or(block_escapes)
+}
+
+/// Whether JSON escapes the byte: below 0x20, `"`, `\`.
+fn escapes(b: u8) -> bool {
+    (b < 0x20) | (b == b'"') | (b == b'\\')
 }
 
 /// `json_contents` of bytes with something to escape.
@@ -218,7 +222,7 @@ fn first_escape(bytes: &[u8]) -> Option<usize> {
     bytes
         .get(clean..)?
         .iter()
-        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .position(|&b| escapes(b))
         .map(|at| clean + at)
 }
 
@@ -847,6 +851,26 @@ mod tests {
         }
     }
 
+    /// The fast check is exact both ways: a clean value takes the one-copy path (the escape
+    /// tests above would pass even if it never did), and any byte JSON escapes, at any offset
+    /// and length, is seen.
+    #[test]
+    fn clean_check_is_exact_at_every_length_and_offset() {
+        for len in 0..70 {
+            // DEL and non-ASCII bytes are not escaped either.
+            const CLEAN: &[u8] = b"az09-._~ /\x7f\xc3\xa9";
+            let clean: Vec<u8> = (0..len).map(|i| CLEAN[i % CLEAN.len()]).collect();
+            assert!(is_clean(&clean), "{clean:?}");
+            for at in 0..len {
+                for b in 0u8..=0xff {
+                    let mut s = clean.clone();
+                    s[at] = b;
+                    assert_eq!(is_clean(&s), !escapes(b), "{s:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn decision_json_is_serde_json() {
         let odd: Vec<String> = (0u8..0x80)
@@ -931,6 +955,7 @@ mod tests {
         let key = b"audit-key".to_vec();
         let mut chain = Chain::new("odd\"prev\\".into(), Some(key.clone()));
         let mut prev = "odd\"prev\\".to_owned();
+        assert!(!chain.prev_clean);
         for seq in 1..=3 {
             let mut event = AuditEvent::new(
                 "gw".into(),
@@ -950,6 +975,8 @@ mod tests {
             assert_eq!(digest(Some(&key), hashed.as_bytes()), stated);
             assert!(stated.starts_with("hmac-sha256:"));
             prev = stated.to_owned();
+            // Its own hash is written as it is, without another scan.
+            assert!(chain.prev_clean);
         }
         assert_eq!(chain.prev(), prev);
     }
