@@ -707,6 +707,20 @@ pub fn unseal(line: &str) -> Option<(String, &str)> {
 mod tests {
     use super::*;
 
+    /// A `GET` decision event of `gateway`, numbered `seq`.
+    fn get_event(gateway: &str, decision: &'static str, seq: u64) -> AuditEvent {
+        let mut event = AuditEvent::new(
+            gateway.into(),
+            EventBody::Decision(Decision {
+                decision,
+                method: "GET".into(),
+                ..Decision::default()
+            }),
+        );
+        event.seq = seq;
+        event
+    }
+
     /// `value` as a whole JSON string.
     fn json_str(out: &mut Vec<u8>, value: &str) {
         out.push(b'"');
@@ -792,15 +806,7 @@ mod tests {
 
     #[test]
     fn canonical_layout_is_unchanged() {
-        let mut event = AuditEvent::new(
-            "gw\"1".into(),
-            EventBody::Decision(Decision {
-                decision: "deny",
-                method: "GET".into(),
-                ..Decision::default()
-            }),
-        );
-        event.seq = 42;
+        let event = get_event("gw\"1", "deny", 42);
         let mut out = Vec::new();
         Chain::new(GENESIS.into(), None)
             .seal(&event, &mut out)
@@ -957,15 +963,7 @@ mod tests {
         let mut prev = "odd\"prev\\".to_owned();
         assert!(!chain.prev_clean);
         for seq in 1..=3 {
-            let mut event = AuditEvent::new(
-                "gw".into(),
-                EventBody::Decision(Decision {
-                    decision: "allow",
-                    method: "GET".into(),
-                    ..Decision::default()
-                }),
-            );
-            event.seq = seq;
+            let event = get_event("gw", "allow", seq);
             let mut out = Vec::new();
             chain.seal(&event, &mut out).unwrap();
             let line = String::from_utf8(out).unwrap();
