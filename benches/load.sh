@@ -2,7 +2,13 @@
 # Side-by-side load benchmark (issue 7): Portcullis against nginx on loopback, in one run.
 #
 #   direct          wrk -> upstream nginx                                  (the limit)
-#   nginx           wrk -> nginx proxy_pass (upstream keepalive) -> upstream
+#   nginx           wrk -> nginx proxy_pass (upstream keepalive) -> upstream; its access log is
+#                   formatted per request into a buffer written to /dev/null
+#   nginx-log       as nginx, with nginx's default access logging: one `write` of each request's
+#                   line to a file next to the audited variants' (AUDIT_DIR), before the next
+#                   request on the connection is read. The like-for-like reference for
+#                   pc-redis-audit (a record per request on the same disk); not the issue's
+#                   baseline, and not in the default VARIANTS.
 #   authreq         wrk -> nginx + auth_request (subrequest to an nginx authz endpoint) -> upstream
 #   authreq-jwt     as authreq, but the authz endpoint does what Portcullis does with the file
 #                   store: verifies the HS256 JWT (signature, alg, exp) and checks the route's
@@ -46,6 +52,9 @@
 #   5. kernel (not in the default PHASES): per request at peak, user and system CPU, system calls,
 #      context switches and disk reads of nginx, pc-file and pc-redis-audit (KERNEL_VARIANTS),
 #      small body (KERNEL_BODY=big: the 64 KiB one); needs perf.
+#   6. hold (not in the default PHASES): after the other phases, keep every server running for
+#      measurements by hand; writes $RUN/hold.env (URL_<variant>, PID_<process>, AUTH) and waits
+#      until $RUN/hold is removed (or MAX_WALL passes).
 #
 # CPU layout (2 cores): core SUT_CPU runs every server-side process (upstream nginx, the proxy
 # under test, redis); core LOADGEN_CPU runs only the load generator. nginx proxies run with
@@ -72,7 +81,7 @@ FIXED_RPS=${FIXED_RPS:-10000}
 AUDIT_DURABILITY=${AUDIT_DURABILITY:-spooled}   # [audit] durability of pc-redis-audit: spooled | buffered
 FIXED_CLIENTS=${FIXED_CLIENTS:-20}
 PHASES=${PHASES:-"peak audit half"}
-HALF_VARIANTS=${HALF_VARIANTS:-"direct nginx pc-redis-audit"}  # any of direct nginx floor floor-pipe authreq authreq-jwt pc-file pc-redis-audit pc-redis-noaudit
+HALF_VARIANTS=${HALF_VARIANTS:-"direct nginx pc-redis-audit"}  # any of direct nginx nginx-log floor floor-pipe authreq authreq-jwt pc-file pc-redis-audit pc-redis-noaudit
 HALF_TOOLS=${HALF_TOOLS:-"uniform poisson h2load"}  # arrivals at 50 % of peak: uniform | poisson (benches/pace) | h2load
 PACE_CONNS=${PACE_CONNS:-32}
 NICE=${NICE:-auto}            # auto: -20 (process and autogroup) when root, else 0
@@ -246,7 +255,7 @@ print(f"{user / hz:.3f} {system / hz:.3f}" if split else f"{(user + system) / hz
 PY
 }
 
-read -r UP AUTHZ NX AR AUTHZ_JWT ARJ FL FLP PC_FILE PC_REDIS PC_NOAUDIT PC_BASE REDIS <<<"$(free_ports 13)"
+read -r UP AUTHZ NX NXL AR AUTHZ_JWT ARJ FL FLP PC_FILE PC_REDIS PC_NOAUDIT PC_BASE REDIS <<<"$(free_ports 14)"
 USER_LINE=""
 [[ $(id -u) == 0 ]] && USER_LINE="user nobody nogroup;"
 
@@ -391,6 +400,11 @@ $([[ -z $WANT_NJS ]] || echo "  upstream authz_jwt { server 127.0.0.1:$AUTHZ_JWT
     listen 127.0.0.1:$NX backlog=4096;
     location / { proxy_pass http://app; }
   }
+  server {
+    listen 127.0.0.1:$NXL backlog=4096;
+    access_log $AUDIT_DIR/nginx-access.log combined;
+    location / { proxy_pass http://app; }
+  }
 $(auth_request_server "$AR" authz)
 $([[ -z $WANT_NJS ]] || auth_request_server "$ARJ" authz_jwt)
 }
@@ -499,24 +513,24 @@ if [[ -n $FLOOR ]]; then
 fi
 
 declare -A URL=(
-  [direct]="http://127.0.0.1:$UP" [nginx]="http://127.0.0.1:$NX" [authreq]="http://127.0.0.1:$AR"
+  [direct]="http://127.0.0.1:$UP" [nginx]="http://127.0.0.1:$NX" [nginx-log]="http://127.0.0.1:$NXL" [authreq]="http://127.0.0.1:$AR"
   [authreq-jwt]="http://127.0.0.1:$ARJ" [floor]="http://127.0.0.1:$FL" [floor-pipe]="http://127.0.0.1:$FLP"
   [pc-file]="http://127.0.0.1:$PC_FILE" [pc-redis-audit]="http://127.0.0.1:$PC_REDIS"
   [pc-redis-noaudit]="http://127.0.0.1:$PC_NOAUDIT" [pc-base]="http://127.0.0.1:$PC_BASE"
 )
 # process group whose CPU is "the hop" of a variant (direct: the upstream itself)
 declare -A HOP=(
-  [direct]=upstream [nginx]=proxy [authreq]=proxy [authreq-jwt]=proxy [floor]=floor [floor-pipe]=floor-pipe [pc-file]=pc-file
+  [direct]=upstream [nginx]=proxy [nginx-log]=proxy [authreq]=proxy [authreq-jwt]=proxy [floor]=floor [floor-pipe]=floor-pipe [pc-file]=pc-file
   [pc-redis-audit]=pc-redis-audit [pc-redis-noaudit]=pc-redis-noaudit [pc-base]=pc-base
 )
 declare -A PATH_OF=([small]=/small/items/42 [big]=/big/blob/7)
 
 # ---------------------------------------------------------- sanity ----
-for v in direct nginx ${FLOOR:+floor floor-pipe} authreq ${WANT_NJS:+authreq-jwt} $PC_VARIANTS; do
+for v in direct nginx nginx-log ${FLOOR:+floor floor-pipe} authreq ${WANT_NJS:+authreq-jwt} $PC_VARIANTS; do
   wait_code "${URL[$v]}/small/items/42" 200 -H "$AUTH" || die "$v: no 200 (see $RUN/*.log)"
   size=$(curl -s -o /dev/null -w '%{size_download}' -H "$AUTH" "${URL[$v]}/big/blob/7")
   [[ $size == 65536 ]] || die "$v big: got $size bytes"
-  if [[ $v != direct && $v != nginx && $v != floor* ]]; then
+  if [[ $v != direct && $v != nginx* && $v != floor* ]]; then
     code=$(curl -s -o /dev/null -w '%{http_code}' "${URL[$v]}/small/items/42")
     [[ $code == 401 || $code == 403 ]] || die "$v: no credentials answered $code"
     code=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE -H "$AUTH" "${URL[$v]}/small/items/42")
@@ -682,7 +696,7 @@ if [[ " $PHASES " == *" instructions "* ]]; then
     if [[ $v == nginx ]]; then
       # The proxy's own worker in the foreground (no master), on its own port and pid file.
       sed -e "s/127.0.0.1:$NX /127.0.0.1:$port /" -e "s#$RUN/proxy.pid#$RUN/proxy-callgrind.pid#" \
-        -e "s/127.0.0.1:$AR /127.0.0.1:$(free_port) /" -e "s/127.0.0.1:$ARJ /127.0.0.1:$(free_port) /" \
+        -e "s/127.0.0.1:$NXL /127.0.0.1:$(free_port) /" -e "s/127.0.0.1:$AR /127.0.0.1:$(free_port) /" -e "s/127.0.0.1:$ARJ /127.0.0.1:$(free_port) /" \
         "$RUN/proxy.conf" >"$RUN/proxy-callgrind.conf"
       start_bg "callgrind-$v" "$SUT_CPU" valgrind --tool=callgrind $CACHE_SIM \
         --callgrind-out-file="$RUN/callgrind-$v.out" nginx -p "$RUN/" -e "$RUN/proxy-callgrind_error.log" \
@@ -772,6 +786,18 @@ if [[ " $PHASES " == *" kernel "* ]]; then
   echo >>"$RUN/kernel.md"
 fi
 
+# ------------------------------------------------------------ hold ----
+if [[ " $PHASES " == *" hold "* ]]; then
+  {
+    for v in "${!URL[@]}"; do echo "URL_${v//-/_}=${URL[$v]}"; done
+    for p in "${!PID_OF[@]}"; do echo "PID_${p//-/_}=${PID_OF[$p]}"; done
+    printf 'AUTH=%q\n' "$AUTH"
+  } >"$RUN/hold.env"
+  touch "$RUN/hold"
+  log "hold: servers up, see $RUN/hold.env; rm $RUN/hold to stop"
+  while [[ -e $RUN/hold ]]; do sleep 1; done
+fi
+
 # ---------------------------------------------------------- report ----
 python3 - "$RAW" >"$RUN/summary.md" <<'PY'
 import csv, statistics, sys
@@ -798,24 +824,25 @@ def table(phase, bodies, variants):
                       f"{spread(rs, varied)} |")
     print()
 bodies = [b for b in ("small", "big") if any(k[1] == b for k in g)]
-pv = [v for v in ("direct", "nginx", "floor", "floor-pipe", "authreq", "authreq-jwt", "pc-file", "pc-redis-audit", "pc-base") if any(k[2] == v and k[0] == "peak" for k in g)]
+pv = [v for v in ("direct", "nginx", "nginx-log", "floor", "floor-pipe", "authreq", "authreq-jwt", "pc-file", "pc-redis-audit", "pc-base") if any(k[2] == v and k[0] == "peak" for k in g)]
 if pv:
     print("## Peak (wrk closed loop; medians over rounds)\n")
     table("peak", bodies, pv)
     jwt = "authreq-jwt" in pv
-    print("| body | variant | ÷ nginx | ÷ nginx+auth_request |"
-          + (" ÷ nginx+auth_request (JWT) |" if jwt else "") + " ÷ direct |")
-    print("|---|---|---:|---:|" + ("---:|" if jwt else "") + "---:|")
+    logged = "nginx-log" in pv
+    print("| body | variant | ÷ nginx |" + (" ÷ nginx with access log to disk |" if logged else "")
+          + " ÷ nginx+auth_request |" + (" ÷ nginx+auth_request (JWT) |" if jwt else "") + " ÷ direct |")
+    print("|---|---|---:|" + ("---:|" if logged else "") + "---:|" + ("---:|" if jwt else "") + "---:|")
     for b in bodies:
-        base = {v: med(g[("peak", b, v)], "rps") for v in ("direct", "nginx", "authreq", "authreq-jwt") if g.get(("peak", b, v))}
+        base = {v: med(g[("peak", b, v)], "rps") for v in ("direct", "nginx", "nginx-log", "authreq", "authreq-jwt") if g.get(("peak", b, v))}
         for v in ("floor", "floor-pipe", "pc-file", "pc-redis-audit", "pc-base"):
             rs = g.get(("peak", b, v))
             if not rs:
                 continue
             x = med(rs, "rps")
             cell = lambda k: f"{x / base[k]:.2f}×" if base.get(k) else "-"
-            print(f"| {b} | {v} | {cell('nginx')} | {cell('authreq')} |"
-                  + (f" {cell('authreq-jwt')} |" if jwt else "") + f" {cell('direct')} |")
+            print(f"| {b} | {v} | {cell('nginx')} |" + (f" {cell('nginx-log')} |" if logged else "")
+                  + f" {cell('authreq')} |" + (f" {cell('authreq-jwt')} |" if jwt else "") + f" {cell('direct')} |")
     print()
     for b in bodies:
         new, old = g.get(("peak", b, "pc-redis-audit")), g.get(("peak", b, "pc-base"))
@@ -836,7 +863,7 @@ for phase, how in HOW.items():
         continue
     rate = next(r["rate"] for r in rows if r["phase"] == phase)
     print(f"## Latency at 50 % of pc-redis-audit's peak ({rate} req/s, {how}, small body)\n")
-    hv = ["direct", "nginx", "floor", "floor-pipe", "authreq", "authreq-jwt", "pc-file", "pc-redis-noaudit", "pc-redis-audit", "pc-base"]
+    hv = ["direct", "nginx", "nginx-log", "floor", "floor-pipe", "authreq", "authreq-jwt", "pc-file", "pc-redis-noaudit", "pc-redis-audit", "pc-base"]
     table(phase, ["small"], hv)
     d = g.get((phase, "small", "direct"))
     for v in hv[1:]:
