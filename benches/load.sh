@@ -27,6 +27,11 @@
 #   pc-file         wrk -> portcullis (JWT HS256, file store, allow events not audited) -> upstream
 #   pc-redis-audit  wrk -> portcullis (JWT HS256, Redis store warm, every event to a disk spool
 #                          + file sink) -> upstream
+#   pc-audit-h2     as pc-redis-audit, with the upstream spoken to over HTTP/2 (`protocol = "http2"`,
+#                   cleartext, to an h2c listener of the same upstream nginx): one multiplexed
+#                   connection, so the requests of one event-loop turn share its reads and
+#                   writes. nginx's proxy_pass speaks only HTTP/1.x upstream. Not in the default
+#                   VARIANTS.
 #   pc-base         pc-redis-audit run by BASE_BIN (set it to compare two builds in one run:
 #                   add pc-base to VARIANTS, HALF_VARIANTS, KERNEL_VARIANTS, INSTR_VARIANTS)
 #
@@ -81,7 +86,7 @@ FIXED_RPS=${FIXED_RPS:-10000}
 AUDIT_DURABILITY=${AUDIT_DURABILITY:-spooled}   # [audit] durability of pc-redis-audit: spooled | buffered
 FIXED_CLIENTS=${FIXED_CLIENTS:-20}
 PHASES=${PHASES:-"peak audit half"}
-HALF_VARIANTS=${HALF_VARIANTS:-"direct nginx pc-redis-audit"}  # any of direct nginx nginx-log floor floor-pipe authreq authreq-jwt pc-file pc-redis-audit pc-redis-noaudit
+HALF_VARIANTS=${HALF_VARIANTS:-"direct nginx pc-redis-audit"}  # any of direct nginx nginx-log floor floor-pipe authreq authreq-jwt pc-file pc-redis-audit pc-redis-noaudit pc-audit-h2
 HALF_TOOLS=${HALF_TOOLS:-"uniform poisson h2load"}  # arrivals at 50 % of peak: uniform | poisson (benches/pace) | h2load
 PACE_CONNS=${PACE_CONNS:-32}
 NICE=${NICE:-auto}            # auto: -20 (process and autogroup) when root, else 0
@@ -255,7 +260,7 @@ print(f"{user / hz:.3f} {system / hz:.3f}" if split else f"{(user + system) / hz
 PY
 }
 
-read -r UP AUTHZ NX NXL AR AUTHZ_JWT ARJ FL FLP PC_FILE PC_REDIS PC_NOAUDIT PC_BASE REDIS <<<"$(free_ports 14)"
+read -r UP UPH2 AUTHZ NX NXL AR AUTHZ_JWT ARJ FL FLP PC_FILE PC_REDIS PC_NOAUDIT PC_BASE PC_H2 REDIS <<<"$(free_ports 16)"
 USER_LINE=""
 [[ $(id -u) == 0 ]] && USER_LINE="user nobody nogroup;"
 
@@ -332,6 +337,7 @@ http {
   uwsgi_temp_path $RUN/tmp/uu; scgi_temp_path $RUN/tmp/us;
   server {
     listen 127.0.0.1:$UP backlog=4096;
+    listen 127.0.0.1:$UPH2 http2 backlog=4096;
     root $RUN/www;
     location /small/ { default_type application/json; return 200 '{"ok":true,"id":42,"items":[1,2,3]}\n'; }
     location /big/ { try_files /big.bin =404; }
@@ -411,13 +417,19 @@ $([[ -z $WANT_NJS ]] || auth_request_server "$ARJ" authz_jwt)
 EOF
 
 # ------------------------------------------------------ portcullis ----
-gw_conf() {  # port store audit -> toml
-  local port=$1 store=$2 audit=$3
+gw_conf() {  # port store audit [http2] -> toml
+  local port=$1 store=$2 audit=$3 protocol=${4:-}
   cat <<EOF
 [server]
 listen = "127.0.0.1:$port"
 [upstreams.app]
-targets = ["127.0.0.1:$UP"]
+EOF
+  if [[ $protocol == http2 ]]; then
+    printf 'targets = ["127.0.0.1:%s"]\nprotocol = "http2"\n' "$UPH2"
+  else
+    printf 'targets = ["127.0.0.1:%s"]\n' "$UP"
+  fi
+  cat <<EOF
 [identity]
 kinds = ["jwt"]
 [identity.jwt]
@@ -479,7 +491,8 @@ gw_conf "$PC_FILE" file off >"$RUN/pc-file.toml"
 gw_conf "$PC_REDIS" redis on >"$RUN/pc-redis-audit.toml"
 gw_conf "$PC_NOAUDIT" redis off >"$RUN/pc-redis-noaudit.toml"
 gw_conf "$PC_BASE" redis on >"$RUN/pc-base.toml"
-PC_VARIANTS="pc-file pc-redis-audit pc-redis-noaudit"
+gw_conf "$PC_H2" redis on http2 >"$RUN/pc-audit-h2.toml"
+PC_VARIANTS="pc-file pc-redis-audit pc-redis-noaudit pc-audit-h2"
 [[ -n $BASE_BIN ]] && PC_VARIANTS+=" pc-base"
 for f in $PC_VARIANTS; do
   "$BIN" check --config "$RUN/$f.toml" >/dev/null || die "$f.toml invalid: $("$BIN" check --config "$RUN/$f.toml" 2>&1)"
@@ -506,6 +519,7 @@ export RUST_LOG=warn PORTCULLIS_WORKER_THREADS=$WORKERS
 start_bg pc-file "$SUT_CPU" "$BIN" run --config "$RUN/pc-file.toml"
 start_bg pc-redis-audit "$SUT_CPU" "$BIN" run --config "$RUN/pc-redis-audit.toml"
 start_bg pc-redis-noaudit "$SUT_CPU" "$BIN" run --config "$RUN/pc-redis-noaudit.toml"
+start_bg pc-audit-h2 "$SUT_CPU" "$BIN" run --config "$RUN/pc-audit-h2.toml"
 [[ -n $BASE_BIN ]] && start_bg pc-base "$SUT_CPU" "$BASE_BIN" run --config "$RUN/pc-base.toml"
 if [[ -n $FLOOR ]]; then
   start_bg floor "$SUT_CPU" "$FLOOR" "127.0.0.1:$FL" "127.0.0.1:$UP"
@@ -517,11 +531,13 @@ declare -A URL=(
   [authreq-jwt]="http://127.0.0.1:$ARJ" [floor]="http://127.0.0.1:$FL" [floor-pipe]="http://127.0.0.1:$FLP"
   [pc-file]="http://127.0.0.1:$PC_FILE" [pc-redis-audit]="http://127.0.0.1:$PC_REDIS"
   [pc-redis-noaudit]="http://127.0.0.1:$PC_NOAUDIT" [pc-base]="http://127.0.0.1:$PC_BASE"
+  [pc-audit-h2]="http://127.0.0.1:$PC_H2"
 )
 # process group whose CPU is "the hop" of a variant (direct: the upstream itself)
 declare -A HOP=(
   [direct]=upstream [nginx]=proxy [nginx-log]=proxy [authreq]=proxy [authreq-jwt]=proxy [floor]=floor [floor-pipe]=floor-pipe [pc-file]=pc-file
   [pc-redis-audit]=pc-redis-audit [pc-redis-noaudit]=pc-redis-noaudit [pc-base]=pc-base
+  [pc-audit-h2]=pc-audit-h2
 )
 declare -A PATH_OF=([small]=/small/items/42 [big]=/big/blob/7)
 
@@ -684,7 +700,7 @@ fi
 # $RUN/callgrind-<variant>.txt.
 if [[ " $PHASES " == *" instructions "* ]]; then
   command -v valgrind >/dev/null || die "instructions: needs valgrind (apt-get install -y valgrind)"
-  declare -A PORT_OF=([pc-file]=$PC_FILE [pc-redis-audit]=$PC_REDIS [pc-redis-noaudit]=$PC_NOAUDIT [pc-base]=$PC_BASE)
+  declare -A PORT_OF=([pc-file]=$PC_FILE [pc-redis-audit]=$PC_REDIS [pc-redis-noaudit]=$PC_NOAUDIT [pc-base]=$PC_BASE [pc-audit-h2]=$PC_H2)
   {
     echo "## User-space instructions per request (callgrind, wrk -c16 -d${INSTR_SECONDS:-8}s, small body)"
     echo
@@ -824,7 +840,7 @@ def table(phase, bodies, variants):
                       f"{spread(rs, varied)} |")
     print()
 bodies = [b for b in ("small", "big") if any(k[1] == b for k in g)]
-pv = [v for v in ("direct", "nginx", "nginx-log", "floor", "floor-pipe", "authreq", "authreq-jwt", "pc-file", "pc-redis-audit", "pc-base") if any(k[2] == v and k[0] == "peak" for k in g)]
+pv = [v for v in ("direct", "nginx", "nginx-log", "floor", "floor-pipe", "authreq", "authreq-jwt", "pc-file", "pc-redis-audit", "pc-audit-h2", "pc-base") if any(k[2] == v and k[0] == "peak" for k in g)]
 if pv:
     print("## Peak (wrk closed loop; medians over rounds)\n")
     table("peak", bodies, pv)
@@ -835,7 +851,7 @@ if pv:
     print("|---|---|---:|" + ("---:|" if logged else "") + "---:|" + ("---:|" if jwt else "") + "---:|")
     for b in bodies:
         base = {v: med(g[("peak", b, v)], "rps") for v in ("direct", "nginx", "nginx-log", "authreq", "authreq-jwt") if g.get(("peak", b, v))}
-        for v in ("floor", "floor-pipe", "pc-file", "pc-redis-audit", "pc-base"):
+        for v in ("floor", "floor-pipe", "pc-file", "pc-redis-audit", "pc-audit-h2", "pc-base"):
             rs = g.get(("peak", b, v))
             if not rs:
                 continue
@@ -863,7 +879,7 @@ for phase, how in HOW.items():
         continue
     rate = next(r["rate"] for r in rows if r["phase"] == phase)
     print(f"## Latency at 50 % of pc-redis-audit's peak ({rate} req/s, {how}, small body)\n")
-    hv = ["direct", "nginx", "nginx-log", "floor", "floor-pipe", "authreq", "authreq-jwt", "pc-file", "pc-redis-noaudit", "pc-redis-audit", "pc-base"]
+    hv = ["direct", "nginx", "nginx-log", "floor", "floor-pipe", "authreq", "authreq-jwt", "pc-file", "pc-redis-noaudit", "pc-redis-audit", "pc-audit-h2", "pc-base"]
     table(phase, ["small"], hv)
     d = g.get((phase, "small", "direct"))
     for v in hv[1:]:

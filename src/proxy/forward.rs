@@ -15,7 +15,7 @@
 //! replayed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -28,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::h1::{self, H1Body, H1Error, IdlePool};
+use super::h2::{self, H2Error};
 use super::headers::Added;
 use super::limits::{LimitedBody, is_too_large};
 use super::respond::BodyError;
@@ -42,7 +43,7 @@ pub enum ForwardError {
     Unavailable {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("upstream `{upstream}` failed: {source}")]
     Failed {
@@ -70,7 +71,7 @@ pub enum ForwardError {
     },
 }
 
-type Connector = HttpsConnector<HttpConnector>;
+pub(super) type Connector = HttpsConnector<HttpConnector>;
 
 /// What goes upstream: the client's request (headers sanitized), the gateway's own headers,
 /// and the canonical target.
@@ -89,6 +90,20 @@ struct Target {
     ejected_until: AtomicU64,
     /// Keep-alive connections of the lean HTTP/1 client (`h1`).
     idle: Arc<IdlePool>,
+    /// The multiplexed connection of an HTTP/2 upstream (`h2`).
+    h2: h2::Slot,
+}
+
+/// How a pool's requests travel, besides the lean client.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per upstream, built once at startup"
+)]
+enum Transport {
+    /// hyper-util's pooled HTTP/1.1 client (bodies, upgrades, TLS).
+    Http1(Client<Connector, LimitedBody>),
+    /// One HTTP/2 connection per target (`h2`), opened with this connector.
+    Http2(Connector),
 }
 
 struct Pool {
@@ -102,7 +117,7 @@ struct Pool {
     version: Version,
     /// `max_connections`: one permit per in-flight request, held until its response body ends.
     limit: Option<Arc<Semaphore>>,
-    client: Client<Connector, LimitedBody>,
+    transport: Transport,
     /// Plain HTTP/1.1: requests without a body take the lean client (`h1`).
     lean: bool,
     connect_timeout: Duration,
@@ -164,6 +179,7 @@ impl Upstreams {
                                 s.max_connections.unwrap_or(256).min(256),
                                 s.idle_timeout,
                             ),
+                            h2: h2::Slot::default(),
                         })
                         .map_err(|_| ForwardError::InvalidTarget(t.clone()))
                 })
@@ -172,15 +188,17 @@ impl Upstreams {
                 upstream: s.name.clone(),
                 source: Box::new(source),
             })?;
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .pool_idle_timeout(s.idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .pool_max_idle_per_host(s.max_connections.unwrap_or(256).min(256))
-                .timer(TokioTimer::new());
-            if s.protocol == UpstreamProtocol::Http2 {
-                builder.http2_only(true);
-            }
+            let transport = match s.protocol {
+                UpstreamProtocol::Http1 => Transport::Http1(
+                    Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(s.idle_timeout)
+                        .pool_timer(TokioTimer::new())
+                        .pool_max_idle_per_host(s.max_connections.unwrap_or(256).min(256))
+                        .timer(TokioTimer::new())
+                        .build(connector),
+                ),
+                UpstreamProtocol::Http2 => Transport::Http2(connector),
+            };
             pools.push(Pool {
                 name: s.name.clone(),
                 targets,
@@ -198,7 +216,7 @@ impl Upstreams {
                     UpstreamProtocol::Http2 => Version::HTTP_2,
                 },
                 limit: s.max_connections.map(|n| Arc::new(Semaphore::new(n))),
-                client: builder.build(connector),
+                transport,
                 lean: s.tls.is_none() && s.protocol == UpstreamProtocol::Http1,
                 connect_timeout: s.connect_timeout,
             });
@@ -259,27 +277,30 @@ impl Upstreams {
         added.insert_into(&mut parts.headers);
         // An h2 downstream request must not reach an HTTP/1 upstream as HTTP/2 (and back).
         parts.version = pool.version;
-        let retry = (pool.targets.len() > 1 && body.is_end_stream() && retry_safe(&parts.method))
+        let bodyless = body.is_end_stream();
+        let connect_retry = pool.targets.len() > 1 && bodyless && retry_safe(&parts.method);
+        // What an HTTP/2 upstream refused unprocessed may go again, whatever its method.
+        let h2 = matches!(pool.transport, Transport::Http2(_));
+        let saved = (connect_retry || (h2 && bodyless))
             .then(|| (parts.method.clone(), parts.headers.clone()));
-        let mut next = Some(Request::from_parts(
-            parts,
-            LimitedBody::new(body, self.max_body),
-        ));
+        let mut refusals = 0u8;
+        let mut body = LimitedBody::new(body, self.max_body);
+        // hyper's HTTP/2 client reports a body that tripped the limit as a reset stream.
+        let tripped = (h2 && !bodyless).then(|| Arc::new(AtomicBool::new(false)));
+        if let Some(tripped) = &tripped {
+            body = body.watched(tripped.clone());
+        }
+        let mut next = Some(Request::from_parts(parts, body));
         let mut tried: Vec<usize> = Vec::new();
         loop {
             let (index, target) = self.next_target(pool, &tried)?;
-            let mut request = match next.take() {
+            let request = match next.take() {
                 Some(r) => r,
-                None => rebuild(retry.as_ref(), pool.version)
+                None => rebuild(saved.as_ref(), pool.version)
                     .ok_or_else(|| ForwardError::InvalidTarget(pool.name.clone()))?,
             };
-            *request.uri_mut() = Uri::builder()
-                .scheme(pool.scheme.clone())
-                .authority(target.authority.clone())
-                .path_and_query(path_and_query.clone())
-                .build()
-                .map_err(|e| ForwardError::InvalidTarget(e.to_string()))?;
-            match tokio::time::timeout_at(deadline, pool.client.request(request)).await {
+            let attempt = pool.send_once(target, request, &path_and_query);
+            match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(response)) => {
                     target.failures.store(0, Ordering::Relaxed);
                     // A 101 only for the websocket handshake that asked for it (`upgrade`).
@@ -295,22 +316,35 @@ impl Upstreams {
                     pool.failed(self, target);
                     return Err(ForwardError::Timeout(pool.name.clone()));
                 }
-                Ok(Err(err)) if err.is_connect() => {
+                Ok(Err(Failure {
+                    retry: Retry::Unprocessed,
+                    error,
+                })) if saved.is_some() && refusals < MAX_REFUSALS => {
+                    refusals += 1;
+                    tracing::debug!(upstream = %pool.name, target = %target.authority, %error, "Upstream refused the request unprocessed; sending it again.");
+                }
+                Ok(Err(Failure {
+                    retry: Retry::Connect,
+                    error: err,
+                })) => {
                     pool.failed(self, target);
                     tracing::debug!(upstream = %pool.name, target = %target.authority, error = %err, "Upstream connect failed.");
                     tried.push(index);
                     let another = pool.pick(|| self.now_ms(), &tried).is_some();
-                    if retry.is_none() || !another {
+                    if !connect_retry || !another {
                         return Err(ForwardError::Unavailable {
                             upstream: pool.name.clone(),
                             source: err,
                         });
                     }
                 }
-                Ok(Err(err)) if is_too_large(&err) => {
+                Ok(Err(Failure { error, .. }))
+                    if is_too_large(&*error)
+                        || tripped.as_ref().is_some_and(|t| t.load(Ordering::Relaxed)) =>
+                {
                     return Err(ForwardError::BodyTooLarge(pool.name.clone()));
                 }
-                Ok(Err(source)) => {
+                Ok(Err(Failure { error: source, .. })) => {
                     return Err(ForwardError::Unavailable {
                         upstream: pool.name.clone(),
                         source,
@@ -437,7 +471,85 @@ fn rebuild(saved: Option<&(Method, HeaderMap)>, version: Version) -> Option<Requ
     Some(request)
 }
 
+/// A failed attempt, and whether another may follow.
+struct Failure {
+    retry: Retry,
+    error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// The request never left the gateway: another target, for the methods `retry_safe` allows.
+    Connect,
+    /// An HTTP/2 upstream did not process it (GOAWAY, REFUSED_STREAM): again, on a fresh
+    /// connection, whatever the method, if it has no body to replay.
+    Unprocessed,
+    /// It may have reached the upstream: never again.
+    Never,
+}
+
+/// How often one request refused unprocessed goes again: a bound for an upstream that refuses
+/// every stream.
+const MAX_REFUSALS: u8 = 3;
+
 impl Pool {
+    /// One attempt at `target`, through hyper's HTTP/1.1 client or the target's HTTP/2
+    /// connection.
+    async fn send_once(
+        &self,
+        target: &Target,
+        mut request: Request<LimitedBody>,
+        path_and_query: &PathAndQuery,
+    ) -> Result<Response<Incoming>, Failure> {
+        let invalid = |e: http::Error| Failure {
+            retry: Retry::Never,
+            error: Box::new(e),
+        };
+        let authority = || {
+            Uri::builder()
+                .scheme(self.scheme.clone())
+                .authority(target.authority.clone())
+        };
+        match &self.transport {
+            Transport::Http1(client) => {
+                *request.uri_mut() = authority()
+                    .path_and_query(path_and_query.clone())
+                    .build()
+                    .map_err(invalid)?;
+                client.request(request).await.map_err(|err| Failure {
+                    retry: if err.is_connect() {
+                        Retry::Connect
+                    } else {
+                        Retry::Never
+                    },
+                    error: Box::new(err),
+                })
+            }
+            Transport::Http2(connector) => {
+                *request.uri_mut() = h2::request_uri(
+                    self.scheme.clone(),
+                    request.headers_mut(),
+                    &target.authority,
+                    path_and_query.clone(),
+                )
+                .map_err(invalid)?;
+                let dial = authority().path_and_query("/").build().map_err(invalid)?;
+                target
+                    .h2
+                    .send(connector, &dial, request)
+                    .await
+                    .map_err(|err| Failure {
+                        retry: match err {
+                            H2Error::Connect(_) => Retry::Connect,
+                            H2Error::Refused { .. } => Retry::Unprocessed,
+                            H2Error::Request(_) => Retry::Never,
+                        },
+                        error: Box::new(err),
+                    })
+            }
+        }
+    }
+
     /// Round robin over targets not ejected and not yet tried for this request. With every
     /// target ejected, the first pick of a request takes the round-robin one anyway.
     /// `now_ms` is read only when a target is ejected: the clock is not free.

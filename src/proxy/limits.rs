@@ -4,6 +4,8 @@
 //! oversize request, and the client gets 413 if no response has started).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -40,6 +42,9 @@ pub struct LimitedBody {
     inner: Option<Incoming>,
     remaining: u64,
     limit: u64,
+    /// Set when the limit trips, for a client whose error does not carry the body's (HTTP/2:
+    /// the stream is reset, the response future only sees the reset).
+    tripped: Option<Arc<AtomicBool>>,
 }
 
 impl LimitedBody {
@@ -48,6 +53,7 @@ impl LimitedBody {
             inner: Some(inner),
             remaining: limit,
             limit,
+            tripped: None,
         }
     }
 
@@ -56,7 +62,14 @@ impl LimitedBody {
             inner: None,
             remaining: 0,
             limit: 0,
+            tripped: None,
         }
+    }
+
+    /// Report the limit tripping through `tripped`.
+    pub fn watched(mut self, tripped: Arc<AtomicBool>) -> LimitedBody {
+        self.tripped = Some(tripped);
+        self
     }
 }
 
@@ -79,6 +92,9 @@ impl Body for LimitedBody {
                     if n > this.remaining {
                         // Stop reading the client; the error aborts the upstream request.
                         this.inner = None;
+                        if let Some(tripped) = &this.tripped {
+                            tripped.store(true, Ordering::Relaxed);
+                        }
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
                     }
                     this.remaining -= n;

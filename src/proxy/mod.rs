@@ -4,6 +4,7 @@
 pub mod cors;
 pub mod forward;
 mod h1;
+mod h2;
 pub mod headers;
 mod idle;
 pub mod limits;

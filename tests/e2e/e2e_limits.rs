@@ -9,8 +9,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn gateway(limits: &str) -> (EdgeGateway, EdgeUpstream) {
-    let up = EdgeUpstream::start(Speak::H1).await;
-    let text = config(&[up.addr.to_string()], "", &format!("[limits]\n{limits}"));
+    gateway_to(Speak::H1, "", limits).await
+}
+
+async fn gateway_to(speak: Speak, upstream: &str, limits: &str) -> (EdgeGateway, EdgeUpstream) {
+    let up = EdgeUpstream::start(speak).await;
+    let text = config(
+        &[up.addr.to_string()],
+        upstream,
+        &format!("[limits]\n{limits}"),
+    );
     let gw = EdgeGateway::start(&text, std::path::Path::new("tests")).await;
     (gw, up)
 }
@@ -115,7 +123,16 @@ async fn declared_oversize_body_is_413_without_contacting_the_upstream() {
 
 #[tokio::test]
 async fn chunked_body_over_the_limit_is_cut_off_and_answered_413() {
-    let (gw, up) = gateway("max_body = \"1KiB\"\n").await;
+    chunked_body_over_the_limit(Speak::H1, "").await;
+}
+
+#[tokio::test]
+async fn chunked_body_over_the_limit_is_cut_off_and_answered_413_with_an_http2_upstream() {
+    chunked_body_over_the_limit(Speak::H2, "protocol = \"http2\"").await;
+}
+
+async fn chunked_body_over_the_limit(speak: Speak, upstream: &str) {
+    let (gw, up) = gateway_to(speak, upstream, "max_body = \"1KiB\"\n").await;
     let t = token("ed", "acme");
     // Under the limit in two chunks: forwarded whole.
     let req = format!(

@@ -188,9 +188,93 @@ async fn max_connections_per_upstream_waits_then_answers_503() {
 async fn http2_upstream_by_prior_knowledge() {
     let up = EdgeUpstream::start(Speak::H2).await;
     let gw = start(&[up.addr.to_string()], "protocol = \"http2\"").await;
+    for _ in 0..3 {
+        let r = request(gw.addr, "GET", "/health", None, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 3);
+    for s in &seen {
+        assert_eq!(s.version, Version::HTTP_2);
+        // The client's Host travels as :authority, and only there: a server may refuse a
+        // request that has both (RFC 9113 §8.3.1; nginx answers 400).
+        assert_eq!(s.authority.as_deref(), Some("gateway.test"));
+        assert_eq!(s.headers.get("host"), None, "{:?}", s.headers);
+        assert_eq!(
+            s.headers
+                .get("x-forwarded-host")
+                .and_then(|v| v.to_str().ok()),
+            Some("gateway.test")
+        );
+    }
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "the requests share one multiplexed connection"
+    );
+}
+
+#[tokio::test]
+async fn http2_upstream_is_reconnected_after_it_closed_the_connection() {
+    let up = EdgeUpstream::start(Speak::H2).await;
+    let gw = start(&[up.addr.to_string()], "protocol = \"http2\"").await;
     let r = request(gw.addr, "GET", "/health", None, &[]).await;
     assert_eq!(r.status, 200, "{}", r.raw);
-    assert_eq!(up.seen()[0].version, Version::HTTP_2);
+    // The upstream restarts: its connections are dropped, the address comes back.
+    up.kill();
+    let restarted = EdgeUpstream::start_at(up.addr, Speak::H2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = request(gw.addr, "GET", "/health", None, &[]).await;
+        if r.status == 200 {
+            break;
+        }
+        // At most the request racing the close may fail, and then only as unavailable.
+        assert_eq!(r.status, 502, "{}", r.raw);
+        assert!(Instant::now() < deadline, "never reconnected");
+    }
+    assert_eq!(restarted.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        restarted.seen()[0].authority.as_deref(),
+        Some("gateway.test")
+    );
+}
+
+#[tokio::test]
+async fn http2_upstream_down_is_a_502_and_fails_over_to_the_next_target() {
+    let up = EdgeUpstream::start(Speak::H2).await;
+    let dead = dead_addr().await;
+    let gw = start(
+        &[dead.to_string(), up.addr.to_string()],
+        "protocol = \"http2\"\nmax_failures = 1\neject_for = \"60s\"",
+    )
+    .await;
+    // Round robin starts at either target; a refused connect moves a GET to the other.
+    for _ in 0..4 {
+        let r = request(gw.addr, "GET", "/health", None, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+    }
+    assert_eq!(up.count(), 4);
+    // A POST is never retried, but the dead target is ejected by now: it goes to the live
+    // one, its body streamed in DATA frames.
+    let post = format!(
+        "POST /api/items HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nContent-Length: 5\r\n\r\nhello",
+        token("ed", "acme")
+    );
+    let r = support::send_raw(gw.addr, post.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let seen = up.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (last.method.as_str(), &last.body[..]),
+        ("POST", &b"hello"[..])
+    );
+    assert_eq!(last.version, Version::HTTP_2);
+
+    let gw_alone = start(&[dead.to_string()], "protocol = \"http2\"").await;
+    let r = request(gw_alone.addr, "GET", "/health", None, &[]).await;
+    assert_eq!(r.status, 502, "{}", r.raw);
 }
 
 #[tokio::test]
@@ -326,4 +410,54 @@ async fn an_upstream_response_with_ambiguous_framing_is_a_502_and_its_connection
             "{bad:?}: the connection that carried it must not be reused"
         );
     }
+}
+
+/// Against a real nginx (h2c): it refuses a request with both `:authority` and `host`, and it
+/// sends GOAWAY after `keepalive_requests` streams on a connection, so concurrent requests
+/// race connections that are going away. Eight clients, ten streams per connection: a
+/// request refused by one GOAWAY finds room on the next connection.
+#[tokio::test]
+async fn http2_upstream_interoperates_with_nginx_across_goaways() {
+    let nginx = support::nginx::Nginx::start(
+        "  keepalive_requests 10;\n  server {\n    listen 127.0.0.1:{port} http2;\n    \
+         location / { return 200 \"host=$host $server_protocol $request_method\\n\"; }\n  }",
+    )
+    .await;
+    let gw = start(
+        &[format!("127.0.0.1:{}", nginx.port)],
+        "protocol = \"http2\"",
+    )
+    .await;
+    let post = format!(
+        "POST /api/items HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
+        token("ed", "acme")
+    );
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (addr, post) = (gw.addr, post.clone());
+        clients.spawn(async move {
+            let mut answers = Vec::new();
+            for i in 0..25 {
+                answers.push(if i % 5 == 0 {
+                    support::send_raw(addr, post.as_bytes()).await
+                } else {
+                    request(addr, "GET", "/health", None, &[]).await
+                });
+            }
+            answers
+        });
+    }
+    let (mut gets, mut posts) = (0, 0);
+    while let Some(answers) = clients.join_next().await {
+        for r in answers.unwrap() {
+            assert_eq!(r.status, 200, "{}\nnginx:\n{}", r.raw, nginx.error_log());
+            match r.body.as_str() {
+                "host=gateway.test HTTP/2.0 GET\n" => gets += 1,
+                "host=gateway.test HTTP/2.0 POST\n" => posts += 1,
+                other => panic!("nginx answered {other:?}"),
+            }
+        }
+    }
+    assert_eq!((gets, posts), (160, 40));
 }

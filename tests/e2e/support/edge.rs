@@ -211,6 +211,8 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub version: Version,
+    /// The request target's authority (HTTP/2: `:authority`).
+    pub authority: Option<String>,
     pub headers: http::HeaderMap,
     pub body: Bytes,
 }
@@ -238,7 +240,25 @@ pub struct EdgeUpstream {
 
 impl EdgeUpstream {
     pub async fn start(speak: Speak) -> EdgeUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), speak)
+    }
+
+    /// A new upstream on the address a killed one had (its listener may take a moment to go).
+    pub async fn start_at(addr: SocketAddr, speak: Speak) -> EdgeUpstream {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return Self::serve_on(listener, speak),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("{addr} still taken: {e}"),
+            }
+        }
+    }
+
+    fn serve_on(listener: TcpListener, speak: Speak) -> EdgeUpstream {
         let (kill, killed) = watch::channel(false);
         let up = EdgeUpstream {
             addr: listener.local_addr().unwrap(),
@@ -291,6 +311,7 @@ impl EdgeUpstream {
                         method: parts.method.to_string(),
                         path: parts.uri.path().to_owned(),
                         version: parts.version,
+                        authority: parts.uri.authority().map(|a| a.to_string()),
                         headers: parts.headers,
                         body: body.to_bytes(),
                     });

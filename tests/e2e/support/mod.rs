@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use portcullis::proxy::{Gateway, server};
 
 pub mod edge;
+pub mod nginx;
 pub mod receivers;
 pub mod redis;
 
