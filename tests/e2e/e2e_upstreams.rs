@@ -297,7 +297,17 @@ async fn tls_upstream_with_a_private_ca_over_http1_and_h2() {
         let gw = EdgeGateway::start(&text, pki.dir.path()).await;
         let r = request(gw.addr, "GET", "/health", None, &[]).await;
         assert_eq!(r.status, 200, "{protocol}: {}", r.raw);
-        assert_eq!(up.seen()[0].version, version);
+        let seen = &up.seen()[0];
+        assert_eq!(seen.version, version);
+        // The client's Host either way: as the field over HTTP/1.1, as :authority over h2.
+        let host = seen.headers.get("host").and_then(|v| v.to_str().ok());
+        match version {
+            Version::HTTP_2 => {
+                assert_eq!(seen.authority.as_deref(), Some("gateway.test"));
+                assert_eq!(host, None);
+            }
+            _ => assert_eq!(host, Some("gateway.test")),
+        }
     }
     // An upstream whose certificate the CA did not sign is refused (502), not trusted.
     let stranger = std::sync::Arc::new(Pki::new().upstream_server_config(&[b"http/1.1"]));
