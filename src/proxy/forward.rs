@@ -166,24 +166,37 @@ impl Upstreams {
     pub fn build(settings: &[UpstreamSettings], max_body: u64) -> Result<Upstreams, ForwardError> {
         let mut pools = Vec::with_capacity(settings.len());
         for s in settings {
+            let scheme = if s.tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            };
             let targets = s
                 .targets
                 .iter()
                 .map(|t| {
-                    t.parse::<Authority>()
-                        .map(|authority| Target {
-                            authority,
-                            failures: AtomicU32::new(0),
-                            ejected_until: AtomicU64::new(0),
-                            idle: IdlePool::new(
-                                s.max_connections.unwrap_or(256).min(256),
-                                s.idle_timeout,
-                            ),
-                            h2: h2::Slot::default(),
-                        })
-                        .map_err(|_| ForwardError::InvalidTarget(t.clone()))
+                    let authority = t
+                        .parse::<Authority>()
+                        .map_err(|_| ForwardError::InvalidTarget(t.clone()))?;
+                    // Where an HTTP/2 connection to the target is opened.
+                    let dial = Uri::builder()
+                        .scheme(scheme.clone())
+                        .authority(authority.clone())
+                        .path_and_query("/")
+                        .build()
+                        .map_err(|_| ForwardError::InvalidTarget(t.clone()))?;
+                    Ok(Target {
+                        authority,
+                        failures: AtomicU32::new(0),
+                        ejected_until: AtomicU64::new(0),
+                        idle: IdlePool::new(
+                            s.max_connections.unwrap_or(256).min(256),
+                            s.idle_timeout,
+                        ),
+                        h2: h2::Slot::new(dial),
+                    })
                 })
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, ForwardError>>()?;
             let connector = connector(s).map_err(|source| ForwardError::TlsSetup {
                 upstream: s.name.clone(),
                 source: Box::new(source),
@@ -206,11 +219,7 @@ impl Upstreams {
                 request_timeout: s.request_timeout,
                 max_failures: s.max_failures,
                 eject_for: s.eject_for,
-                scheme: if s.tls.is_some() {
-                    Scheme::HTTPS
-                } else {
-                    Scheme::HTTP
-                },
+                scheme,
                 version: match s.protocol {
                     UpstreamProtocol::Http1 => Version::HTTP_11,
                     UpstreamProtocol::Http2 => Version::HTTP_2,
@@ -505,14 +514,11 @@ impl Pool {
             retry: Retry::Never,
             error: Box::new(e),
         };
-        let authority = || {
-            Uri::builder()
-                .scheme(self.scheme.clone())
-                .authority(target.authority.clone())
-        };
         match &self.transport {
             Transport::Http1(client) => {
-                *request.uri_mut() = authority()
+                *request.uri_mut() = Uri::builder()
+                    .scheme(self.scheme.clone())
+                    .authority(target.authority.clone())
                     .path_and_query(path_and_query.clone())
                     .build()
                     .map_err(invalid)?;
@@ -533,10 +539,9 @@ impl Pool {
                     path_and_query.clone(),
                 )
                 .map_err(invalid)?;
-                let dial = authority().path_and_query("/").build().map_err(invalid)?;
                 target
                     .h2
-                    .send(connector, &dial, request)
+                    .send(connector, request)
                     .await
                     .map_err(|err| Failure {
                         retry: match err {

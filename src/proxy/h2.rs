@@ -70,23 +70,31 @@ impl H2Error {
 }
 
 /// One target's connection.
-#[derive(Default)]
 pub struct Slot {
+    /// The target's address as a URI, for the connector (built once, at config load).
+    dial: Uri,
     current: ArcSwapOption<SendRequest<LimitedBody>>,
     /// Held while connecting, so a burst of first requests opens one connection, not many.
     connecting: tokio::sync::Mutex<()>,
 }
 
 impl Slot {
+    pub fn new(dial: Uri) -> Slot {
+        Slot {
+            dial,
+            current: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
     fn live(&self) -> Option<Arc<SendRequest<LimitedBody>>> {
         self.current.load_full().filter(|s| !s.is_closed())
     }
 
-    /// The live connection, or a new one to `target`.
+    /// The live connection, or a new one.
     async fn sender(
         &self,
         connector: &Connector,
-        target: &Uri,
     ) -> Result<Arc<SendRequest<LimitedBody>>, H2Error> {
         if let Some(live) = self.live() {
             return Ok(live);
@@ -100,7 +108,7 @@ impl Slot {
             .await
             .map_err(H2Error::Connect)?;
         let io = connector
-            .call(target.clone())
+            .call(self.dial.clone())
             .await
             .map_err(H2Error::Connect)?;
         let (sender, connection) = Builder::new(TokioExecutor::new())
@@ -108,7 +116,7 @@ impl Slot {
             .handshake(io)
             .await
             .map_err(|e| H2Error::Connect(Box::new(e)))?;
-        let target = target.clone();
+        let target = self.dial.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%target, %error, "Upstream HTTP/2 connection ended.");
@@ -119,17 +127,16 @@ impl Slot {
         Ok(sender)
     }
 
-    /// Send `request` to `target`'s connection. A request a closing connection gave back
+    /// Send `request` over the target's connection. A request a closing connection gave back
     /// unsent goes again on a new one (at most `MAX_UNSENT` times).
     pub async fn send(
         &self,
         connector: &Connector,
-        target: &Uri,
         mut request: Request<LimitedBody>,
     ) -> Result<Response<Incoming>, H2Error> {
         let mut unsent = 0;
         loop {
-            let shared = self.sender(connector, target).await?;
+            let shared = self.sender(connector).await?;
             let mut sender = (*shared).clone();
             let mut failed = match sender.try_send_request(request).await {
                 Ok(response) => return Ok(response),
@@ -138,7 +145,7 @@ impl Slot {
             if let Some(back) = failed.take_message()
                 && unsent < MAX_UNSENT
             {
-                tracing::debug!(%target, error = %failed.error(), "Upstream HTTP/2 connection closed before the request; reconnecting.");
+                tracing::debug!(target = %self.dial, error = %failed.error(), "Upstream HTTP/2 connection closed before the request; reconnecting.");
                 unsent += 1;
                 self.forget(shared);
                 request = back;
